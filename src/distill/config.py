@@ -1,0 +1,218 @@
+"""The run schema (pydantic, unknown keys forbidden), YAML loading and dotted overrides.
+
+The schema's defaults are the built-in demo: digits, a label-scarce transfer set, an MLP
+teacher and a small MLP student. Every user mistake becomes a ConfigError whose message names
+the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    name: str = "digits"
+    path: str | None = None
+    label_fraction: float = Field(0.1, gt=0, le=1)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    batch_size: int = Field(64, gt=0)
+    split_seed: int = 0
+    unlabelled_path: str | None = None
+
+
+class ModelConfig(Strict):
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(30, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    schedule: Literal["constant", "cosine", "multistep"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
+    deterministic: bool = False
+    threads: int | None = Field(None, gt=0)
+    precision: Literal["fp32"] = "fp32"
+    device: str = "auto"
+
+
+Stage = Literal["teacher", "scratch", "distill"]
+
+
+class RunConfig(Strict):
+    name: str = "digits-transfer"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(model="mlp", kwargs={"hidden": [1200, 1200], "dropout": 0.2})
+    )
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="mlp", kwargs={"hidden": [32]}))
+    loss: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    stages: list[Stage] = Field(default_factory=lambda: ["teacher", "scratch", "distill"])
+
+
+# ---------------------------------------------------------------- overrides and loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=5' -> (['train', 'epochs'], 5); values are parsed as YAML scalars/lists."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(
+            f"Cannot read override '{text}'. Write overrides as dotted.key=value, "
+            "e.g. train.epochs=5 or loss.kd.T=2."
+        )
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_override(raw: dict, path: list[str], value: Any) -> None:
+    """Set raw[path] = value, creating levels as needed; a null loss term removes the term."""
+    node = raw
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    if value is None and path[:1] == ["loss"] and len(path) == 2:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Load a YAML config (or the built-in default), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file '{p}' does not exist. Check the path, or run without one for the built-in demo.")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Config file '{p}' is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Config file '{p}' must be a YAML mapping of keys to values.")
+    if "loss" not in raw:
+        raw["loss"] = RunConfig().loss  # overrides of loss.* refine the default terms
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    _default_models(raw)
+    return validate(raw)
+
+
+def _default_models(raw: dict) -> None:
+    """A teacher/student section without `model` keeps the default model (and its kwargs)."""
+    defaults = RunConfig().model_dump()
+    for role in ("teacher", "student"):
+        node = raw.setdefault(role, {})
+        if isinstance(node, dict) and "model" not in node:
+            node["model"] = defaults[role]["model"]
+            node.setdefault("kwargs", defaults[role]["kwargs"])
+
+
+def validate(raw: dict) -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+    check_loss(cfg.loss)
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loss terms
+
+
+def check_loss(loss: dict[str, dict[str, Any]]) -> None:
+    """Check every loss term: known name, numeric non-negative weight, valid arguments."""
+    from .losses import resolve_loss
+
+    if not loss:
+        raise ConfigError("The config has no loss terms. Add at least `loss: {ce: {weight: 1.0}}`.")
+    total = 0.0
+    for name, params in loss.items():
+        if not isinstance(params, dict):
+            raise ConfigError(f"loss.{name} must be a mapping such as {{weight: 1.0}}; got {params!r}.")
+        weight = params.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise ConfigError(f"loss.{name}.weight must be a number >= 0; got {weight!r}.")
+        total += weight
+        args = {k: v for k, v in params.items() if k != "weight"}
+        if name == "ce":
+            if args:
+                raise ConfigError(f"loss.ce takes only a weight; remove {sorted(args)}.")
+            continue
+        cls = resolve_loss(name)
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        for key in args:
+            if key not in valid:
+                raise ConfigError(_unknown(f"loss.{name}", key, valid))
+        try:
+            cls(**args)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"loss.{name}: {e}.") from None
+    if total == 0:
+        raise ConfigError("All loss weights are zero, so nothing would train. Give at least one term a weight > 0.")
+
+
+# ---------------------------------------------------------------- error messages
+
+
+def _unknown(where: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"Unknown key '{key}' under '{where}'.{hint} Valid keys there: {', '.join(valid)}."
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: Any = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (inspect.isclass(field.annotation) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _explain(error: ValidationError) -> str:
+    msgs = []
+    for err in error.errors()[:3]:
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            where = ".".join(str(p) for p in loc[:-1]) or "the top level"
+            msgs.append(_unknown(where, str(loc[-1]), _fields_at(loc[:-1])))
+        else:
+            msg = err["msg"][0].lower() + err["msg"][1:]
+            msgs.append(f"Invalid value for '{dotted}': {msg} (got {err.get('input')!r}).")
+    return " ".join(msgs)

@@ -1,0 +1,99 @@
+"""The Distiller: a frozen teacher, a student, and named, weighted loss terms.
+
+    total = ce_weight * CE(student, labels) + sum_k weight_k * term_k(student, teacher, batch)
+
+The teacher is held outside the module tree on purpose: it is not in `parameters()`, so it is
+never handed to an optimizer, never saved with the student and never wrapped by DDP. The
+student and every loss term (with any projector it owns) are submodules, so one optimizer and
+one DDP wrapper cover exactly what trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UNLABELLED = -1  # label value of transfer-set samples that have no label
+
+
+@dataclass
+class Outputs:
+    """What a model produced for a batch: logits, plus hooked features by module path."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled samples of the batch; 0 if there are none.
+
+    Unlabelled samples (label -1) are ignored; a mean over zero samples would be NaN.
+    """
+    labelled = labels != UNLABELLED
+    total = F.cross_entropy(logits.float(), labels, ignore_index=UNLABELLED, reduction="sum")
+    return total / labelled.sum().clamp(min=1)
+
+
+class Distiller(nn.Module):
+    """Student + loss terms trained against a frozen teacher.
+
+    Args:
+        teacher: the trained teacher, or None to train the student on labels alone.
+        student: the model being trained.
+        terms: {name: (loss_module, weight)}; each module maps (student Outputs, teacher
+            Outputs, batch) to a scalar.
+        ce_weight: weight of the cross-entropy term on the labels.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module | None,
+        student: nn.Module,
+        terms: dict[str, tuple[nn.Module, float]] | None = None,
+        ce_weight: float = 1.0,
+    ):
+        super().__init__()
+        terms = terms or {}
+        if terms and teacher is None:
+            raise ValueError("distillation terms need a teacher")
+        self.__dict__["teacher"] = teacher  # not registered: see module docstring
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.student = student
+        self.terms = nn.ModuleDict({name: module for name, (module, _) in terms.items()})
+        self.weights = {name: float(weight) for name, (_, weight) in terms.items()}
+        self.ce_weight = float(ce_weight)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) / .double() move the teacher along with the registered modules.
+        if self.teacher is not None:
+            self.teacher._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher stays in eval mode (dropout off, BN frozen)
+        return self
+
+    @torch.no_grad()
+    def teacher_outputs(self, inputs: torch.Tensor) -> Outputs:
+        return Outputs(self.teacher(inputs))
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        """Return {"loss": total, "ce": ..., "<term>": ...} (unweighted term values)."""
+        inputs, labels = batch[0], batch[1]
+        student = Outputs(self.student(inputs))
+        out = {"ce": ce_loss(student.logits, labels)}
+        total = self.ce_weight * out["ce"]
+        if self.terms:
+            teacher = self.teacher_outputs(inputs)
+            for name, term in self.terms.items():
+                out[name] = term(student, teacher, batch)
+                total = total + self.weights[name] * out[name]
+        out["loss"] = total
+        out["logits"] = student.logits
+        return out

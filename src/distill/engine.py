@@ -1,0 +1,137 @@
+"""The training loop, top to bottom: optimizer, schedule, step, evaluate, select.
+
+The engine knows nothing about which losses exist: it calls `distiller(batch)`, back-propagates
+`out["loss"]` and logs every other scalar in `out` under its own name.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .distiller import UNLABELLED, Distiller
+
+
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """adam | adamw | sgd (with momentum, nesterov, weight decay) from a TrainConfig."""
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def lr_factor(cfg, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based).
+
+    Linear warm-up over `warmup_epochs`, then constant, cosine to zero over the remaining
+    steps, or x`gamma` at each epoch in `milestones`.
+    """
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "cosine":
+        total = cfg.epochs * steps_per_epoch - warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total, 1)))
+    if cfg.schedule == "multistep":
+        epoch = step // steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device) -> dict[str, float]:
+    """Top-1 accuracy (%) and mean cross-entropy over the labelled samples of `loader`."""
+    was_training = model.training
+    model.eval()
+    correct = loss = count = 0.0
+    for batch in loader:
+        x, y = batch[0].to(device), batch[1].to(device)
+        mask = y != UNLABELLED
+        logits = model(x)[mask].float()
+        y = y[mask]
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        count += len(y)
+    model.train(was_training)
+    return {"acc": 100.0 * correct / max(count, 1), "loss": loss / max(count, 1)}
+
+
+@dataclass
+class FitResult:
+    best_state: dict  # the student's state at the epoch with the best validation accuracy
+    best_epoch: int
+    best_val: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(
+    distiller: Distiller,
+    train_loader,
+    val_loader,
+    cfg,
+    device,
+    on_step: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train `distiller`'s student (and loss modules) for `cfg.epochs`; select on validation.
+
+    `on_step` gets {"loss": float} after each step (for progress bars); `on_epoch` gets the
+    epoch's record: every loss term's mean, train accuracy on labelled samples, lr, seconds,
+    and validation accuracy/loss.
+    """
+    distiller.to(device)
+    optimizer = build_optimizer(distiller.parameters(), cfg)
+    steps = len(train_loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    result = FitResult(best_state={}, best_epoch=-1, best_val={"acc": -1.0})
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter()
+        distiller.train()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        labelled = torch.zeros((), device=device)
+        lr = optimizer.param_groups[0]["lr"]
+        for batch in train_loader:
+            batch = [t.to(device, non_blocking=True) for t in batch]
+            out = distiller(batch)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            for name, value in out.items():
+                if name != "logits":
+                    sums[name] = sums.get(name, 0) + value.detach().float()
+            mask = batch[1] != UNLABELLED
+            correct += (out["logits"].argmax(-1)[mask] == batch[1][mask]).sum()
+            labelled += mask.sum()
+            if on_step is not None:
+                on_step({"loss": out["loss"]})
+        record = {"epoch": epoch + 1, "lr": lr}
+        record.update({f"train_{k}": (v / steps).item() for k, v in sums.items()})
+        record["train_acc"] = (100 * correct / labelled.clamp(min=1)).item()
+        val = evaluate(distiller.student, val_loader, device)
+        record.update(val_acc=val["acc"], val_loss=val["loss"])
+        record["seconds"] = time.perf_counter() - start
+        if val["acc"] > result.best_val["acc"]:
+            result.best_val, result.best_epoch = val, epoch + 1
+            result.best_state = copy.deepcopy(distiller.student.state_dict())
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    return result

@@ -1,0 +1,96 @@
+"""Atomic file writes and safe weight loading.
+
+Every file a run writes goes through a temporary file, fsync and rename, so a crash or a kill
+mid-write leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import DistillError
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, obj: object) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and flush it to disk (metrics.jsonl grows by whole lines)."""
+    with open(path, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """Save a module's state dict as safetensors, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    _atomic(path, lambda tmp: save_file(state, str(tmp)))
+
+
+def load_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """Load weights into `module` from safetensors, or `.pt`/`.pth` with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"Checkpoint file '{path}' does not exist. Check the path you gave.")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or truncated file, or pickled code
+        raise DistillError(
+            f"Could not read checkpoint '{path}': {e}. Use a safetensors file or a "
+            "state_dict saved with torch.save."
+        ) from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}")
+        if wrong:
+            parts.append(f"shape mismatches {wrong[:8]}")
+        raise DistillError(
+            f"Checkpoint '{path}' does not fit the model ({'; '.join(parts)}). "
+            "Check that the config's model name and kwargs match the architecture that was saved."
+        )
+    module.load_state_dict(state)

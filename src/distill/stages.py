@@ -1,0 +1,216 @@
+"""A run, top to bottom: teacher, scratch student, distilled student; then the summary.
+
+Answers one question: did distillation help? The scratch and distilled students share the
+architecture, the initial weights (the seed is reset before each), the data order and the
+schedule; only the teacher's terms differ. Selection is on validation; test is only reported.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import RunConfig, to_yaml
+from .data import Data, build_data
+from .distiller import Distiller
+from .engine import evaluate, fit
+from .errors import DistillError
+from .io import append_line, load_weights, save_weights, write_json, write_text
+from .losses import resolve_loss
+from .models import count_parameters, create_model
+from .progress import StageProgress
+from .runtime import configure, resolve_device, seed_everything
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.name}-{stamp}"
+
+
+def build_terms(cfg: RunConfig) -> tuple[dict, float]:
+    """{name: (loss_module, weight)} for every non-CE term, and the CE weight."""
+    terms = {}
+    for name, params in cfg.loss.items():
+        if name == "ce":
+            continue
+        args = {k: v for k, v in params.items() if k != "weight"}
+        terms[name] = (resolve_loss(name)(**args), params.get("weight", 1.0))
+    return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)
+
+
+def _environment() -> dict:
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {
+        "distill": __version__, "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "git": git,
+    }
+
+
+def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
+    x = data.val.x[:2].to(device)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as e:
+        raise DistillError(
+            f"The {role} cannot take this data's inputs of shape {tuple(data.in_shape)}: {e}"
+        ) from None
+    if out.shape[-1] != data.num_classes:
+        raise DistillError(
+            f"The {role} outputs {out.shape[-1]} classes but the data has {data.num_classes}. "
+            f"Use a {role} built for {data.num_classes} classes."
+        )
+
+
+class Run:
+    """One run folder: writes config.yaml, metrics.jsonl, weights and summary.json."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, quiet: bool = False):
+        self.cfg, self.dir, self.quiet = cfg, Path(out_dir), quiet
+        self.device = resolve_device(cfg.train.device)
+        self.metrics = self.dir / "metrics.jsonl"
+        self.results: dict[str, dict] = {}
+
+    def log(self, text: str) -> None:
+        if not self.quiet:
+            from rich import print as rprint
+
+            rprint(text)
+
+    def train_stage(self, stage: str, distiller: Distiller, loader, data: Data) -> dict:
+        model = distiller.student
+        with StageProgress(stage, self.cfg.train.epochs, len(loader), self.quiet) as bar:
+
+            def on_epoch(record):
+                append_line(self.metrics, json.dumps({"stage": stage, **record}))
+                bar.epoch_done(record)
+
+            result = fit(distiller, loader, data.val, self.cfg.train, self.device, bar.step, on_epoch)
+        save_weights(model, self.dir / f"{stage}-last.safetensors")
+        last = {"val": result.history[-1]["val_acc"], "test": evaluate(model, data.test, self.device)["acc"]}
+        model.load_state_dict(result.best_state)
+        save_weights(model, self.dir / f"{stage}.safetensors")
+        return {
+            "best_epoch": result.best_epoch,
+            "val_acc": result.best_val["acc"],
+            "test_acc": evaluate(model, data.test, self.device)["acc"],
+            "last_val_acc": last["val"],
+            "last_test_acc": last["test"],
+            "seconds": sum(r["seconds"] for r in result.history),
+        }
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        if self.dir.exists() and (self.dir / "summary.json").exists():
+            raise DistillError(
+                f"'{self.dir}' already holds a finished run. Choose another --out, or delete it."
+            )
+        configure(cfg.seed, cfg.train.deterministic, cfg.train.threads)
+        data = build_data(cfg.data, seed=cfg.seed)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.dir / "config.yaml", to_yaml(cfg))
+        self.metrics.unlink(missing_ok=True)
+        c = data.counts
+        self.log(
+            f"[bold]{cfg.name}[/bold] on {cfg.data.name}: {c['train']} training samples, "
+            f"{c['labelled']} labelled for the students ({100 * c['labelled'] / (c['labelled'] + c['unlabelled']):.0f}%), "
+            f"{c['val']} validation, {c['test']} test. Device {self.device}. Run folder {self.dir}"
+        )
+        if c["unlabelled"]:
+            self.log(
+                "Transfer set: the teacher trains on every training label; the students see labels "
+                f"only on {c['labelled']} samples, and the distilled student also learns from the "
+                f"teacher's soft targets on all {c['labelled'] + c['unlabelled']}."
+            )
+        teacher = self.teacher_stage(data)
+        terms, ce_weight = build_terms(cfg)
+        for stage in ("scratch", "distill"):
+            if stage not in cfg.stages:
+                continue
+            seed_everything(cfg.seed)  # same initial weights for scratch and distilled students
+            student = create_model(cfg.student.model, data.num_classes, data.in_shape, **cfg.student.kwargs)
+            _check_classes(student.to(self.device), "student", data, self.device)
+            if stage == "scratch":
+                distiller = Distiller(None, student, ce_weight=1.0)
+            else:
+                if teacher is None:
+                    raise DistillError(
+                        "The distill stage needs a teacher: add 'teacher' to stages, or set "
+                        "teacher.checkpoint to a trained teacher's weights."
+                    )
+                if not terms:
+                    raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
+                distiller = Distiller(teacher, student, terms, ce_weight)
+            seed_everything(cfg.seed + 1)  # the same data order and dropout draws for both
+            self.results[stage] = {"params": count_parameters(student)}
+            self.results[stage].update(self.train_stage(stage, distiller, data.train, data))
+        summary = self.summary(data)
+        write_json(self.dir / "summary.json", summary)
+        return summary
+
+    def teacher_stage(self, data: Data) -> nn.Module | None:
+        cfg = self.cfg
+        if "teacher" not in cfg.stages and not cfg.teacher.checkpoint:
+            return None
+        seed_everything(cfg.seed)
+        teacher = create_model(cfg.teacher.model, data.num_classes, data.in_shape, **cfg.teacher.kwargs)
+        if cfg.teacher.checkpoint:
+            load_weights(teacher, cfg.teacher.checkpoint)
+            teacher.to(self.device)
+            _check_classes(teacher, "teacher", data, self.device)
+            self.results["teacher"] = {
+                "params": count_parameters(teacher), "checkpoint": cfg.teacher.checkpoint,
+                "val_acc": evaluate(teacher, data.val, self.device)["acc"],
+                "test_acc": evaluate(teacher, data.test, self.device)["acc"],
+            }
+        else:
+            _check_classes(teacher.to(self.device), "teacher", data, self.device)
+            self.results["teacher"] = {"params": count_parameters(teacher)}
+            distiller = Distiller(None, teacher, ce_weight=1.0)
+            self.results["teacher"].update(self.train_stage("teacher", distiller, data.teacher_train, data))
+        return teacher.eval()
+
+    def summary(self, data: Data) -> dict:
+        stages = self.results
+        gain = None
+        if "scratch" in stages and "distill" in stages:
+            gain = {
+                key: stages["distill"][key] - stages["scratch"][key]
+                for key in ("test_acc", "val_acc", "last_test_acc")
+            }
+        return {
+            "schema": 1,
+            "name": self.cfg.name,
+            "seed": self.cfg.seed,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": str(self.device),
+            "data": {"name": self.cfg.data.name, "num_classes": data.num_classes, **data.counts},
+            "stages": stages,
+            "gain": gain,
+            "environment": _environment(),
+        }
+
+
+def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False) -> dict:
+    """Run every configured stage into `out_dir` (default runs/<name>-<timestamp>/); return the summary."""
+    start = time.perf_counter()
+    out = Path(out_dir) if out_dir else default_run_dir(cfg)
+    summary = Run(cfg, out, quiet).run()
+    summary["wall_seconds"] = time.perf_counter() - start
+    write_json(out / "summary.json", summary)
+    return summary
