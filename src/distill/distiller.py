@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import FeatureCapture
+
 UNLABELLED = -1  # label value of transfer-set samples that have no label
 
 
@@ -66,6 +68,12 @@ class Distiller(nn.Module):
         self.terms = nn.ModuleDict({name: module for name, (module, _) in terms.items()})
         self.weights = {name: float(weight) for name, (_, weight) in terms.items()}
         self.ce_weight = float(ce_weight)
+        # Feature methods declare the layers they read; hooks capture them on every forward.
+        student_layers = [p for m in self.terms.values() for p in getattr(m, "student_layers", [])]
+        teacher_layers = [p for m in self.terms.values() for p in getattr(m, "teacher_layers", [])]
+        self.student_capture = FeatureCapture(student, student_layers, "student")
+        self.teacher_capture = FeatureCapture(teacher, teacher_layers, "teacher") if teacher else None
+        self.needs_setup = any(hasattr(m, "setup") for m in self.terms.values())
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device) / .double() move the teacher along with the registered modules.
@@ -81,12 +89,44 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def teacher_outputs(self, inputs: torch.Tensor) -> Outputs:
-        return Outputs(self.teacher(inputs))
+        return Outputs(*self.teacher_capture.run(self.teacher, inputs))
+
+    def student_outputs(self, inputs: torch.Tensor) -> Outputs:
+        return Outputs(*self.student_capture.run(self.student, inputs))
+
+    @torch.no_grad()
+    def setup(self, inputs: torch.Tensor) -> None:
+        """Probe feature shapes with one batch and let each term size its projector.
+
+        Call once before building the optimizer (`fit` does it when needed). The probe runs in
+        eval mode so BatchNorm statistics are untouched.
+        """
+        was_training = self.student.training
+        self.student.eval()
+        student = self.student_outputs(inputs)
+        teacher = self.teacher_outputs(inputs)
+        self.student.train(was_training)
+        s_shapes = {k: tuple(v.shape) for k, v in student.features.items()}
+        t_shapes = {k: tuple(v.shape) for k, v in teacher.features.items()}
+        for term in self.terms.values():
+            if hasattr(term, "setup"):
+                term.setup(s_shapes, t_shapes)
+        self.to(inputs.device)
+        self.needs_setup = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell terms with a schedule (DKD's warm-up) the current epoch, counted from 0."""
+        for term in self.terms.values():
+            if hasattr(term, "set_epoch"):
+                term.set_epoch(epoch)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        """Return {"loss": total, "ce": ..., "<term>": ...} (unweighted term values)."""
+        """Return {"loss": total, "ce": ..., "<term>": ..., "logits": student logits}.
+
+        Term values are unweighted, so each can be logged on its own scale.
+        """
         inputs, labels = batch[0], batch[1]
-        student = Outputs(self.student(inputs))
+        student = self.student_outputs(inputs)
         out = {"ce": ce_loss(student.logits, labels)}
         total = self.ce_weight * out["ce"]
         if self.terms:

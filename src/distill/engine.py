@@ -69,7 +69,7 @@ def evaluate(model: torch.nn.Module, loader, device) -> dict[str, float]:
 
 @dataclass
 class FitResult:
-    best_state: dict  # the student's state at the epoch with the best validation accuracy
+    best_state: dict  # the Distiller's state (student + loss modules) at the best validation epoch
     best_epoch: int
     best_val: dict
     history: list[dict] = field(default_factory=list)
@@ -91,6 +91,8 @@ def fit(
     and validation accuracy/loss.
     """
     distiller.to(device)
+    if distiller.needs_setup:  # projectors must exist before the optimizer is built
+        distiller.setup(next(iter(train_loader))[0].to(device))
     optimizer = build_optimizer(distiller.parameters(), cfg)
     steps = len(train_loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
@@ -99,6 +101,7 @@ def fit(
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
         distiller.train()
+        distiller.set_epoch(epoch)
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
@@ -130,7 +133,7 @@ def fit(
         record["seconds"] = time.perf_counter() - start
         if val["acc"] > result.best_val["acc"]:
             result.best_val, result.best_epoch = val, epoch + 1
-            result.best_state = copy.deepcopy(distiller.student.state_dict())
+            result.best_state = copy.deepcopy(distiller.state_dict())
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)

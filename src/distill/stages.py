@@ -101,10 +101,10 @@ class Run:
                 bar.epoch_done(record)
 
             result = fit(distiller, loader, data.val, self.cfg.train, self.device, bar.step, on_epoch)
-        save_weights(model, self.dir / f"{stage}-last.safetensors")
+        self.save(distiller, f"{stage}-last")
         last = {"val": result.history[-1]["val_acc"], "test": evaluate(model, data.test, self.device)["acc"]}
-        model.load_state_dict(result.best_state)
-        save_weights(model, self.dir / f"{stage}.safetensors")
+        distiller.load_state_dict(result.best_state)
+        self.save(distiller, stage)
         return {
             "best_epoch": result.best_epoch,
             "val_acc": result.best_val["acc"],
@@ -113,6 +113,12 @@ class Run:
             "last_test_acc": last["test"],
             "seconds": sum(r["seconds"] for r in result.history),
         }
+
+    def save(self, distiller: Distiller, stem: str) -> None:
+        """The student alone in <stem>.safetensors; trainable loss parts (projectors) beside it."""
+        save_weights(distiller.student, self.dir / f"{stem}.safetensors")
+        if any(True for _ in distiller.terms.parameters()):
+            save_weights(distiller.terms, self.dir / f"{stem}-losses.safetensors")
 
     def run(self) -> dict:
         cfg = self.cfg
