@@ -50,6 +50,28 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_losses(args) -> int:
+    """List every registered loss with its citation, defaults and the layers it needs."""
+    import inspect
+
+    from .losses import LOSSES
+
+    table = Table(title="distillation losses (use as loss.<name>.<key>=value)")
+    for col in ("name", "paper", "defaults", "layers"):
+        table.add_column(col)
+    table.add_row("ce", "cross-entropy on the labels", "weight", "-")
+    for name, cls in LOSSES.items():
+        params = inspect.signature(cls.__init__).parameters.values()
+        defaults = ", ".join(
+            f"{p.name}={p.default}" for p in params
+            if p.default is not inspect.Parameter.empty and p.name not in ("student", "teacher")
+        )
+        layers = "student, teacher" if "student" in inspect.signature(cls.__init__).parameters else "-"
+        table.add_row(name, getattr(cls, "cite", ""), defaults or "-", layers)
+    Console().print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("losses", help="list the distillation losses")
+    p.set_defaults(func=cmd_losses)
     return parser
 
 

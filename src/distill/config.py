@@ -24,7 +24,6 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     name: str = "digits"
-    path: str | None = None
     label_fraction: float = Field(0.1, gt=0, le=1)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -173,10 +172,18 @@ def check_loss(loss: dict[str, dict[str, Any]]) -> None:
                 raise ConfigError(f"loss.ce takes only a weight; remove {sorted(args)}.")
             continue
         cls = resolve_loss(name)
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        params = inspect.signature(cls.__init__).parameters
+        valid = [p for p in params if p != "self"]
         for key in args:
             if key not in valid:
-                raise ConfigError(_unknown(f"loss.{name}", key, valid))
+                raise ConfigError(_unknown(f"loss.{name}", ["weight", *valid], key))
+        missing = [p for p in valid if params[p].default is inspect.Parameter.empty and p not in args]
+        if missing:
+            example = " ".join(f"loss.{name}.{p}=..." for p in missing)
+            raise ConfigError(
+                f"loss.{name} needs {', '.join(missing)} (for feature methods: module paths as "
+                f"named_modules() gives them, e.g. layer1). Set them: {example}"
+            )
         try:
             cls(**args)
         except (TypeError, ValueError) as e:
@@ -188,10 +195,11 @@ def check_loss(loss: dict[str, dict[str, Any]]) -> None:
 # ---------------------------------------------------------------- error messages
 
 
-def _unknown(where: str, key: str, valid: list[str]) -> str:
+def _unknown(where: str, valid: list[str], key: str) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"Unknown key '{key}' under '{where}'.{hint} Valid keys there: {', '.join(valid)}."
+    place = f"under '{where}'" if where else "at the top level"
+    return f"Unknown key '{key}' {place}.{hint} Valid keys there: {', '.join(valid)}."
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -210,8 +218,8 @@ def _explain(error: ValidationError) -> str:
         loc = tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
-            where = ".".join(str(p) for p in loc[:-1]) or "the top level"
-            msgs.append(_unknown(where, str(loc[-1]), _fields_at(loc[:-1])))
+            where = ".".join(str(p) for p in loc[:-1])
+            msgs.append(_unknown(where, _fields_at(loc[:-1]), str(loc[-1])))
         else:
             msg = err["msg"][0].lower() + err["msg"][1:]
             msgs.append(f"Invalid value for '{dotted}': {msg} (got {err.get('input')!r}).")
