@@ -89,7 +89,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError:
         parsed = value
-    return key.split("."), parsed
+    return key.split("."), _number(parsed)
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads 5e-1 (no dot) as a string; users mean a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_override(raw: dict, path: list[str], value: Any) -> None:
@@ -127,16 +137,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 
 def _default_models(raw: dict) -> None:
-    """A teacher/student section without `model` keeps the default model (and its kwargs)."""
+    """A teacher/student section without `model` keeps the default model and its kwargs
+    (kwargs given by the user override the defaults one by one)."""
     defaults = RunConfig().model_dump()
     for role in ("teacher", "student"):
         node = raw.setdefault(role, {})
         if isinstance(node, dict) and "model" not in node:
             node["model"] = defaults[role]["model"]
-            node.setdefault("kwargs", defaults[role]["kwargs"])
+            node["kwargs"] = {**defaults[role]["kwargs"], **(node.get("kwargs") or {})}
 
 
 def validate(raw: dict) -> RunConfig:
+    if isinstance(raw.get("loss"), dict):  # loss arguments are untyped here: fix 5e-1 too
+        for params in raw["loss"].values():
+            if isinstance(params, dict):
+                params.update({k: _number(v) for k, v in params.items() if k not in ("student", "teacher")})
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:

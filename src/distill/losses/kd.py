@@ -25,7 +25,7 @@ from .standardize import standardize_logits
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 4.0) -> torch.Tensor:
     """Soft-target KL(teacher || student) at temperature T, batchmean, times T^2."""
     student_logits = student_logits.float()
-    teacher_logits = teacher_logits.float()
+    teacher_logits = teacher_logits.detach().float()  # targets: no gradient to the teacher
     p_t = F.softmax(teacher_logits / T, dim=-1)
     log_p_s = F.log_softmax(student_logits / T, dim=-1)
     terms = p_t * (p_t.log() - log_p_s)
