@@ -15,8 +15,9 @@ from torch import nn
 from ..errors import DistillError
 from .cnn import SmallCNN
 from .mlp import MLP
+from .zoo import ZOO
 
-MODELS = {"mlp": MLP, "cnn": SmallCNN}
+MODELS = {"mlp": MLP, "cnn": SmallCNN, **ZOO}
 
 
 def _resolve(name: str):
