@@ -23,7 +23,12 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    name: str = "digits"
+    name: str = "digits"  # digits | cifar10 | cifar100 | mnist | fashion_mnist | folder | npz | csv
+    path: str | None = None  # where to read anything but digits from
+    augment: str | list[dict[str, Any]] = "none"  # none | flip | crop_flip | [{name: ..., ...}]
+    size: int | list[int] | None = None  # folder: resize (shorter side, or [h, w])
+    crop: int | list[int] | None = None  # folder: centre crop after resizing
+    label_column: str = "label"  # csv
     label_fraction: float = Field(0.1, gt=0, le=1)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)

@@ -1,10 +1,14 @@
 """Datasets and loaders. Items are (x, y, index); label -1 marks an unlabelled sample.
 
-`build_data` makes the stratified train/val/test split with a fixed seed (independent of the
-run's seed, so seeds vary initialisation and order, not the data), standardizes inputs with
-training statistics, and applies `label_fraction`: labels are kept on a seeded, stratified
-fraction of the training data and the rest form the unlabelled part of the transfer set.
-The teacher always trains on every training label.
+`build_data` reads the named dataset (digits ships with scikit-learn; everything else is read
+from `data.path`), splits it with a fixed seed independent of the run's seed (seeds vary
+initialisation and order, not the data), and applies `label_fraction`: labels are kept on a
+seeded, stratified fraction of the training data and the rest form the unlabelled part of the
+transfer set. The teacher always trains on every training label.
+
+Images (uint8, N x C x H x W) stay uint8 in memory and are normalized per channel with
+training statistics on the fly, after the optional augmentation; tabular and digits inputs
+are standardized per feature once.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from sklearn.model_selection import train_test_split
 
 from ..distiller import UNLABELLED
 from ..errors import DistillError
+from .augment import Augment, Normalize, build_augment, channel_stats
 from .digits import load_digits_arrays
 from .loader import TensorLoader
+from .readers import READERS, RawData, check_labels, read_dataset
 
-DATASETS = {"digits": load_digits_arrays}
+DATASETS = ["digits", *READERS]
 
 
 @dataclass
@@ -33,24 +39,52 @@ class Data:
     num_classes: int
     in_shape: tuple[int, ...]
     counts: dict[str, int]
+    augment: Augment | None = None  # the training augmentation (None: none)
 
 
-def _split(x, y, fraction, seed):
-    """Stratified split; returns (rest, part) where part holds `fraction` of the rows."""
-    return train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+def _read(cfg) -> RawData:
+    if cfg.name == "digits":
+        x, y = load_digits_arrays()
+        return RawData(x, y, None, None, None)
+    if cfg.name not in READERS:
+        raise DistillError(f"Unknown dataset '{cfg.name}'. Available: {', '.join(DATASETS)}.")
+    return read_dataset(cfg.name, cfg.path, size=cfg.size, crop=cfg.crop, label_column=cfg.label_column)
 
 
-def _load_unlabelled(path: str, in_shape: tuple[int, ...]) -> np.ndarray:
+def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+    """Split `idx` into (rest, part) with `fraction` of it in part, stratified by y[idx]."""
+    try:
+        return train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
+    except ValueError as e:
+        raise DistillError(
+            f"Cannot make a stratified split of {len(idx)} samples with fraction {fraction}: {e}. "
+            "Use more data or a larger fraction."
+        ) from None
+
+
+def _student_labels(y_train: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
+    y_student = np.full_like(y_train, UNLABELLED)
+    n_keep = max(int(round(fraction * len(y_train))), num_classes)
+    if fraction >= 1.0 or n_keep >= len(y_train):
+        return y_train.copy()
+    keep, _ = train_test_split(
+        np.arange(len(y_train)), train_size=n_keep, stratify=y_train, random_state=seed
+    )
+    y_student[keep] = y_train[keep]
+    return y_student
+
+
+def _load_unlabelled(path: str, in_shape: tuple[int, ...], dtype) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise DistillError(
             f"data.unlabelled_path '{path}' does not exist. It should be an .npz file with an "
             f"array 'x' of inputs shaped (N, {', '.join(map(str, in_shape))})."
         )
-    with np.load(p) as f:
+    with np.load(p, allow_pickle=False) as f:
         if "x" not in f:
             raise DistillError(f"'{path}' has no array named 'x' (it has {list(f.keys())}).")
-        x = f["x"].astype(np.float32)
+        x = f["x"].astype(dtype)
     if tuple(x.shape[1:]) != in_shape:
         raise DistillError(
             f"Unlabelled inputs in '{path}' have shape {tuple(x.shape[1:])} per sample; "
@@ -59,53 +93,65 @@ def _load_unlabelled(path: str, in_shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
-def build_data(cfg, seed: int = 0) -> Data:
-    """Build loaders from a DataConfig. `seed` drives the shuffle order only."""
-    if cfg.name not in DATASETS:
-        raise DistillError(f"Unknown dataset '{cfg.name}'. Available: {', '.join(DATASETS)}.")
-    x, y = DATASETS[cfg.name]()
-    rest, test_idx = _split(x, y, cfg.test_fraction, cfg.split_seed)
-    train_idx, val_idx = train_test_split(
-        rest, test_size=cfg.val_fraction / (1 - cfg.test_fraction), stratify=y[rest],
-        random_state=cfg.split_seed,
-    )
-    num_classes = int(y.max()) + 1
-    in_shape = tuple(x.shape[1:])
-
-    # Standardize every input feature with training-set statistics only.
-    mean = x[train_idx].mean(axis=0, keepdims=True)
-    std = x[train_idx].std(axis=0, keepdims=True)
-    std[std == 0] = 1.0
-
-    def norm(a):
-        return torch.from_numpy((a - mean) / std)
-
-    x_train, y_train = x[train_idx], y[train_idx]
-    y_student = np.full_like(y_train, UNLABELLED)
-    if cfg.label_fraction >= 1.0:
-        y_student[:] = y_train
-    else:
-        n_keep = max(int(round(cfg.label_fraction * len(y_train))), num_classes)
-        if n_keep >= len(y_train):
-            y_student[:] = y_train
-        else:
-            keep, _ = train_test_split(
-                np.arange(len(y_train)), train_size=n_keep, stratify=y_train,
-                random_state=cfg.split_seed,
+def _transforms(cfg, x_train: np.ndarray, seed: int):
+    """(prepare, train_transform, eval_transform, augment) for the dataset's kind of input."""
+    is_image = x_train.dtype == np.uint8 and x_train.ndim == 4
+    if not is_image:
+        if cfg.augment not in (None, "none"):
+            raise DistillError(
+                f"data.augment={cfg.augment!r} needs images (uint8, N x C x H x W); "
+                f"'{cfg.name}' has inputs of shape {x_train.shape[1:]}. Set data.augment=none."
             )
-            y_student[keep] = y_train[keep]
+        mean = x_train.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+        std = x_train.std(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+        std[std == 0] = 1.0
+        return (lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))), None, None, None
+    normalize = Normalize(*channel_stats(x_train, scale=1 / 255), scale=1 / 255)
+    size = x_train.shape[-2:]
+    augment = build_augment(cfg.augment or "none", size, normalize=normalize)
+    eval_aug = Augment([normalize], size)
+
+    def evaluate(x, epoch, index):
+        return eval_aug.apply_eval(x)
+
+    if augment is None or not augment.is_random:
+        return torch.from_numpy, evaluate, evaluate, None
+
+    def train(x, epoch, index):
+        return augment(x, seed, epoch, index)
+
+    return torch.from_numpy, train, evaluate, augment
+
+
+def build_data(cfg, seed: int = 0) -> Data:
+    """Build loaders from a DataConfig. `seed` drives the shuffle order and augmentation draws."""
+    raw = _read(cfg)
+    x, y = raw.x, check_labels(raw.y, name=f"{cfg.name} labels")
+    if raw.x_test is not None:  # a predefined test split: carve validation out of train
+        x_test, y_test = raw.x_test, check_labels(raw.y_test, name=f"{cfg.name} test labels")
+        train_idx, val_idx = _stratified(np.arange(len(y)), y, cfg.val_fraction, cfg.split_seed)
+    else:
+        rest, test_idx = _stratified(np.arange(len(y)), y, cfg.test_fraction, cfg.split_seed)
+        train_idx, val_idx = _stratified(rest, y, cfg.val_fraction / (1 - cfg.test_fraction), cfg.split_seed)
+        x_test, y_test = x[test_idx], y[test_idx]
+    num_classes = int(max(y.max(), y_test.max())) + 1
+    in_shape = tuple(x.shape[1:])
+    x_train, y_train = x[train_idx], y[train_idx]
+    prepare, train_tf, eval_tf, augment = _transforms(cfg, x_train, seed)
+
+    y_student = _student_labels(y_train, cfg.label_fraction, num_classes, cfg.split_seed)
     x_student = x_train
     if cfg.unlabelled_path:
-        extra = _load_unlabelled(cfg.unlabelled_path, in_shape)
+        extra = _load_unlabelled(cfg.unlabelled_path, in_shape, x_train.dtype)
         x_student = np.concatenate([x_train, extra])
         y_student = np.concatenate([y_student, np.full(len(extra), UNLABELLED, dtype=np.int64)])
 
-    bs = cfg.batch_size
+    bs, ebs = cfg.batch_size, max(cfg.batch_size, 512)
     return Data(
-        teacher_train=TensorLoader(norm(x_train), torch.from_numpy(y_train), bs, True, seed),
-        train=TensorLoader(norm(x_student), torch.from_numpy(y_student), bs, True, seed),
-        val=TensorLoader(norm(x[val_idx]), torch.from_numpy(y[val_idx]), 512),
-        test=TensorLoader(norm(x[test_idx]), torch.from_numpy(y[test_idx]), 512),
+        teacher_train=TensorLoader(prepare(x_train), torch.from_numpy(y_train), bs, True, seed, transform=train_tf),
+        train=TensorLoader(prepare(x_student), torch.from_numpy(y_student), bs, True, seed, transform=train_tf),
+        val=TensorLoader(prepare(x[val_idx]), torch.from_numpy(y[val_idx]), ebs, transform=eval_tf),
+        test=TensorLoader(prepare(x_test), torch.from_numpy(y_test), ebs, transform=eval_tf),
         num_classes=num_classes,
         in_shape=in_shape,
         counts={
@@ -113,6 +159,7 @@ def build_data(cfg, seed: int = 0) -> Data:
             "labelled": int((y_student != UNLABELLED).sum()),
             "unlabelled": int((y_student == UNLABELLED).sum()),
             "val": len(val_idx),
-            "test": len(test_idx),
+            "test": len(x_test),
         },
+        augment=augment,
     )

@@ -2,7 +2,8 @@
 
 For data that fits in memory this replaces DataLoader's per-sample Python calls with one
 gather per batch. Items are (x, y, index); the index keys the teacher cache. The shuffle order
-of epoch e depends only on (seed, e), so a resumed run sees the same order.
+of epoch e depends only on (seed, e), so a resumed run sees the same order. An optional
+`transform(x, epoch, index)` runs per batch on the device (augmentation, normalization).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class TensorLoader:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        transform=None,
     ):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
@@ -28,6 +30,7 @@ class TensorLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.transform = transform  # transform(x, epoch, index) -> x, applied per batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -49,10 +52,13 @@ class TensorLoader:
             order = torch.randperm(n, generator=g).to(self.x.device)
         else:
             order = self.index
-        self.epoch += 1
+        epoch, self.epoch = self.epoch, self.epoch + 1
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx], self.index[idx]
+            x = self.x[idx]
+            if self.transform is not None:
+                x = self.transform(x, epoch, idx)
+            yield x, self.y[idx], idx
 
     @property
     def dataset_size(self) -> int:
