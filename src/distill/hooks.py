@@ -50,6 +50,7 @@ class FeatureCapture:
     def __init__(self, model: nn.Module, paths: list[str], role: str = "model"):
         self.role = role
         self.features: dict[str, torch.Tensor] = {}
+        self.active = False
         self.handles = []
         for path in dict.fromkeys(paths):  # unique, in order
             name, _, kind = path.partition(":")
@@ -60,6 +61,8 @@ class FeatureCapture:
 
     def _hook(self, path: str, want_input: bool):
         def hook(module, inputs, output):
+            if not self.active:  # e.g. evaluation calls the model directly: record nothing
+                return
             if path in self.features:
                 raise DistillError(
                     f"The {self.role}'s module '{path}' ran twice in one forward pass, so its "
@@ -71,8 +74,11 @@ class FeatureCapture:
 
     def run(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Call `model(inputs)`; return its output and the captured features."""
-        self.features = {}
-        out = model(inputs)
+        self.features, self.active = {}, True
+        try:
+            out = model(inputs)
+        finally:
+            self.active = False
         features, self.features = self.features, {}
         return out, features
 

@@ -13,10 +13,38 @@ import importlib
 from torch import nn
 
 from ..errors import ConfigError
+from .at import AT
+from .cc import CC
+from .cosine import Cosine
+from .crd import CRD
+from .dist import DIST
+from .dkd import DKD
+from .fitnet import FitNet
 from .kd import KD, kd_loss
+from .nst import NST
+from .pkt import PKT
+from .regressor import Regressor
+from .rkd import RKD
+from .sp import SP
+from .vid import VID
 
 LOSSES: dict[str, type[nn.Module]] = {
+    # logit methods
     "kd": KD,
+    "dkd": DKD,
+    "dist": DIST,
+    # feature methods (need student= and teacher= layer paths)
+    "fitnet": FitNet,
+    "at": AT,
+    "sp": SP,
+    "rkd": RKD,
+    "pkt": PKT,
+    "vid": VID,
+    "crd": CRD,
+    "nst": NST,
+    "cc": CC,
+    "cosine": Cosine,
+    "regressor": Regressor,
 }
 
 
@@ -41,4 +69,4 @@ def resolve_loss(name: str) -> type[nn.Module]:
     )
 
 
-__all__ = ["LOSSES", "KD", "kd_loss", "resolve_loss"]
+__all__ = ["LOSSES", "KD", "kd_loss", "resolve_loss"]  # the classes: distill.losses.<file>

@@ -63,9 +63,7 @@ class FitNet(nn.Module):
         self.projector: nn.Module | None = None
 
     def setup(self, student_shapes: dict[str, tuple], teacher_shapes: dict[str, tuple]) -> None:
-        self.projector = make_projector(
-            student_shapes[self.student], teacher_shapes[self.teacher]
-        )
+        self.projector = make_projector(student_shapes[self.student], teacher_shapes[self.teacher])
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
         if self.projector is None:

@@ -70,7 +70,9 @@ def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 class NST(nn.Module):
     """Neuron selectivity transfer between one student layer and one teacher layer."""
 
-    cite = "Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
+    cite = (
+        "Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
+    )
 
     def __init__(self, student: str, teacher: str):
         super().__init__()

@@ -26,15 +26,20 @@ sides), and normalizes by the mean of the positive distances. We follow the refe
 keeps the scale independent of the batch size (repeating a batch gives the same value), and
 it is the scale the published weights were tuned for.
 
-Implementation. Distances come from `torch.cdist` in its exact (difference-based) mode and the
-angle cosines from the law of cosines on those distances,
+Implementation. Distances come from `torch.cdist` in its exact (difference-based) mode, in
+row chunks that bound the B x B x D buffer its CUDA backward allocates, and the angle cosines
+from the law of cosines on those distances,
 cos(angle at i) = (d_ij^2 + d_ik^2 - d_jk^2) / (2 d_ij d_ik), which equals the normalized
-difference-vector form above but needs O(B^2 + B^3) memory instead of the reference's
-O(B^2 * D) (D = flattened width, which is large for conv maps). Teacher potentials are computed
-without gradient. All arithmetic is in fp32.
+difference-vector form above without the reference's B x B x D difference tensors (D =
+flattened width, large for conv maps). The angle term still holds a few B^3 tensors (about
+0.5 GB each at B = 512). Teacher potentials are computed without gradient. All arithmetic is
+in fp32, with autocast switched off inside the term, so mixed precision does not reach the
+loss.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +51,34 @@ def _check_layer(name: str, value) -> None:
         raise ValueError(f"{name} must be a non-empty module path such as 'layer2' (got {value!r})")
 
 
+def _fp32_region(t: torch.Tensor):
+    """Autocast off: the loss is computed in fp32 even inside a mixed-precision region."""
+    try:
+        return torch.autocast(t.device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know
+        return contextlib.nullcontext()
+
+
+# Elements of the (rows x B x D) buffer that cdist's backward allocates on CUDA, per chunk of rows.
+_CDIST_CHUNK = 1 << 25
+
+
 def _distances(e: torch.Tensor) -> torch.Tensor:
-    """Pairwise Euclidean distances (B, B) of the flattened rows of e, exact zeros on ties."""
+    """Pairwise Euclidean distances (B, B) of the flattened rows of e, exact zeros on ties.
+
+    Computed from the differences (cdist's exact mode), not from a Gram matrix, so close pairs
+    keep their accuracy; rows are taken in chunks so that the backward pass's B x B x D work
+    buffer never exceeds _CDIST_CHUNK elements.
+    """
     e = e.reshape(e.shape[0], -1).float()
-    return torch.cdist(e, e, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+    n, width = e.shape
+    rows = max(1, _CDIST_CHUNK // max(1, n * width))
+    mode = "donot_use_mm_for_euclid_dist"
+    if rows >= n:
+        return torch.cdist(e, e, p=2.0, compute_mode=mode)
+    return torch.cat(
+        [torch.cdist(e[i : i + rows], e, p=2.0, compute_mode=mode) for i in range(0, n, rows)]
+    )
 
 
 def _distance_potential(d: torch.Tensor) -> torch.Tensor:
@@ -69,20 +98,33 @@ def _angle_potential(d: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, cos.clamp(-1.0, 1.0), torch.zeros_like(cos))
 
 
+def _rkd(e_s, e_t, distance_weight: float, angle_weight: float) -> torch.Tensor:
+    if e_s.shape[0] != e_t.shape[0]:
+        raise ValueError(
+            f"student and teacher batches differ in size ({e_s.shape[0]} vs {e_t.shape[0]})"
+        )
+    with _fp32_region(e_s):
+        with torch.no_grad():
+            d_t = _distances(e_t.detach())
+        d_s = _distances(e_s)  # once, shared by both potentials
+        loss = d_s.new_zeros(())
+        if distance_weight:
+            pot_t = _distance_potential(d_t)
+            loss = loss + distance_weight * F.smooth_l1_loss(_distance_potential(d_s), pot_t)
+        if angle_weight:
+            pot_t = _angle_potential(d_t)
+            loss = loss + angle_weight * F.smooth_l1_loss(_angle_potential(d_s), pot_t)
+        return loss
+
+
 def rkd_distance(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
     """RKD distance loss L_D: Huber loss between mean-normalized pairwise distances."""
-    with torch.no_grad():
-        t = _distance_potential(_distances(e_t.detach()))
-    s = _distance_potential(_distances(e_s))
-    return F.smooth_l1_loss(s, t, beta=1.0)
+    return _rkd(e_s, e_t, 1.0, 0.0)
 
 
 def rkd_angle(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
     """RKD angle loss L_A: Huber loss between the cosines of all triplet angles."""
-    with torch.no_grad():
-        t = _angle_potential(_distances(e_t.detach()))
-    s = _angle_potential(_distances(e_s))
-    return F.smooth_l1_loss(s, t, beta=1.0)
+    return _rkd(e_s, e_t, 0.0, 1.0)
 
 
 def rkd_loss(
@@ -96,16 +138,7 @@ def rkd_loss(
     `e_s` (B, ...) and `e_t` (B, ...) may have different widths; the teacher is detached.
     A term whose weight is 0 is not computed.
     """
-    if e_s.shape[0] != e_t.shape[0]:
-        raise ValueError(
-            f"student and teacher batches differ in size ({e_s.shape[0]} vs {e_t.shape[0]})"
-        )
-    loss = e_s.new_zeros((), dtype=torch.float32)
-    if distance_weight:
-        loss = loss + distance_weight * rkd_distance(e_s, e_t)
-    if angle_weight:
-        loss = loss + angle_weight * rkd_angle(e_s, e_t)
-    return loss
+    return _rkd(e_s, e_t, distance_weight, angle_weight)
 
 
 class RKD(nn.Module):
@@ -123,7 +156,8 @@ class RKD(nn.Module):
         super().__init__()
         _check_layer("student", student)
         _check_layer("teacher", teacher)
-        if not (distance_weight >= 0 and angle_weight >= 0) or not (distance_weight or angle_weight):
+        valid = distance_weight >= 0 and angle_weight >= 0
+        if not valid or not (distance_weight or angle_weight):
             raise ValueError(
                 "distance_weight and angle_weight must be >= 0 and not both 0 "
                 f"(got {distance_weight}, {angle_weight}); the paper uses 25 and 50"

@@ -1,0 +1,182 @@
+import math
+
+import pytest
+import torch
+
+from distill.distiller import Outputs
+from distill.losses.rkd import RKD, rkd_angle, rkd_distance, rkd_loss
+
+
+def huber(x):
+    return 0.5 * x * x if abs(x) <= 1 else abs(x) - 0.5
+
+
+def dist(a, b):
+    return math.sqrt(sum((p - q) ** 2 for p, q in zip(a, b, strict=True)))
+
+
+def hand_distance(s, t):
+    """Paper form, plain Python: mean-normalized distances, Huber, mean over all B*B pairs."""
+    n = len(s)
+
+    def potentials(e):
+        d = [[dist(e[i], e[j]) for j in range(n)] for i in range(n)]
+        pos = [x for row in d for x in row if x > 0]
+        mu = sum(pos) / len(pos)
+        return [[x / mu for x in row] for row in d]
+
+    ps, pt = potentials(s), potentials(t)
+    return sum(huber(ps[i][j] - pt[i][j]) for i in range(n) for j in range(n)) / n**2
+
+
+def hand_angle(s, t):
+    """Paper form, plain Python: cosines of normalized difference vectors, mean over B^3."""
+    n = len(s)
+
+    def unit(a, b):  # (b - a) / |b - a|, zero vector if a == b
+        v = [q - p for p, q in zip(a, b, strict=True)]
+        r = math.sqrt(sum(x * x for x in v))
+        return [x / r for x in v] if r > 0 else [0.0 for _ in v]
+
+    def cosines(e):
+        return [
+            sum(x * y for x, y in zip(unit(e[i], e[j]), unit(e[i], e[k]), strict=True))
+            for i in range(n)
+            for j in range(n)
+            for k in range(n)
+        ]
+
+    cs, ct = cosines(s), cosines(t)
+    return sum(huber(a - b) for a, b in zip(cs, ct, strict=True)) / n**3
+
+
+S3 = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+T3 = [[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]]
+
+
+def test_distance_hand_value_explicit():
+    # student distances 1, 1, sqrt2 ; teacher distances 2, 1, sqrt5 (each pair counted twice)
+    mu_s = (1 + 1 + math.sqrt(2)) / 3
+    mu_t = (2 + 1 + math.sqrt(5)) / 3
+    diffs = [1 / mu_s - 2 / mu_t, 1 / mu_s - 1 / mu_t, math.sqrt(2) / mu_s - math.sqrt(5) / mu_t]
+    expected = 2 * sum(0.5 * x * x for x in diffs) / 9  # all |x| < 1, diagonal contributes 0
+    got = rkd_distance(torch.tensor(S3), torch.tensor(T3))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert got.item() == pytest.approx(hand_distance(S3, T3), rel=1e-5)
+
+
+def test_angle_hand_value_explicit():
+    # Student: right angle at point 0 (cos 0), 45 degrees at points 1 and 2 (cos 1/sqrt2).
+    # Teacher: right angle at point 0, at point 1 cos = 2/sqrt5, at point 2 cos = 1/sqrt5.
+    # For each vertex i the two distinct off-vertex orderings (j, k), (k, j) carry the cosine,
+    # the two j == k triples carry 1 on both sides; other triples are degenerate (0 vs 0).
+    r2, r5 = math.sqrt(2), math.sqrt(5)
+    diffs = [0.0, 1 / r2 - 2 / r5, 1 / r2 - 1 / r5]
+    expected = 2 * sum(0.5 * x * x for x in diffs) / 27
+    got = rkd_angle(torch.tensor(S3), torch.tensor(T3))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert got.item() == pytest.approx(hand_angle(S3, T3), rel=1e-5)
+
+
+def test_combined_hand_value_with_huber_linear_branch_and_duplicates():
+    # 4 samples in 3-D, a duplicated teacher sample (degenerate pairs/triples), and a large
+    # distance gap so that some Huber arguments exceed 1 (linear branch).
+    s = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [10.0, 10.0, 10.0]]
+    t = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 0.0, 2.0]]
+    expected = 25.0 * hand_distance(s, t) + 50.0 * hand_angle(s, t)
+    got = rkd_loss(torch.tensor(s), torch.tensor(t))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # weights are applied as given, a zero weight drops the term
+    only_d = rkd_loss(torch.tensor(s), torch.tensor(t), distance_weight=1.0, angle_weight=0.0)
+    assert only_d.item() == pytest.approx(hand_distance(s, t), rel=1e-5)
+
+
+def _outputs(feat, path):
+    return Outputs(logits=torch.zeros(feat.shape[0], 3), features={path: feat})
+
+
+def test_module_flattens_conv_maps_grad_and_teacher_untouched():
+    torch.manual_seed(0)
+    f_s = torch.randn(6, 4, 3, 3, requires_grad=True)
+    f_t = torch.randn(6, 7, 2, 2, requires_grad=True)
+    term = RKD("layer1", "layer2")
+    assert term.student_layers == ["layer1"] and term.teacher_layers == ["layer2"]
+    loss = term(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), None)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    expected = rkd_loss(f_s.detach().flatten(1), f_t.detach().flatten(1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert f_s.grad is not None and torch.isfinite(f_s.grad).all() and f_s.grad.abs().sum() > 0
+    assert f_t.grad is None
+
+
+def test_zero_when_student_equals_teacher_up_to_scale_and_shift():
+    torch.manual_seed(1)
+    e = torch.randn(5, 8)
+    assert rkd_loss(e, e).item() == pytest.approx(0.0, abs=1e-6)
+    # the potentials are invariant to scaling and translation of the embedding
+    assert rkd_loss(3.0 * e + 1.0, e).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_batch_repeat_invariance_and_finite_grad_with_duplicates():
+    torch.manual_seed(2)
+    s = torch.randn(5, 6)
+    t = torch.randn(5, 6)
+    one = rkd_loss(s, t)
+    s2 = torch.cat([s, s]).requires_grad_(True)
+    two = rkd_loss(s2, torch.cat([t, t]))
+    assert two.item() == pytest.approx(one.item(), rel=1e-5)
+    two.backward()  # duplicated samples have zero distance: gradient must stay finite
+    assert torch.isfinite(s2.grad).all()
+
+
+def test_fp32_for_half_inputs():
+    torch.manual_seed(3)
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    out = rkd_loss(s.half(), t.half())
+    assert out.dtype == torch.float32
+    assert out.item() == pytest.approx(rkd_loss(s.half().float(), t.half().float()).item())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"distance_weight": -1.0},
+        {"angle_weight": -0.5},
+        {"distance_weight": 0.0, "angle_weight": 0.0},
+        {"distance_weight": float("nan")},
+    ],
+)
+def test_bad_hyper_parameters(kwargs):
+    with pytest.raises(ValueError, match=">= 0"):
+        RKD("a", "b", **kwargs)
+
+
+def test_bad_layer_path():
+    with pytest.raises(ValueError, match="module path"):
+        RKD("", "b")
+
+
+def test_autocast_does_not_reach_the_loss():
+    torch.manual_seed(4)
+    s, t = torch.randn(12, 64), torch.randn(12, 64)
+    ref = rkd_loss(s, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = rkd_loss(s, t)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_chunked_distances_match_unchunked(monkeypatch):
+    import distill.losses.rkd as rkd_module
+
+    torch.manual_seed(5)
+    s = torch.randn(9, 4, 2, requires_grad=True)
+    t = torch.randn(9, 5)
+    whole = rkd_loss(s, t)
+    (g_whole,) = torch.autograd.grad(whole, s)
+    monkeypatch.setattr(rkd_module, "_CDIST_CHUNK", 2 * 9 * 8)  # two rows per chunk
+    chunked = rkd_loss(s, t)
+    (g_chunked,) = torch.autograd.grad(chunked, s)
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert torch.allclose(g_chunked, g_whole, atol=1e-6)
