@@ -72,6 +72,25 @@ def cmd_losses(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    """List the model zoo with parameters and FLOPs at each model's usual input shape."""
+    from .models import MODELS, count_flops, count_parameters, create_model, default_shape
+
+    table = Table(title="models (teacher.model / student.model; or package.module:function)")
+    for col in ("name", "input", "classes", "params", "MFLOPs", "hookable paths"):
+        table.add_column(col, justify="right" if col in ("classes", "params", "MFLOPs") else "left")
+    for name in MODELS:
+        shape, classes = default_shape(name)
+        model = create_model(name, classes, shape)
+        paths = getattr(model, "hook_paths", None) or [n for n, _ in model.named_children()]
+        table.add_row(
+            name, "x".join(map(str, shape)), str(classes), f"{count_parameters(model):,}",
+            f"{count_flops(model, shape) / 1e6:,.2f}", ", ".join(paths),
+        )
+    Console().print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("models", help="list the model zoo with parameters and FLOPs")
+    p.set_defaults(func=cmd_models)
     p = sub.add_parser("losses", help="list the distillation losses")
     p.set_defaults(func=cmd_losses)
     return parser

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import DistillError
 from .cnn import SmallCNN
 from .mlp import MLP
+from .zoo import REFERENCE_NUM_CLASSES as ZOO_NUM_CLASSES
 from .zoo import ZOO
 
 MODELS = {"mlp": MLP, "cnn": SmallCNN, **ZOO}
@@ -57,4 +58,26 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "MLP", "SmallCNN", "count_parameters", "create_model"]
+def count_flops(model: nn.Module, in_shape) -> int:
+    """Floating-point operations of one forward pass on one sample (torch's flop counter;
+    a multiply-add counts as 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *in_shape))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def default_shape(name: str) -> tuple[tuple[int, ...], int]:
+    """The input shape and class count a zoo model is usually built for (for listings)."""
+    if name in ("mlp", "cnn"):
+        return (1, 8, 8), 10
+    return (3, 32, 32), ZOO_NUM_CLASSES.get(name, 100)
+
+
+__all__ = ["MODELS", "MLP", "SmallCNN", "count_flops", "count_parameters", "create_model", "default_shape"]
