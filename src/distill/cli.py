@@ -109,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options too (`distill run cfg.yaml --quiet train.epochs=3`).
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "run"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides.extend(extra)
     # `distill run train.epochs=3`: a first positional with '=' is an override, not a file.
     if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)

@@ -62,7 +62,7 @@ def _environment() -> dict:
 
 
 def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
-    x = data.val.x[:2].to(device)
+    x = next(iter(data.val))[0][:2].to(device)
     try:
         with torch.no_grad():
             out = model.eval()(x)
