@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from .config import load_config, to_yaml
 from .errors import DistillError
+from .runtime import Interrupted
 
 
 def summary_table(summary: dict) -> Table:
@@ -37,12 +39,29 @@ def summary_table(summary: dict) -> Table:
 def cmd_run(args) -> int:
     from .stages import default_run_dir, run
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise DistillError(
+                "--resume continues a run with the config saved in its folder; drop the config "
+                "file, the overrides and --out."
+            )
+        out = Path(args.resume)
+        cfg = load_config(out / "config.yaml") if (out / "config.yaml").exists() else None
+        if cfg is None:
+            raise DistillError(f"'{out}' holds no run to resume (no config.yaml there).")
+    else:
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out) if args.out else default_run_dir(cfg)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    out = args.out or default_run_dir(cfg)
-    summary = run(cfg, out, quiet=args.quiet)
+    try:
+        summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume),
+                      trust_checkpoint=args.trust_checkpoint)
+    except Interrupted as stop:
+        saved = "A checkpoint was written. " if stop.checkpointed else ""
+        print(f"Stopped. {saved}Continue with: distill run --resume {out}", file=sys.stderr)
+        return 130
     if not args.quiet:
         console = Console()
         console.print(summary_table(summary))
@@ -91,6 +110,15 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    result = export(args.run_dir, args.format, args.out, args.stage)
+    parity = f" (max |exported - torch| difference {result['max_abs_diff']:.2e})" if "max_abs_diff" in result else ""
+    print(f"Wrote {result['path']}{parity}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,7 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<name>-<timestamp>/)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow teacher checkpoints that need arbitrary code to unpickle")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("export", help="export a run's student (onnx, torchscript, safetensors)")
+    p.add_argument("run_dir", help="a run folder written by distill run")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"])
+    p.add_argument("--out", help="output file (default: RUN_DIR/<stage>-export.<ext>)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("models", help="list the model zoo with parameters and FLOPs")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("losses", help="list the distillation losses")
@@ -125,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unwritable or full output folder, caught mid-run
+        print(
+            f"error: could not write {e.filename or 'a file'}: {e.strerror or e}. Free some "
+            "space or choose a writable --out; files written so far are intact.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

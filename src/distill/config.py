@@ -55,6 +55,7 @@ class TrainConfig(Strict):
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
+    checkpoint_every: int = Field(1, ge=0)  # epochs between checkpoints; 0: none
     deterministic: bool = False
     threads: int | None = Field(None, gt=0)
     precision: Literal["fp32"] = "fp32"

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import Checkpointer, TrainState, set_rng_state
 from .distiller import UNLABELLED, Distiller
+from .errors import DistillError
+from .runtime import Interrupted, stop_requested
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -75,6 +78,22 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+class NonFiniteLoss(DistillError):
+    """A loss term became NaN or Inf."""
+
+
+def _check_finite(out: dict, epoch: int, step: int) -> None:
+    if torch.isfinite(out["loss"]):
+        return
+    bad = [name for name, v in out.items() if name != "logits" and not torch.isfinite(v)]
+    raise NonFiniteLoss(
+        f"The loss became non-finite at epoch {epoch + 1}, step {step + 1}: term(s) "
+        f"{', '.join(repr(b) for b in bad if b != 'loss') or repr('loss')} = "
+        f"{out[bad[0]].item()}. Lower train.lr, set train.grad_clip (e.g. 1.0), or check the "
+        "inputs for NaN; the last good checkpoint is kept."
+    )
+
+
 def fit(
     distiller: Distiller,
     train_loader,
@@ -83,12 +102,16 @@ def fit(
     device,
     on_step: Callable[[dict], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: dict | None = None,
 ) -> FitResult:
     """Train `distiller`'s student (and loss modules) for `cfg.epochs`; select on validation.
 
-    `on_step` gets {"loss": float} after each step (for progress bars); `on_epoch` gets the
+    `on_step` gets {"loss": tensor} after each step (for progress bars); `on_epoch` gets the
     epoch's record: every loss term's mean, train accuracy on labelled samples, lr, seconds,
-    and validation accuracy/loss.
+    and validation accuracy/loss. With a `checkpointer`, a checkpoint is written every
+    `cfg.checkpoint_every` epochs and when a stop is requested (Ctrl-C, SIGTERM; see
+    runtime.stop_requested); `resume` (from Checkpointer.load) continues exactly where it left.
     """
     distiller.to(device)
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
@@ -97,20 +120,35 @@ def fit(
     steps = len(train_loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    result = FitResult(best_state={}, best_epoch=-1, best_val={"acc": -1.0})
-    for epoch in range(cfg.epochs):
+    state, best_state = TrainState(), {}
+    if resume is not None:
+        distiller.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        state, best_state = resume["state"], resume["best"]
+        set_rng_state(resume["rng"])
+
+    def save():
+        if checkpointer is not None:
+            checkpointer.save(distiller, optimizer, schedule, state, best_state)
+
+    for epoch in range(state.epoch, cfg.epochs):
         start = time.perf_counter()
         distiller.train()
         distiller.set_epoch(epoch)
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        labelled = torch.zeros((), device=device)
-        lr = optimizer.param_groups[0]["lr"]
-        for batch in train_loader:
+        partial = state.partial
+        sums = {k: torch.tensor(v, device=device) for k, v in partial.get("sums", {}).items()}
+        correct = torch.tensor(partial.get("correct", 0.0), device=device)
+        labelled = torch.tensor(partial.get("labelled", 0.0), device=device)
+        lr = partial.get("lr", optimizer.param_groups[0]["lr"])
+        for step, batch in enumerate(train_loader):
+            if step < state.step:  # resuming mid-epoch: these steps were done before the stop
+                continue
             batch = [t.to(device, non_blocking=True) for t in batch]
             out = distiller(batch)
+            _check_finite(out, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             if cfg.grad_clip:
@@ -125,16 +163,28 @@ def fit(
             labelled += mask.sum()
             if on_step is not None:
                 on_step({"loss": out["loss"]})
+            if stop_requested():
+                state.step = step + 1
+                state.partial = {
+                    "sums": {k: float(v) for k, v in sums.items()}, "correct": float(correct),
+                    "labelled": float(labelled), "lr": lr,
+                }
+                save()
+                raise Interrupted(checkpointer is not None)
         record = {"epoch": epoch + 1, "lr": lr}
         record.update({f"train_{k}": (v / steps).item() for k, v in sums.items()})
         record["train_acc"] = (100 * correct / labelled.clamp(min=1)).item()
         val = evaluate(distiller.student, val_loader, device)
         record.update(val_acc=val["acc"], val_loss=val["loss"])
         record["seconds"] = time.perf_counter() - start
-        if val["acc"] > result.best_val["acc"]:
-            result.best_val, result.best_epoch = val, epoch + 1
-            result.best_state = copy.deepcopy(distiller.state_dict())
-        result.history.append(record)
+        state.epoch, state.step, state.partial = epoch + 1, 0, {}
+        if val["acc"] > state.best_val["acc"]:
+            state.best_val, state.best_epoch = val, epoch + 1
+            best_state = copy.deepcopy(distiller.state_dict())
+        state.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-    return result
+        every = getattr(cfg, "checkpoint_every", 1)
+        if every and (state.epoch % every == 0 or state.epoch == cfg.epochs):
+            save()
+    return FitResult(best_state, state.best_epoch, state.best_val, state.history)

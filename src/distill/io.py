@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,23 +57,50 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     _atomic(path, lambda tmp: save_file(state, str(tmp)))
 
 
-def load_weights(module: torch.nn.Module, path: str | Path) -> None:
-    """Load weights into `module` from safetensors, or `.pt`/`.pth` with weights_only=True."""
+def read_state_dict(path: str | Path, trust: bool = False) -> dict:
+    """A state dict from safetensors, or `.pt`/`.pth` via torch.load(weights_only=True).
+
+    A pickle that needs arbitrary code to load is refused unless `trust` is set (the user's
+    explicit --trust-checkpoint): unpickling can run any code the file's author chose.
+    """
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"Checkpoint file '{path}' does not exist. Check the path you gave.")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as e:  # truncated or not safetensors at all
+            raise DistillError(
+                f"Checkpoint '{path}' is not a readable safetensors file ({e}); it may be corrupt "
+                "or truncated. Save it again, or point to another file."
+            ) from None
     try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or truncated file, or pickled code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust:
+            raise DistillError(
+                f"Checkpoint '{path}' needs arbitrary code to load (it pickles more than tensors: "
+                f"{str(e).splitlines()[0][:160]}). Save a state_dict or safetensors instead, or pass "
+                "--trust-checkpoint if you trust the file's author."
+            ) from None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # corrupt, truncated, not a torch file
         raise DistillError(
-            f"Could not read checkpoint '{path}': {e}. Use a safetensors file or a "
-            "state_dict saved with torch.save."
-        ) from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            f"Checkpoint '{path}' cannot be read ({e}); it may be corrupt or truncated. Use a "
+            "safetensors file or a state_dict saved with torch.save."
+        ) from None
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DistillError(f"Checkpoint '{path}' holds no state dict of tensors.")
+    return state
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, trust: bool = False) -> None:
+    """Load weights into `module`; a mismatch lists the differing keys and shapes."""
+    state = read_state_dict(path, trust)
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -34,3 +37,41 @@ def configure(seed: int, deterministic: bool = False, threads: int | None = None
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cudnn.deterministic = deterministic
     seed_everything(seed)
+
+
+# ---------------------------------------------------------------- stopping cleanly
+
+_STOP = threading.Event()
+
+
+class Interrupted(Exception):
+    """Training stopped on Ctrl-C or SIGTERM (after writing a checkpoint when it had one)."""
+
+    def __init__(self, checkpointed: bool):
+        super().__init__("interrupted")
+        self.checkpointed = checkpointed
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def request_stop(*_) -> None:
+    """Signal handler: finish the current step, checkpoint, and stop."""
+    _STOP.set()
+
+
+@contextlib.contextmanager
+def stop_handlers():
+    """Within the block, Ctrl-C and SIGTERM ask for a clean stop at the next step boundary
+    (checkpoint, then Interrupted) instead of killing the process mid-write."""
+    _STOP.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .checkpoint import Checkpointer
 from .config import RunConfig, to_yaml
 from .data import Data, build_data
 from .distiller import Distiller
@@ -28,7 +29,7 @@ from .io import append_line, load_weights, save_weights, write_json, write_text
 from .losses import resolve_loss
 from .models import count_parameters, create_model
 from .progress import StageProgress
-from .runtime import configure, resolve_device, seed_everything
+from .runtime import configure, resolve_device, seed_everything, stop_handlers
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -78,10 +79,16 @@ def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
 
 
 class Run:
-    """One run folder: writes config.yaml, metrics.jsonl, weights and summary.json."""
+    """One run folder: writes config.yaml, metrics.jsonl, weights, stages.json, summary.json.
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, quiet: bool = False):
+    stages.json records each finished stage's results, and checkpoint.json the stage in
+    progress, so `resume=True` skips finished stages and continues the interrupted one exactly.
+    """
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, quiet: bool = False, resume: bool = False,
+                 trust_checkpoint: bool = False):
         self.cfg, self.dir, self.quiet = cfg, Path(out_dir), quiet
+        self.resume, self.trust = resume, trust_checkpoint
         self.device = resolve_device(cfg.train.device)
         self.metrics = self.dir / "metrics.jsonl"
         self.results: dict[str, dict] = {}
@@ -94,25 +101,48 @@ class Run:
 
     def train_stage(self, stage: str, distiller: Distiller, loader, data: Data) -> dict:
         model = distiller.student
+        checkpointer = Checkpointer(self.dir, stage)
+        resume = checkpointer.load() if self.resume else None
+        self._prune_metrics(stage, resume["state"].epoch if resume else 0)
+        if resume:
+            state = resume["state"]
+            self.log(f"Resuming {stage} after epoch {state.epoch}, step {state.step}.")
         with StageProgress(stage, self.cfg.train.epochs, len(loader), self.quiet) as bar:
 
             def on_epoch(record):
                 append_line(self.metrics, json.dumps({"stage": stage, **record}))
                 bar.epoch_done(record)
 
-            result = fit(distiller, loader, data.val, self.cfg.train, self.device, bar.step, on_epoch)
+            result = fit(
+                distiller, loader, data.val, self.cfg.train, self.device, bar.step, on_epoch,
+                checkpointer=checkpointer, resume=resume,
+            )
         self.save(distiller, f"{stage}-last")
         last = {"val": result.history[-1]["val_acc"], "test": evaluate(model, data.test, self.device)["acc"]}
         distiller.load_state_dict(result.best_state)
         self.save(distiller, stage)
-        return {
+        self.results[stage].update({
             "best_epoch": result.best_epoch,
             "val_acc": result.best_val["acc"],
             "test_acc": evaluate(model, data.test, self.device)["acc"],
             "last_val_acc": last["val"],
             "last_test_acc": last["test"],
             "seconds": sum(r["seconds"] for r in result.history),
-        }
+        })
+        write_json(self.dir / "stages.json", self.results)  # the stage is done...
+        Checkpointer.clear(self.dir)  # ...so its checkpoint is no longer needed
+        return self.results[stage]
+
+    def _prune_metrics(self, stage: str, epochs_kept: int) -> None:
+        """Drop metrics lines a resumed run will write again (epochs after its checkpoint)."""
+        if not self.metrics.exists():
+            return
+        keep = []
+        for line in self.metrics.read_text().splitlines():
+            record = json.loads(line)
+            if record["stage"] in self.results or (record["stage"] == stage and record["epoch"] <= epochs_kept):
+                keep.append(line)
+        write_text(self.metrics, "".join(f"{line}\n" for line in keep))
 
     def save(self, distiller: Distiller, stem: str) -> None:
         """The student alone in <stem>.safetensors; trainable loss parts (projectors) beside it."""
@@ -120,17 +150,37 @@ class Run:
         if any(True for _ in distiller.terms.parameters()):
             save_weights(distiller.terms, self.dir / f"{stem}-losses.safetensors")
 
-    def run(self) -> dict:
-        cfg = self.cfg
-        if self.dir.exists() and (self.dir / "summary.json").exists():
+    def _prepare_folder(self) -> None:
+        finished = (self.dir / "summary.json").exists()
+        started = (self.dir / "config.yaml").exists()
+        if finished:
             raise DistillError(
                 f"'{self.dir}' already holds a finished run. Choose another --out, or delete it."
             )
+        if self.resume and not started:
+            raise DistillError(f"'{self.dir}' holds no run to resume (no config.yaml there).")
+        if started and not self.resume:
+            raise DistillError(
+                f"'{self.dir}' holds an unfinished run. Continue it with `distill run --resume "
+                f"{self.dir}`, or choose another --out."
+            )
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                write_text(self.dir / "config.yaml", to_yaml(self.cfg))
+        except OSError as e:
+            raise DistillError(
+                f"Cannot write the run folder '{self.dir}': {e.strerror or e}. Choose a writable "
+                "--out with free space."
+            ) from None
+        if self.resume and (self.dir / "stages.json").exists():
+            self.results = json.loads((self.dir / "stages.json").read_text())
+
+    def run(self) -> dict:
+        cfg = self.cfg
         configure(cfg.seed, cfg.train.deterministic, cfg.train.threads)
         data = build_data(cfg.data, seed=cfg.seed)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.dir / "config.yaml", to_yaml(cfg))
-        self.metrics.unlink(missing_ok=True)
+        self._prepare_folder()
         c = data.counts
         self.log(
             f"[bold]{cfg.name}[/bold] on {cfg.data.name}: {c['train']} training samples, "
@@ -146,7 +196,7 @@ class Run:
         teacher = self.teacher_stage(data)
         terms, ce_weight = build_terms(cfg)
         for stage in ("scratch", "distill"):
-            if stage not in cfg.stages:
+            if stage not in cfg.stages or stage in self.results:
                 continue
             seed_everything(cfg.seed)  # same initial weights for scratch and distilled students
             student = create_model(cfg.student.model, data.num_classes, data.in_shape, **cfg.student.kwargs)
@@ -164,7 +214,7 @@ class Run:
                 distiller = Distiller(teacher, student, terms, ce_weight)
             seed_everything(cfg.seed + 1)  # the same data order and dropout draws for both
             self.results[stage] = {"params": count_parameters(student)}
-            self.results[stage].update(self.train_stage(stage, distiller, data.train, data))
+            self.train_stage(stage, distiller, data.train, data)
         summary = self.summary(data)
         write_json(self.dir / "summary.json", summary)
         return summary
@@ -175,8 +225,10 @@ class Run:
             return None
         seed_everything(cfg.seed)
         teacher = create_model(cfg.teacher.model, data.num_classes, data.in_shape, **cfg.teacher.kwargs)
-        if cfg.teacher.checkpoint:
-            load_weights(teacher, cfg.teacher.checkpoint)
+        if "teacher" in self.results:  # finished before a resume
+            load_weights(teacher, self.dir / "teacher.safetensors")
+        elif cfg.teacher.checkpoint:
+            load_weights(teacher, cfg.teacher.checkpoint, trust=self.trust)
             teacher.to(self.device)
             _check_classes(teacher, "teacher", data, self.device)
             self.results["teacher"] = {
@@ -187,9 +239,8 @@ class Run:
         else:
             _check_classes(teacher.to(self.device), "teacher", data, self.device)
             self.results["teacher"] = {"params": count_parameters(teacher)}
-            distiller = Distiller(None, teacher, ce_weight=1.0)
-            self.results["teacher"].update(self.train_stage("teacher", distiller, data.teacher_train, data))
-        return teacher.eval()
+            self.train_stage("teacher", Distiller(None, teacher, ce_weight=1.0), data.teacher_train, data)
+        return teacher.to(self.device).eval()
 
     def summary(self, data: Data) -> dict:
         stages = self.results
@@ -212,11 +263,14 @@ class Run:
         }
 
 
-def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False) -> dict:
-    """Run every configured stage into `out_dir` (default runs/<name>-<timestamp>/); return the summary."""
+def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False,
+        resume: bool = False, trust_checkpoint: bool = False) -> dict:
+    """Run every configured stage into `out_dir` (default runs/<name>-<timestamp>/); return the
+    summary. `resume=True` continues the unfinished run in `out_dir` exactly where it stopped."""
     start = time.perf_counter()
     out = Path(out_dir) if out_dir else default_run_dir(cfg)
-    summary = Run(cfg, out, quiet).run()
+    with stop_handlers():
+        summary = Run(cfg, out, quiet, resume, trust_checkpoint).run()
     summary["wall_seconds"] = time.perf_counter() - start
     write_json(out / "summary.json", summary)
     return summary

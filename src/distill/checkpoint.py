@@ -1,0 +1,117 @@
+"""Training checkpoints that survive kills: exact resume, atomic writes.
+
+A checkpoint is a pair of files plus a pointer:
+
+    ckpt-<stage>-<epoch>-<step>.safetensors   Distiller weights (student + projectors), and
+                                              the validation-selected weights ("best.*")
+    ckpt-<stage>-<epoch>-<step>.pt            optimizer, schedule, RNG states, counters
+    checkpoint.json                           which pair is current
+
+Each file is written atomically and the pointer is replaced last, so a kill at any moment
+leaves the previous checkpoint complete and loadable. The .pt file holds only tensors and
+plain Python values: it loads with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import DistillError
+from .io import _atomic, write_json
+
+POINTER = "checkpoint.json"
+
+
+@dataclass
+class TrainState:
+    """Where training stands: enough, with the weights, to continue bit for bit."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed within epoch `epoch` (non-zero after an interrupt)
+    best_epoch: int = -1
+    best_val: dict = field(default_factory=lambda: {"acc": -1.0})
+    history: list = field(default_factory=list)
+    partial: dict = field(default_factory=dict)  # the interrupted epoch's running sums
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and loads the checkpoint of one stage of a run folder."""
+
+    def __init__(self, run_dir: Path, stage: str):
+        self.dir, self.stage = Path(run_dir), stage
+
+    def save(self, distiller, optimizer, schedule, state: TrainState, best_state: dict) -> None:
+        stem = f"ckpt-{self.stage}-{state.epoch:04d}-{state.step:06d}"
+        weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in distiller.state_dict().items()}
+        weights.update({f"best.{k}": v.detach().cpu().clone() for k, v in best_state.items()})
+        _atomic(self.dir / f"{stem}.safetensors", lambda tmp: save_file(weights, str(tmp)))
+        extra = {
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": rng_state(),
+            "state": asdict(state),
+        }
+        _atomic(self.dir / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))
+        write_json(self.dir / POINTER, {"stage": self.stage, "stem": stem})
+        for old in self.dir.glob("ckpt-*"):
+            if not old.name.startswith(stem + "."):
+                old.unlink(missing_ok=True)
+
+    def load(self) -> dict | None:
+        """The stage's checkpoint as {"model", "best", "optimizer", "schedule", "rng",
+        "state"}, or None when the run folder's checkpoint belongs to no or another stage."""
+        pointer = self.dir / POINTER
+        if not pointer.exists():
+            return None
+        info = json.loads(pointer.read_text())
+        if info.get("stage") != self.stage:
+            return None
+        stem = self.dir / info["stem"]
+        try:
+            weights = load_file(f"{stem}.safetensors")
+            extra = torch.load(f"{stem}.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise DistillError(
+                f"The checkpoint {stem}.* in '{self.dir}' cannot be read ({e}). It is damaged; "
+                "start the run again without --resume."
+            ) from None
+        extra["model"] = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
+        extra["best"] = {k[5:]: v for k, v in weights.items() if k.startswith("best.")}
+        extra["state"] = TrainState(**extra["state"])
+        return extra
+
+    @staticmethod
+    def clear(run_dir: Path) -> None:
+        """Remove the checkpoint once its stage is complete."""
+        for path in Path(run_dir).glob("ckpt-*"):
+            path.unlink(missing_ok=True)
+        (Path(run_dir) / POINTER).unlink(missing_ok=True)

@@ -1,0 +1,87 @@
+"""Export a run's student alone: ONNX (checked against torch with onnxruntime), TorchScript
+(checked against torch), or safetensors weights."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from .config import load_config
+from .data import build_data
+from .errors import DistillError
+from .io import load_weights
+from .models import create_model
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+PARITY_TOLERANCE = 1e-4
+
+
+def load_student(run_dir: Path, stage: str = "distill", trust: bool = False):
+    """(student model in eval mode, a sample input batch) rebuilt from a run folder."""
+    run_dir = Path(run_dir)
+    weights = run_dir / f"{stage}.safetensors"
+    if not (run_dir / "config.yaml").exists() or not weights.exists():
+        raise DistillError(
+            f"'{run_dir}' has no finished '{stage}' stage (config.yaml and {weights.name} are "
+            "needed). Give a run folder written by `distill run`, or pick --stage."
+        )
+    cfg = load_config(run_dir / "config.yaml")
+    data = build_data(cfg.data, seed=cfg.seed)
+    spec = cfg.teacher if stage == "teacher" else cfg.student
+    model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
+    load_weights(model, weights, trust=trust)
+    sample = next(iter(data.test))[0][:8]
+    return model.eval(), sample
+
+
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: str = "distill") -> dict:
+    """Write the exported student; return {"path", "format", "max_abs_diff" (onnx/torchscript)}."""
+    if fmt not in FORMATS:
+        raise DistillError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
+    run_dir = Path(run_dir)
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}[fmt]
+    out = Path(out) if out else run_dir / f"{stage}-export{suffix}"
+    if fmt == "safetensors":
+        load_student(run_dir, stage)  # checks the weights fit the configured architecture
+        shutil.copyfile(run_dir / f"{stage}.safetensors", out)
+        return {"path": str(out), "format": fmt}
+    model, x = load_student(run_dir, stage)
+    with torch.no_grad():
+        expected = model(x)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            scripted = torch.jit.trace(model, x)
+            scripted.save(str(out))
+            with torch.no_grad():
+                got = torch.jit.load(str(out))(x)
+    else:
+        got = torch.from_numpy(_onnx(model, x, out))
+    diff = (got - expected).abs().max().item()
+    if diff > PARITY_TOLERANCE:
+        raise DistillError(
+            f"The exported {fmt} model disagrees with torch by {diff:.2e} (> {PARITY_TOLERANCE}); "
+            f"it was written to {out} but should not be trusted."
+        )
+    return {"path": str(out), "format": fmt, "max_abs_diff": diff}
+
+
+def _onnx(model: torch.nn.Module, x: torch.Tensor, out: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DistillError(
+            "ONNX export needs the optional packages onnx, onnxscript and onnxruntime: "
+            "pip install 'distill[export]'."
+        ) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x,), str(out), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x.numpy()})[0]
