@@ -180,6 +180,8 @@ class Run:
         cfg = self.cfg
         configure(cfg.seed, cfg.train.deterministic, cfg.train.threads)
         data = build_data(cfg.data, seed=cfg.seed)
+        terms, ce_weight = build_terms(cfg)
+        self._preflight(data, terms)
         self._prepare_folder()
         c = data.counts
         self.log(
@@ -194,7 +196,6 @@ class Run:
                 f"teacher's soft targets on all {c['labelled'] + c['unlabelled']}."
             )
         teacher = self.teacher_stage(data)
-        terms, ce_weight = build_terms(cfg)
         for stage in ("scratch", "distill"):
             if stage not in cfg.stages or stage in self.results:
                 continue
@@ -218,6 +219,15 @@ class Run:
         summary = self.summary(data)
         write_json(self.dir / "summary.json", summary)
         return summary
+
+    def _preflight(self, data: Data, terms: dict) -> None:
+        """Catch model and layer-path mistakes before any training time is spent."""
+        cfg = self.cfg
+        student = create_model(cfg.student.model, data.num_classes, data.in_shape, **cfg.student.kwargs)
+        _check_classes(student, "student", data, torch.device("cpu"))
+        if "distill" in cfg.stages and terms:
+            teacher = create_model(cfg.teacher.model, data.num_classes, data.in_shape, **cfg.teacher.kwargs)
+            Distiller(teacher, student, terms).student_capture.remove()
 
     def teacher_stage(self, data: Data) -> nn.Module | None:
         cfg = self.cfg
