@@ -78,6 +78,11 @@ class RunConfig(Strict):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     stages: list[Stage] = Field(default_factory=lambda: ["teacher", "scratch", "distill"])
+    # Teacher-output cache (distill.cache): auto = in memory, fp32, only when exact and useful.
+    cache: Literal["off", "auto", "memory", "disk"] = "auto"
+    cache_dtype: Literal["fp32", "fp16"] = "fp32"
+    cache_topk: int | None = Field(None, gt=0)
+    cache_dir: str | None = None  # disk mode; default <run folder>/teacher_cache
 
 
 # ---------------------------------------------------------------- overrides and loading

@@ -74,6 +74,13 @@ class Distiller(nn.Module):
         self.student_capture = FeatureCapture(student, student_layers, "student")
         self.teacher_capture = FeatureCapture(teacher, teacher_layers, "teacher") if teacher else None
         self.needs_setup = any(hasattr(m, "setup") for m in self.terms.values())
+        self.cache = None  # a cache.TeacherCache, set by attach_cache
+
+    def attach_cache(self, cache) -> None:
+        """Serve training batches' teacher outputs from `cache` (see `distill.cache`)."""
+        if self.teacher is None:
+            raise ValueError("a teacher cache needs a teacher")
+        self.cache = cache
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device) / .double() move the teacher along with the registered modules.
@@ -88,8 +95,16 @@ class Distiller(nn.Module):
         return self
 
     @torch.no_grad()
-    def teacher_outputs(self, inputs: torch.Tensor) -> Outputs:
-        return Outputs(*self.teacher_capture.run(self.teacher, inputs))
+    def teacher_outputs(self, inputs: torch.Tensor, index: torch.Tensor | None = None) -> Outputs:
+        """Teacher logits and hooked features. With a cache attached and the batch's sample
+        `index` (training batches), they come from the cache (fp32, on inputs' device) and the
+        teacher runs only on the misses; without an index (setup probe) it runs live."""
+        if self.cache is not None and index is not None:
+            return Outputs(*self.cache.lookup(inputs, index, self._run_teacher))
+        return Outputs(*self._run_teacher(inputs))
+
+    def _run_teacher(self, inputs: torch.Tensor):
+        return self.teacher_capture.run(self.teacher, inputs)
 
     def student_outputs(self, inputs: torch.Tensor) -> Outputs:
         return Outputs(*self.student_capture.run(self.student, inputs))
@@ -115,10 +130,13 @@ class Distiller(nn.Module):
         self.needs_setup = False
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell terms with a schedule (DKD's warm-up) the current epoch, counted from 0."""
+        """Tell terms with a schedule (DKD's warm-up) the current epoch, counted from 0, and
+        the cache, whose view ids of this epoch's augmentation draws depend on it."""
         for term in self.terms.values():
             if hasattr(term, "set_epoch"):
                 term.set_epoch(epoch)
+        if self.cache is not None:
+            self.cache.set_epoch(epoch)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         """Return {"loss": total, "ce": ..., "<term>": ..., "logits": student logits}.
@@ -130,7 +148,7 @@ class Distiller(nn.Module):
         out = {"ce": ce_loss(student.logits, labels)}
         total = self.ce_weight * out["ce"]
         if self.terms:
-            teacher = self.teacher_outputs(inputs)
+            teacher = self.teacher_outputs(inputs, batch[2] if len(batch) > 2 else None)
             for name, term in self.terms.items():
                 out[name] = term(student, teacher, batch)
                 total = total + self.weights[name] * out[name]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .cache import open_cache
 from .checkpoint import Checkpointer
 from .config import RunConfig, to_yaml
 from .data import Data, build_data
@@ -213,12 +214,24 @@ class Run:
                 if not terms:
                     raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
                 distiller = Distiller(teacher, student, terms, ce_weight)
-            seed_everything(cfg.seed + 1)  # the same data order and dropout draws for both
             self.results[stage] = {"params": count_parameters(student)}
+            if stage == "distill":
+                self.results[stage]["cache"] = self._open_cache(distiller, data)
+            seed_everything(cfg.seed + 1)  # the same data order and dropout draws for both
             self.train_stage(stage, distiller, data.train, data)
         summary = self.summary(data)
         write_json(self.dir / "summary.json", summary)
         return summary
+
+    def _open_cache(self, distiller: Distiller, data: Data) -> str:
+        cfg = self.cfg
+        _, why = open_cache(
+            cfg.cache, distiller, data.train, augment=data.augment, seed=cfg.seed,
+            epochs=cfg.train.epochs, dtype=cfg.cache_dtype, topk=cfg.cache_topk,
+            path=Path(cfg.cache_dir) if cfg.cache_dir else self.dir / "teacher_cache",
+        )
+        self.log(f"Teacher cache: {why}")
+        return why
 
     def _preflight(self, data: Data, terms: dict) -> None:
         """Catch model and layer-path mistakes before any training time is spent."""

@@ -1,20 +1,11 @@
-"""Attention transfer: hand-worked attention maps and the generic loss-term checks."""
+"""Attention transfer: hand-worked attention maps (generic checks: test_registry.py)."""
 
 import math
 
 import pytest
 import torch
 
-from distill.distiller import Outputs
 from distill.losses.at import AT, at_loss
-
-
-def outs(**features):
-    return Outputs(torch.zeros(next(iter(features.values())).size(0), 3), features)
-
-
-def batch_of(n):
-    return (torch.zeros(n, 1), torch.full((n,), -1), torch.arange(n))
 
 
 def test_hand_value_p2_different_channel_counts():
@@ -53,40 +44,11 @@ def test_mixed_spatial_sizes_pool_to_the_common_minimum():
     assert torch.isfinite(at_loss(f_s, f_t))  # both pooled to 2x2
 
 
-def test_finite_scalar_fp32_and_gradients():
-    torch.manual_seed(0)
-    s = torch.randn(4, 3, 4, 4, dtype=torch.bfloat16, requires_grad=True)
-    t = torch.randn(4, 8, 4, 4, requires_grad=True)
-    term = AT("s", "t")
-    assert list(term.parameters()) == []
-    loss = term(outs(s=s), outs(t=t), batch_of(4))
-    assert loss.dim() == 0 and loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    assert s.grad is not None and s.grad.abs().sum() > 0
-    assert t.grad is None
-
-
-def test_zero_when_equal():
-    f = torch.randn(3, 4, 5, 5)
-    assert at_loss(f, f.clone()).item() == pytest.approx(0.0, abs=1e-12)
-
-
-def test_repeating_the_batch_keeps_the_value():
-    torch.manual_seed(1)
-    s, t = torch.randn(3, 2, 4, 4), torch.randn(3, 6, 4, 4)
-    once = at_loss(s, t)
-    twice = at_loss(torch.cat([s, s]), torch.cat([t, t]))
-    assert twice.item() == pytest.approx(once.item(), rel=1e-6)
-
-
-def test_layers_and_errors():
+def test_no_trainable_parts_and_errors():
     term = AT("layer2", "layer3")
-    assert term.student_layers == ["layer2"] and term.teacher_layers == ["layer3"]
-    assert term.p == 2.0
+    assert list(term.parameters()) == [] and term.p == 2.0
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="p must be > 0"):
             AT("a", "b", p=bad)
-    with pytest.raises(ValueError, match="module path"):
-        AT("a", "")
     with pytest.raises(ValueError):
         at_loss(torch.ones(2, 3), torch.ones(2, 3))

@@ -1,3 +1,5 @@
+"""Correlation congruence: hand-worked kernel matrices (generic checks: test_registry.py)."""
+
 import math
 
 import pytest
@@ -63,51 +65,17 @@ def test_module_with_set_embedding_matches_hand_value():
     assert loss.item() == pytest.approx(hand_case_1(), rel=1e-5)
 
 
-def test_module_grads_reach_student_and_embedding_not_teacher():
-    torch.manual_seed(0)
+def test_embedding_maps_the_flattened_widths():
     term = CC("layer1", "layer2")
-    assert term.student_layers == ["layer1"] and term.teacher_layers == ["layer2"]
-    f_s = torch.randn(6, 2, 3, 3, requires_grad=True)
-    f_t = torch.randn(6, 4, 2, 2, requires_grad=True)
-    term.setup({"layer1": tuple(f_s.shape)}, {"layer2": tuple(f_t.shape)})
+    term.setup({"layer1": (6, 2, 3, 3)}, {"layer2": (6, 4, 2, 2)})
     assert isinstance(term.embed, nn.Linear) and term.embed.in_features == 18
     assert term.embed.out_features == 16
-    loss = term(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), None)
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert f_s.grad is not None and f_s.grad.abs().sum() > 0
-    assert term.embed.weight.grad is not None and term.embed.weight.grad.abs().sum() > 0
-    assert f_t.grad is None
 
 
 def test_same_width_needs_no_embedding():
     term = CC("a", "b")
     term.setup({"a": (4, 8)}, {"b": (4, 2, 2, 2)})
     assert isinstance(term.embed, nn.Identity)
-
-
-def test_forward_before_setup_and_missing_layer():
-    term = CC("a", "b")
-    x = torch.randn(2, 3)
-    with pytest.raises(RuntimeError, match="setup"):
-        term(_outputs(x, "a"), _outputs(x, "b"), None)
-    with pytest.raises(ValueError, match="no student feature 'a'"):
-        term.setup({"z": (2, 3)}, {"b": (2, 3)})
-
-
-def test_zero_when_student_equals_teacher_and_batch_repeat_invariance():
-    torch.manual_seed(1)
-    e = torch.randn(5, 6)
-    assert cc_loss(e, e).item() == pytest.approx(0.0, abs=1e-7)
-    s, t = torch.randn(5, 6), torch.randn(5, 3)
-    one = cc_loss(s, t)
-    two = cc_loss(torch.cat([s, s]), torch.cat([t, t]))
-    assert two.item() == pytest.approx(one.item(), rel=1e-5)
-
-
-def test_fp32_for_half_inputs():
-    s, t = torch.randn(4, 5).half(), torch.randn(4, 5).half()
-    assert cc_loss(s, t).dtype == torch.float32
 
 
 @pytest.mark.parametrize(
@@ -122,15 +90,3 @@ def test_fp32_for_half_inputs():
 def test_bad_hyper_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CC("a", "b", **kwargs)
-
-
-def test_autocast_does_not_reach_the_loss():
-    torch.manual_seed(4)
-    term = CC("s", "t")
-    term.setup({"s": (16, 48)}, {"t": (16, 64)})
-    s, t = torch.randn(16, 48), torch.randn(16, 64)
-    ref = term(_outputs(s, "s"), _outputs(t, "t"), None)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = term(_outputs(s, "s"), _outputs(t, "t"), None)
-    assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(ref.item(), rel=1e-5)

@@ -1,4 +1,4 @@
-"""DKD (Zhao et al., CVPR 2022): hand-worked values and the generic loss-term checks."""
+"""DKD (Zhao et al., CVPR 2022): hand-worked values (generic checks: test_registry.py)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,12 @@ import math
 
 import pytest
 import torch
+from loss_helpers import softmax
 
 from distill.distiller import Outputs
 from distill.losses.dkd import DKD, dkd_loss
 from distill.losses.kd import kd_loss
 from distill.losses.standardize import standardize_logits
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-def _softmax(xs):
-    exps = [math.exp(x) for x in xs]
-    total = sum(exps)
-    return [e / total for e in exps]
 
 
 def _kl(p, q):
@@ -30,8 +20,8 @@ def _kl(p, q):
 
 def _dkd_row(s, t, target, alpha, beta, T):
     """One sample's alpha * TCKD + beta * NCKD (before the T^2 / B), from the paper's formula."""
-    p_s = _softmax([v / T for v in s])
-    p_t = _softmax([v / T for v in t])
+    p_s = softmax([v / T for v in s])
+    p_t = softmax([v / T for v in t])
     b_s = [p_s[target], 1 - p_s[target]]
     b_t = [p_t[target], 1 - p_t[target]]
     q_s = [p / (1 - p_s[target]) for j, p in enumerate(p_s) if j != target]
@@ -49,24 +39,10 @@ def test_hand_value_single_sample_T1():
     # NCKD: non-target softmax of [1, 0] (student) vs [0, 1] (teacher):
     # KL = 1/(1+e) * (-1) + e/(1+e) * (+1) = (e - 1) / (e + 1).
     nckd = (e - 1) / (e + 1)
-    got = dkd_loss(
-        torch.tensor([[2.0, 1.0, 0.0]]),
-        torch.tensor([[3.0, 0.0, 1.0]]),
-        torch.tensor([0]),
-        alpha=1.0,
-        beta=1.0,
-        T=1.0,
-    )
-    assert got.item() == pytest.approx(tckd + nckd, rel=1e-5)
-    got = dkd_loss(
-        torch.tensor([[2.0, 1.0, 0.0]]),
-        torch.tensor([[3.0, 0.0, 1.0]]),
-        torch.tensor([0]),
-        alpha=0.5,
-        beta=8.0,
-        T=1.0,
-    )
-    assert got.item() == pytest.approx(0.5 * tckd + 8.0 * nckd, rel=1e-5)
+    s, t, y = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[3.0, 0.0, 1.0]]), torch.tensor([0])
+    for alpha, beta in ((1.0, 1.0), (0.5, 8.0)):
+        got = dkd_loss(s, t, y, alpha=alpha, beta=beta, T=1.0)
+        assert got.item() == pytest.approx(alpha * tckd + beta * nckd, rel=1e-5)
 
 
 def test_hand_value_batch_T2():
@@ -83,7 +59,7 @@ def test_hand_value_batch_T2():
 def test_kd_identity():
     # The paper's identity KD = TCKD + (1 - p_t(target)) * NCKD, on one sample at T = 3.
     s, t, T = torch.tensor([[0.5, 2.0, -1.0, 0.3]]), torch.tensor([[1.5, 0.2, 0.0, -0.7]]), 3.0
-    pt_target = _softmax([v / T for v in t[0].tolist()])[1]
+    pt_target = softmax([v / T for v in t[0].tolist()])[1]
     got = dkd_loss(s, t, torch.tensor([1]), alpha=1.0, beta=1 - pt_target, T=T)
     assert got.item() == pytest.approx(kd_loss(s, t, T).item(), rel=1e-5)
 
@@ -94,12 +70,6 @@ def test_unlabelled_rows_use_teacher_argmax():
     got = dkd_loss(s, t, torch.tensor([-1, -1]), 1.0, 8.0, 4.0)
     ref = dkd_loss(s, t, torch.tensor([0, 1]), 1.0, 8.0, 4.0)
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
-
-
-def test_zero_when_student_equals_teacher():
-    x = torch.randn(6, 10)
-    y = torch.randint(0, 10, (6,))
-    assert dkd_loss(x, x.clone(), y, 1.0, 8.0, 4.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_finite_for_saturated_student():
@@ -114,21 +84,13 @@ def _batch(y):
     return (None, y, torch.arange(len(y)))
 
 
-def test_module_scalar_gradients_and_batch_invariance():
-    s = torch.randn(4, 7, requires_grad=True)
-    t = torch.randn(4, 7, requires_grad=True)  # as if a teacher leaked a graph: must get no grad
+def test_module_reads_the_labels_of_the_batch():
+    s, t = torch.randn(4, 7), torch.randn(4, 7)
     y = torch.tensor([0, 3, -1, 6])
-    term = DKD(warmup=0)
-    loss = term(Outputs(s), Outputs(t), _batch(y))
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert s.grad is not None and s.grad.abs().sum() > 0
-    assert t.grad is None
+    term = DKD(alpha=0.5, beta=2.0, T=3.0, warmup=0)
+    expected = dkd_loss(s, t, y, 0.5, 2.0, 3.0)
+    assert term(Outputs(s), Outputs(t), _batch(y)).item() == pytest.approx(expected.item())
     assert list(term.parameters()) == []
-    twice = term(
-        Outputs(s.detach().repeat(2, 1)), Outputs(t.detach().repeat(2, 1)), _batch(y.repeat(2))
-    )
-    assert twice.item() == pytest.approx(loss.item(), rel=1e-5)
 
 
 def test_warmup_schedule():
@@ -152,12 +114,6 @@ def test_standardize_option():
     s = torch.randn(3, 6)
     expected = dkd_loss(standardize_logits(s), standardize_logits(t), y, 1.0, 8.0, 2.0)
     assert term(Outputs(s), Outputs(t), _batch(y)).item() == pytest.approx(expected.item())
-
-
-def test_half_precision_input_computes_in_fp32():
-    s = torch.randn(2, 5).half()
-    loss = dkd_loss(s, torch.randn(2, 5).half(), torch.tensor([1, 4]), 1.0, 8.0, 4.0)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 @pytest.mark.parametrize(

@@ -1,20 +1,11 @@
-"""Neuron selectivity transfer: hand-worked MMD values and the generic loss-term checks."""
+"""Neuron selectivity transfer: hand-worked MMD values (generic checks: test_registry.py)."""
 
 import math
 
 import pytest
 import torch
 
-from distill.distiller import Outputs
 from distill.losses.nst import NST, nst_loss
-
-
-def outs(**features):
-    return Outputs(torch.zeros(next(iter(features.values())).size(0), 3), features)
-
-
-def batch_of(n):
-    return (torch.zeros(n, 1), torch.full((n,), -1), torch.arange(n))
 
 
 def mmd2(s, t):
@@ -57,36 +48,7 @@ def test_pools_the_larger_map():
     assert nst_loss(f_s, f_t).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_finite_scalar_fp32_and_gradients():
-    torch.manual_seed(0)
-    s = torch.randn(4, 3, 4, 4, dtype=torch.bfloat16, requires_grad=True)
-    t = torch.randn(4, 8, 4, 4, requires_grad=True)
-    term = NST("s", "t")
-    assert list(term.parameters()) == []
-    loss = term(outs(s=s), outs(t=t), batch_of(4))
-    assert loss.dim() == 0 and loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    assert s.grad is not None and s.grad.abs().sum() > 0
-    assert t.grad is None
-
-
-def test_zero_when_equal():
-    f = torch.randn(3, 4, 5, 5)
-    assert nst_loss(f, f.clone()).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_repeating_the_batch_keeps_the_value():
-    torch.manual_seed(1)
-    s, t = torch.randn(3, 2, 4, 4), torch.randn(3, 6, 4, 4)
-    once = nst_loss(s, t)
-    twice = nst_loss(torch.cat([s, s]), torch.cat([t, t]))
-    assert twice.item() == pytest.approx(once.item(), rel=1e-6)
-
-
-def test_layers_and_errors():
-    term = NST("layer2", "layer3")
-    assert term.student_layers == ["layer2"] and term.teacher_layers == ["layer3"]
-    with pytest.raises(ValueError, match="module path"):
-        NST("layer2", 3)
-    with pytest.raises(ValueError):
+def test_no_trainable_parts_and_errors():
+    assert list(NST("layer2", "layer3").parameters()) == []
+    with pytest.raises(ValueError, match="N, C, H, W"):
         nst_loss(torch.ones(2, 3), torch.ones(2, 3))

@@ -1,3 +1,6 @@
+"""Probabilistic knowledge transfer: hand-worked conditional distributions
+(generic checks: test_registry.py)."""
+
 import math
 
 import pytest
@@ -39,33 +42,20 @@ def _outputs(feat, path):
     return Outputs(logits=torch.zeros(feat.shape[0], 3), features={path: feat})
 
 
-def test_module_grad_flows_to_student_only():
+def test_module_flattens_the_features():
     torch.manual_seed(0)
-    f_s = torch.randn(6, 3, 2, 2, requires_grad=True)
-    f_t = torch.randn(6, 10, requires_grad=True)
+    f_s, f_t = torch.randn(6, 3, 2, 2), torch.randn(6, 10)
     term = PKT("s.layer", "t.layer")
-    assert term.student_layers == ["s.layer"] and term.teacher_layers == ["t.layer"]
+    assert list(term.parameters()) == []
     loss = term(_outputs(f_s, "s.layer"), _outputs(f_t, "t.layer"), None)
-    assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
-    assert loss.item() == pytest.approx(pkt_loss(f_s.detach().flatten(1), f_t.detach()).item())
-    loss.backward()
-    assert f_s.grad is not None and f_s.grad.abs().sum() > 0
-    assert f_t.grad is None
+    assert loss.item() > 0
+    assert loss.item() == pytest.approx(pkt_loss(f_s.flatten(1), f_t).item())
 
 
-def test_zero_when_student_equals_teacher():
+def test_scale_free():
     torch.manual_seed(1)
     e = torch.randn(5, 7)
-    assert pkt_loss(e, e).item() == pytest.approx(0.0, abs=1e-6)
-    assert pkt_loss(4.0 * e, e).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
-
-
-def test_batch_repeat_invariance():
-    torch.manual_seed(2)
-    s, t = torch.randn(5, 6), torch.randn(5, 4)
-    one = pkt_loss(s, t)
-    two = pkt_loss(torch.cat([s, s]), torch.cat([t, t]))
-    assert two.item() == pytest.approx(one.item(), rel=1e-4)
+    assert pkt_loss(4.0 * e, e).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_zero_feature_row_is_finite():
@@ -76,26 +66,8 @@ def test_zero_feature_row_is_finite():
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
 
 
-def test_fp32_for_half_inputs():
-    torch.manual_seed(3)
-    s, t = torch.randn(4, 5).half(), torch.randn(4, 5).half()
-    assert pkt_loss(s, t).dtype == torch.float32
-
-
 def test_bad_values():
     with pytest.raises(ValueError, match="eps must be >= 0"):
         pkt_loss(torch.randn(2, 3), torch.randn(2, 3), eps=-1.0)
-    with pytest.raises(ValueError, match="module path"):
-        PKT("layer1", "")
     with pytest.raises(ValueError, match="differ in size"):
         pkt_loss(torch.randn(2, 3), torch.randn(3, 3))
-
-
-def test_autocast_does_not_reach_the_loss():
-    torch.manual_seed(4)
-    s, t = torch.randn(16, 64), torch.randn(16, 64)
-    ref = pkt_loss(s, t)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = pkt_loss(s, t)
-    assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(ref.item(), rel=1e-5)

@@ -1,3 +1,5 @@
+"""Relational KD: hand-worked distance and angle potentials (generic checks: test_registry.py)."""
+
 import math
 
 import pytest
@@ -95,47 +97,28 @@ def _outputs(feat, path):
     return Outputs(logits=torch.zeros(feat.shape[0], 3), features={path: feat})
 
 
-def test_module_flattens_conv_maps_grad_and_teacher_untouched():
+def test_module_flattens_conv_maps():
     torch.manual_seed(0)
-    f_s = torch.randn(6, 4, 3, 3, requires_grad=True)
-    f_t = torch.randn(6, 7, 2, 2, requires_grad=True)
-    term = RKD("layer1", "layer2")
-    assert term.student_layers == ["layer1"] and term.teacher_layers == ["layer2"]
-    loss = term(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), None)
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    expected = rkd_loss(f_s.detach().flatten(1), f_t.detach().flatten(1))
+    f_s, f_t = torch.randn(6, 4, 3, 3), torch.randn(6, 7, 2, 2)
+    loss = RKD("layer1", "layer2")(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), None)
+    expected = rkd_loss(f_s.flatten(1), f_t.flatten(1))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    loss.backward()
-    assert f_s.grad is not None and torch.isfinite(f_s.grad).all() and f_s.grad.abs().sum() > 0
-    assert f_t.grad is None
 
 
-def test_zero_when_student_equals_teacher_up_to_scale_and_shift():
+def test_invariant_to_scale_and_shift():
     torch.manual_seed(1)
     e = torch.randn(5, 8)
-    assert rkd_loss(e, e).item() == pytest.approx(0.0, abs=1e-6)
     # the potentials are invariant to scaling and translation of the embedding
     assert rkd_loss(3.0 * e + 1.0, e).item() == pytest.approx(0.0, abs=1e-5)
 
 
-def test_batch_repeat_invariance_and_finite_grad_with_duplicates():
+def test_finite_grad_with_duplicate_samples():
     torch.manual_seed(2)
-    s = torch.randn(5, 6)
-    t = torch.randn(5, 6)
-    one = rkd_loss(s, t)
+    s, t = torch.randn(5, 6), torch.randn(5, 6)
     s2 = torch.cat([s, s]).requires_grad_(True)
     two = rkd_loss(s2, torch.cat([t, t]))
-    assert two.item() == pytest.approx(one.item(), rel=1e-5)
     two.backward()  # duplicated samples have zero distance: gradient must stay finite
     assert torch.isfinite(s2.grad).all()
-
-
-def test_fp32_for_half_inputs():
-    torch.manual_seed(3)
-    s, t = torch.randn(4, 5), torch.randn(4, 5)
-    out = rkd_loss(s.half(), t.half())
-    assert out.dtype == torch.float32
-    assert out.item() == pytest.approx(rkd_loss(s.half().float(), t.half().float()).item())
 
 
 @pytest.mark.parametrize(
@@ -150,21 +133,6 @@ def test_fp32_for_half_inputs():
 def test_bad_hyper_parameters(kwargs):
     with pytest.raises(ValueError, match=">= 0"):
         RKD("a", "b", **kwargs)
-
-
-def test_bad_layer_path():
-    with pytest.raises(ValueError, match="module path"):
-        RKD("", "b")
-
-
-def test_autocast_does_not_reach_the_loss():
-    torch.manual_seed(4)
-    s, t = torch.randn(12, 64), torch.randn(12, 64)
-    ref = rkd_loss(s, t)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = rkd_loss(s, t)
-    assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_chunked_distances_match_unchunked(monkeypatch):

@@ -6,21 +6,11 @@ import math
 
 import pytest
 import torch
+from loss_helpers import softmax
 
 from distill.distiller import Outputs
 from distill.losses.kd import KD, kd_loss
 from distill.losses.standardize import standardize_logits
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-def _softmax(xs):
-    exps = [math.exp(x) for x in xs]
-    total = sum(exps)
-    return [e / total for e in exps]
 
 
 def test_hand_value_unbiased_std():
@@ -67,8 +57,8 @@ def test_kd_standardized_hand_value():
     z_s = [-1.0, 0.0, 1.0]
     r12 = math.sqrt(12.0)
     z_t = [-2.0 / r12, -2.0 / r12, 4.0 / r12]
-    p_s = _softmax([v / T for v in z_s])
-    p_t = _softmax([v / T for v in z_t])
+    p_s = softmax([v / T for v in z_s])
+    p_t = softmax([v / T for v in z_t])
     expected = T**2 * sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s, strict=True))
 
     term = KD(T=T, standardize=True)

@@ -1,3 +1,6 @@
+"""Variational information distillation: hand-worked likelihoods and the known minimum
+(generic checks: test_registry.py)."""
+
 import math
 
 import pytest
@@ -78,50 +81,31 @@ def test_known_minimum_when_student_equals_teacher():
     assert vid_loss(t, zero_alpha, t, 0.0).item() == pytest.approx(0.5 * math.log(math.log(2)))
 
 
-def test_grads_reach_student_mean_net_and_alpha_not_teacher():
-    torch.manual_seed(0)
+def test_setup_sizes_the_mean_network_and_starts_at_init_var():
     term = VID("layer1", "layer2")
-    assert term.student_layers == ["layer1"] and term.teacher_layers == ["layer2"]
-    f_s = torch.randn(3, 4, 4, 4, requires_grad=True)
-    f_t = torch.randn(3, 6, 2, 2, requires_grad=True)
-    term.setup({"layer1": tuple(f_s.shape)}, {"layer2": tuple(f_t.shape)})
+    term.setup({"layer1": (3, 4, 4, 4)}, {"layer2": (3, 6, 2, 2)})
+    convs = [m for m in term.mu_net if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(4, 6), (6, 6), (6, 6)]
+    assert all(c.bias is None for c in convs)
     softplus = torch.nn.functional.softplus(term.alpha) + term.eps
     assert torch.allclose(softplus, torch.full((6,), 5.0))
-    loss = term(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), None)
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert f_s.grad is not None and f_s.grad.abs().sum() > 0
-    assert term.alpha.grad is not None and term.alpha.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in term.mu_net.parameters())
-    assert f_t.grad is None
 
 
-def test_vector_features_and_batch_repeat_invariance():
+def test_vector_features_are_one_by_one_maps():
+    # (N, D) features go through the same mean network as (N, D, 1, 1) maps
     torch.manual_seed(1)
     term = VID("s", "t")
     term.setup({"s": (4, 5)}, {"t": (4, 3)})
     s, t = torch.randn(4, 5), torch.randn(4, 3)
-    one = term(_outputs(s, "s"), _outputs(t, "t"), None)
-    two = term(_outputs(torch.cat([s, s]), "s"), _outputs(torch.cat([t, t]), "t"), None)
-    assert torch.isfinite(one)
-    assert two.item() == pytest.approx(one.item(), rel=1e-6)
+    vectors = term(_outputs(s, "s"), _outputs(t, "t"), None)
+    maps = term(_outputs(s[:, :, None, None], "s"), _outputs(t[:, :, None, None], "t"), None)
+    assert torch.isfinite(vectors) and vectors.item() == pytest.approx(maps.item(), rel=1e-6)
 
 
-def test_fp32_for_half_inputs():
-    term = _identity_vid(2)
-    x = torch.rand(2, 2, 1, 1).half()
-    assert term(_outputs(x, "s"), _outputs(x, "t"), None).dtype == torch.float32
-
-
-def test_setup_errors_and_forward_before_setup():
+def test_setup_errors():
     term = VID("s", "t")
-    x = torch.randn(2, 3, 1, 1)
-    with pytest.raises(RuntimeError, match="setup"):
-        term(_outputs(x, "s"), _outputs(x, "t"), None)
     with pytest.raises(ValueError, match="4-D maps"):
         term.setup({"s": (2, 3, 4, 4)}, {"t": (2, 3)})
-    with pytest.raises(ValueError, match="no teacher feature 't'"):
-        term.setup({"s": (2, 3)}, {"x": (2, 3)})
 
 
 @pytest.mark.parametrize(
@@ -135,15 +119,3 @@ def test_setup_errors_and_forward_before_setup():
 def test_bad_hyper_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VID("a", "b", **kwargs)
-
-
-def test_autocast_does_not_reach_the_loss():
-    torch.manual_seed(4)
-    term = VID("s", "t")
-    term.setup({"s": (8, 16, 4, 4)}, {"t": (8, 32, 4, 4)})
-    s, t = torch.randn(8, 16, 4, 4), torch.randn(8, 32, 4, 4)
-    ref = term(_outputs(s, "s"), _outputs(t, "t"), None)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = term(_outputs(s, "s"), _outputs(t, "t"), None)
-    assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(ref.item(), rel=1e-6)

@@ -30,24 +30,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-
-def _pool_to_common(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive-average-pool 4-D maps down to their common (min H, min W) spatial size."""
-    if f_s.shape[2:] == f_t.shape[2:]:
-        return f_s, f_t
-    if f_s.dim() != 4 or f_t.dim() != 4:
-        raise ValueError(
-            f"spatial sizes differ ({tuple(f_s.shape)} vs {tuple(f_t.shape)}); pooling them "
-            "to a common size needs 4-D maps (N, C, H, W)"
-        )
-    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-    if tuple(f_s.shape[2:]) != size:
-        f_s = F.adaptive_avg_pool2d(f_s, size)
-    if tuple(f_t.shape[2:]) != size:
-        f_t = F.adaptive_avg_pool2d(f_t, size)
-    return f_s, f_t
+from .common import LayerPair, pool_to_common
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -66,32 +50,23 @@ def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tenso
             f"at_loss needs (N, C, H, W) maps with the same N; got {tuple(f_s.shape)} and "
             f"{tuple(f_t.shape)}"
         )
-    f_s, f_t = _pool_to_common(f_s.float(), f_t.detach().float())
+    f_s, f_t = pool_to_common(f_s.float(), f_t.detach().float())
     return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 
-class AT(nn.Module):
+class AT(LayerPair):
     """Attention transfer between one student layer and one teacher layer."""
 
     cite = "Zagoruyko & Komodakis 2017, Paying More Attention to Attention (ICLR)"
 
     def __init__(self, student: str, teacher: str, p: float = 2.0):
-        super().__init__()
-        for name, value in (("student", student), ("teacher", teacher)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(
-                    f"{name} must be a non-empty module path such as 'layer2' (got {value!r})"
-                )
+        super().__init__(student, teacher)
         if not p > 0:
             raise ValueError(f"p must be > 0 (got {p}); the paper uses p = 2 (also tries 1 and 4)")
-        self.student = student
-        self.teacher = teacher
         self.p = float(p)
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
         return at_loss(student.features[self.student], teacher.features[self.teacher], self.p)
 
     def extra_repr(self) -> str:
-        return f"student={self.student!r}, teacher={self.teacher!r}, p={self.p}"
+        return f"{super().extra_repr()}, p={self.p}"

@@ -32,28 +32,14 @@ the term (the student embedding included), so mixed precision does not reach the
 
 from __future__ import annotations
 
-import contextlib
 import math
-from math import prod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import LayerPair, check_same_batch, feature_shape, flat_shape, fp32_region
 from .projector import make_projector
-
-
-def _check_layer(name: str, value) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty module path such as 'layer2' (got {value!r})")
-
-
-def _fp32_region(t: torch.Tensor):
-    """Autocast off: the loss is computed in fp32 even inside a mixed-precision region."""
-    try:
-        return torch.autocast(t.device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return contextlib.nullcontext()
 
 
 def _check(gamma, order) -> None:
@@ -83,57 +69,37 @@ def cc_loss(
     the teacher is detached.
     """
     _check(gamma, order)
-    if e_s.shape[0] != e_t.shape[0]:
-        raise ValueError(
-            f"student and teacher batches differ in size ({e_s.shape[0]} vs {e_t.shape[0]})"
-        )
-    with _fp32_region(e_s):
+    check_same_batch(e_s, e_t)
+    with fp32_region(e_s):
         c_s = _correlation(e_s, gamma, order)
         c_t = _correlation(e_t.detach(), gamma, order)
         return ((c_s - c_t) ** 2).mean()
 
 
-class CC(nn.Module):
+class CC(LayerPair):
     """Correlation congruence between one student and one teacher layer."""
 
     cite = "Peng et al. 2019, Correlation Congruence for Knowledge Distillation (ICCV)"
 
     def __init__(self, student: str, teacher: str, gamma: float = 0.4, order: int = 2):
-        super().__init__()
-        _check_layer("student", student)
-        _check_layer("teacher", teacher)
+        super().__init__(student, teacher)
         _check(gamma, order)
-        self.student, self.teacher = student, teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
         self.gamma = float(gamma)
         self.order = int(order)
         self.embed: nn.Module | None = None
 
     def setup(self, student_shapes: dict, teacher_shapes: dict) -> None:
-        s = _shape(student_shapes, self.student, "student")
-        t = _shape(teacher_shapes, self.teacher, "teacher")
-        flat_s, flat_t = (s[0], prod(s[1:])), (t[0], prod(t[1:]))
+        flat_s = flat_shape(feature_shape(student_shapes, self.student, "student"))
+        flat_t = flat_shape(feature_shape(teacher_shapes, self.teacher, "teacher"))
         self.embed = make_projector(flat_s, flat_t)
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
         if self.embed is None:
             raise RuntimeError("CC.setup() was not called: the student embedding is sized there")
         f_s = student.features[self.student]
-        with _fp32_region(f_s):
+        with fp32_region(f_s):
             e_s = self.embed(f_s.reshape(f_s.shape[0], -1).float())
             return cc_loss(e_s, teacher.features[self.teacher].detach(), self.gamma, self.order)
 
     def extra_repr(self) -> str:
-        return (
-            f"student={self.student!r}, teacher={self.teacher!r}, "
-            f"gamma={self.gamma}, order={self.order}"
-        )
-
-
-def _shape(shapes: dict, path: str, role: str) -> tuple:
-    if path not in shapes:
-        raise ValueError(
-            f"no {role} feature '{path}' was captured (have: {', '.join(shapes) or 'none'})"
-        )
-    return tuple(shapes[path])
+        return f"{super().extra_repr()}, gamma={self.gamma}, order={self.order}"

@@ -21,11 +21,10 @@ Labels are not used; unlabelled rows (y == -1) count like any other.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from .common import LayerPair, feature_shape, flat_shape
 from .projector import make_projector
 
 EPS = 1e-12  # nn.CosineEmbeddingLoss's epsilon on the squared norms
@@ -48,28 +47,18 @@ def cosine_loss(h_s: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
     return (1 - dot / norms).mean()
 
 
-class Cosine(nn.Module):
+class Cosine(LayerPair):
     """The tutorial's cosine term between one student layer and one teacher layer."""
 
     cite = "PyTorch Knowledge Distillation Tutorial (Chariton 2023), cosine loss on hidden states"
 
     def __init__(self, student: str, teacher: str):
-        super().__init__()
-        for name, value in (("student", student), ("teacher", teacher)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(
-                    f"{name} must be a non-empty module path such as 'layer2' (got {value!r})"
-                )
-        self.student = student
-        self.teacher = teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
+        super().__init__(student, teacher)
         self.projector: nn.Module | None = None
 
     def setup(self, student_shapes: dict[str, tuple], teacher_shapes: dict[str, tuple]) -> None:
-        s, t = student_shapes[self.student], teacher_shapes[self.teacher]
-        flat_s = (s[0], math.prod(s[1:]))
-        flat_t = (t[0], math.prod(t[1:]))
+        flat_s = flat_shape(feature_shape(student_shapes, self.student, "student"))
+        flat_t = flat_shape(feature_shape(teacher_shapes, self.teacher, "teacher"))
         self.projector = make_projector(flat_s, flat_t)  # Identity or Linear(D_s, D_t)
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
@@ -78,6 +67,3 @@ class Cosine(nn.Module):
         f_s = student.features[self.student].float()
         h_s = self.projector(f_s.reshape(f_s.size(0), -1))
         return cosine_loss(h_s, teacher.features[self.teacher])
-
-    def extra_repr(self) -> str:
-        return f"student={self.student!r}, teacher={self.teacher!r}"

@@ -49,25 +49,13 @@ precision does not reach the loss.
 
 from __future__ import annotations
 
-import contextlib
 from math import prod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _check_layer(name: str, value) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty module path such as 'layer2' (got {value!r})")
-
-
-def _fp32_region(t: torch.Tensor):
-    """Autocast off: the loss is computed in fp32 even inside a mixed-precision region."""
-    try:
-        return torch.autocast(t.device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return contextlib.nullcontext()
+from .common import LayerPair, feature_shape, fp32_region
 
 
 def _check_T(T) -> None:
@@ -101,7 +89,7 @@ def crd_loss(
             f"queue_t {tuple(queue_t.shape)} and queue_s {tuple(queue_s.shape)} must both be "
             "(K, d) of one shape"
         )
-    with _fp32_region(z_s):
+    with fp32_region(z_s):
         return _two_way_infonce(z_s, z_t, queue_t, queue_s, T, exclude)
 
 
@@ -134,7 +122,7 @@ def _two_way_infonce(z_s, z_t, queue_t, queue_s, T, exclude) -> torch.Tensor:
     return F.cross_entropy(logits_s, target) + F.cross_entropy(logits_t, target)
 
 
-class CRD(nn.Module):
+class CRD(LayerPair):
     """Contrastive representation distillation with a fixed-size negative queue."""
 
     cite = "Tian, Krishnan & Isola 2020, Contrastive Representation Distillation (ICLR)"
@@ -147,16 +135,11 @@ class CRD(nn.Module):
         queue_size: int = 4096,
         T: float = 0.07,
     ):
-        super().__init__()
-        _check_layer("student", student)
-        _check_layer("teacher", teacher)
+        super().__init__(student, teacher)
         for name, value, paper in (("feat_dim", feat_dim, 128), ("queue_size", queue_size, 16384)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1 (got {value!r}); paper: {paper}")
         _check_T(T)
-        self.student, self.teacher = student, teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
         self.feat_dim = feat_dim
         self.queue_size = queue_size
         self.T = float(T)
@@ -169,8 +152,8 @@ class CRD(nn.Module):
         self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
 
     def setup(self, student_shapes: dict, teacher_shapes: dict) -> None:
-        s = _shape(student_shapes, self.student, "student")
-        t = _shape(teacher_shapes, self.teacher, "teacher")
+        s = feature_shape(student_shapes, self.student, "student")
+        t = feature_shape(teacher_shapes, self.teacher, "teacher")
         self.embed_s = nn.Linear(prod(s[1:]), self.feat_dim)
         self.embed_t = nn.Linear(prod(t[1:]), self.feat_dim)
 
@@ -179,7 +162,7 @@ class CRD(nn.Module):
             raise RuntimeError("CRD.setup() was not called: the embedding heads are sized there")
         f_s = student.features[self.student]
         f_t = teacher.features[self.teacher].detach()
-        with _fp32_region(f_s):
+        with fp32_region(f_s):
             z_s = F.normalize(self.embed_s(f_s.reshape(f_s.shape[0], -1).float()), dim=1)
             z_t = F.normalize(self.embed_t(f_t.reshape(f_t.shape[0], -1).float()), dim=1)
         index = _sample_index(batch, z_s)
@@ -216,7 +199,7 @@ class CRD(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"student={self.student!r}, teacher={self.teacher!r}, feat_dim={self.feat_dim}, "
+            f"{super().extra_repr()}, feat_dim={self.feat_dim}, "
             f"queue_size={self.queue_size}, T={self.T}"
         )
 
@@ -227,11 +210,3 @@ def _sample_index(batch, like: torch.Tensor) -> torch.Tensor | None:
         return None
     index = torch.as_tensor(batch[2], device=like.device).reshape(-1).long()
     return index if index.shape[0] == like.shape[0] else None
-
-
-def _shape(shapes: dict, path: str, role: str) -> tuple:
-    if path not in shapes:
-        raise ValueError(
-            f"no {role} feature '{path}' was captured (have: {', '.join(shapes) or 'none'})"
-        )
-    return tuple(shapes[path])

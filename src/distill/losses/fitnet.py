@@ -24,9 +24,9 @@ Labels are not used; unlabelled rows (y == -1) count like any other.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .common import LayerPair, feature_shape, teacher_mse
 from .projector import make_projector
 
 
@@ -35,41 +35,29 @@ def fitnet_loss(student_projected: torch.Tensor, teacher_feature: torch.Tensor) 
 
     The teacher feature is a fixed target: no gradient flows into it.
     """
-    if student_projected.shape != teacher_feature.shape:
-        raise ValueError(
-            f"fitnet_loss needs equal shapes; got student {tuple(student_projected.shape)} and "
-            f"teacher {tuple(teacher_feature.shape)} (project the student feature first)"
-        )
-    return F.mse_loss(student_projected.float(), teacher_feature.detach().float())
+    return teacher_mse(
+        student_projected, teacher_feature, "fitnet_loss", "student",
+        " (project the student feature first)",
+    )
 
 
-def _check_path(name: str, value) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty module path such as 'layer2' (got {value!r})")
-    return value
-
-
-class FitNet(nn.Module):
+class FitNet(LayerPair):
     """Hint loss between a student layer (through a trained projector) and a teacher layer."""
 
     cite = "Romero et al. 2015, FitNets: Hints for Thin Deep Nets (ICLR)"
 
     def __init__(self, student: str, teacher: str):
-        super().__init__()
-        self.student = _check_path("student", student)
-        self.teacher = _check_path("teacher", teacher)
-        self.student_layers = [self.student]
-        self.teacher_layers = [self.teacher]
+        super().__init__(student, teacher)
         self.projector: nn.Module | None = None
 
     def setup(self, student_shapes: dict[str, tuple], teacher_shapes: dict[str, tuple]) -> None:
-        self.projector = make_projector(student_shapes[self.student], teacher_shapes[self.teacher])
+        self.projector = make_projector(
+            feature_shape(student_shapes, self.student, "student"),
+            feature_shape(teacher_shapes, self.teacher, "teacher"),
+        )
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
         if self.projector is None:
             raise RuntimeError("FitNet.setup() was not called: the projector does not exist yet")
         f_s = student.features[self.student].float()
         return fitnet_loss(self.projector(f_s), teacher.features[self.teacher])
-
-    def extra_repr(self) -> str:
-        return f"student={self.student!r}, teacher={self.teacher!r}"

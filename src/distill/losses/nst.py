@@ -26,24 +26,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-
-def _pool_to_common(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive-average-pool 4-D maps down to their common (min H, min W) spatial size."""
-    if f_s.shape[2:] == f_t.shape[2:]:
-        return f_s, f_t
-    if f_s.dim() != 4 or f_t.dim() != 4:
-        raise ValueError(
-            f"spatial sizes differ ({tuple(f_s.shape)} vs {tuple(f_t.shape)}); pooling them "
-            "to a common size needs 4-D maps (N, C, H, W)"
-        )
-    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-    if tuple(f_s.shape[2:]) != size:
-        f_s = F.adaptive_avg_pool2d(f_s, size)
-    if tuple(f_t.shape[2:]) != size:
-        f_t = F.adaptive_avg_pool2d(f_t, size)
-    return f_s, f_t
+from .common import LayerPair, pool_to_common
 
 
 def _mean_poly2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -60,34 +44,19 @@ def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
             f"nst_loss needs (N, C, H, W) maps with the same N; got {tuple(f_s.shape)} and "
             f"{tuple(f_t.shape)}"
         )
-    f_s, f_t = _pool_to_common(f_s.float(), f_t.detach().float())
+    f_s, f_t = pool_to_common(f_s.float(), f_t.detach().float())
     s = F.normalize(f_s.reshape(f_s.size(0), f_s.size(1), -1), dim=2)
     t = F.normalize(f_t.reshape(f_t.size(0), f_t.size(1), -1), dim=2)
     mmd2 = _mean_poly2(s, s) + _mean_poly2(t, t) - 2 * _mean_poly2(s, t)
     return mmd2.mean()
 
 
-class NST(nn.Module):
+class NST(LayerPair):
     """Neuron selectivity transfer between one student layer and one teacher layer."""
 
     cite = (
         "Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
     )
 
-    def __init__(self, student: str, teacher: str):
-        super().__init__()
-        for name, value in (("student", student), ("teacher", teacher)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(
-                    f"{name} must be a non-empty module path such as 'layer2' (got {value!r})"
-                )
-        self.student = student
-        self.teacher = teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
-
     def forward(self, student, teacher, batch) -> torch.Tensor:
         return nst_loss(student.features[self.student], teacher.features[self.teacher])
-
-    def extra_repr(self) -> str:
-        return f"student={self.student!r}, teacher={self.teacher!r}"

@@ -32,23 +32,9 @@ the term, so mixed precision does not reach the loss.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
-from torch import nn
 
-
-def _check_layer(name: str, value) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty module path such as 'layer2' (got {value!r})")
-
-
-def _fp32_region(t: torch.Tensor):
-    """Autocast off: the loss is computed in fp32 even inside a mixed-precision region."""
-    try:
-        return torch.autocast(t.device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return contextlib.nullcontext()
+from .common import LayerPair, check_same_batch, fp32_region
 
 
 def _conditional_probabilities(f: torch.Tensor, eps: float) -> torch.Tensor:
@@ -66,11 +52,8 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.T
     """
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0 (got {eps}); the authors use 1e-7")
-    if f_s.shape[0] != f_t.shape[0]:
-        raise ValueError(
-            f"student and teacher batches differ in size ({f_s.shape[0]} vs {f_t.shape[0]})"
-        )
-    with _fp32_region(f_s):
+    check_same_batch(f_s, f_t)
+    with fp32_region(f_s):
         p_s = _conditional_probabilities(f_s, eps)
         p_t = _conditional_probabilities(f_t.detach(), eps)
         terms = p_t * torch.log((p_t + eps) / (p_s + eps))
@@ -78,7 +61,7 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.T
         return terms.sum() / p_s.shape[0]
 
 
-class PKT(nn.Module):
+class PKT(LayerPair):
     """Probabilistic knowledge transfer between one student and one teacher layer."""
 
     cite = (
@@ -86,16 +69,5 @@ class PKT(nn.Module):
         "Transfer (ECCV)"
     )
 
-    def __init__(self, student: str, teacher: str):
-        super().__init__()
-        _check_layer("student", student)
-        _check_layer("teacher", teacher)
-        self.student, self.teacher = student, teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
-
     def forward(self, student, teacher, batch) -> torch.Tensor:
         return pkt_loss(student.features[self.student], teacher.features[self.teacher].detach())
-
-    def extra_repr(self) -> str:
-        return f"student={self.student!r}, teacher={self.teacher!r}"

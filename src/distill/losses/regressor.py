@@ -22,8 +22,9 @@ Labels are not used; unlabelled rows (y == -1) count like any other.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .common import LayerPair, feature_shape, teacher_mse
 
 
 def regressor_loss(regressed: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
@@ -31,34 +32,21 @@ def regressor_loss(regressed: torch.Tensor, teacher_feature: torch.Tensor) -> to
 
     The teacher feature is a fixed target: no gradient flows into it.
     """
-    if regressed.shape != teacher_feature.shape:
-        raise ValueError(
-            f"regressor_loss needs equal shapes; got regressed {tuple(regressed.shape)} and "
-            f"teacher {tuple(teacher_feature.shape)}"
-        )
-    return F.mse_loss(regressed.float(), teacher_feature.detach().float())
+    return teacher_mse(regressed, teacher_feature, "regressor_loss", "regressed")
 
 
-class Regressor(nn.Module):
+class Regressor(LayerPair):
     """The tutorial's conv regressor + MSE between one student and one teacher feature map."""
 
     cite = "PyTorch Knowledge Distillation Tutorial (Chariton 2023), regressor MSE on features"
 
     def __init__(self, student: str, teacher: str):
-        super().__init__()
-        for name, value in (("student", student), ("teacher", teacher)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(
-                    f"{name} must be a non-empty module path such as 'layer2' (got {value!r})"
-                )
-        self.student = student
-        self.teacher = teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
+        super().__init__(student, teacher)
         self.regressor: nn.Module | None = None
 
     def setup(self, student_shapes: dict[str, tuple], teacher_shapes: dict[str, tuple]) -> None:
-        s, t = tuple(student_shapes[self.student]), tuple(teacher_shapes[self.teacher])
+        s = feature_shape(student_shapes, self.student, "student")
+        t = feature_shape(teacher_shapes, self.teacher, "teacher")
         if len(s) != 4 or len(t) != 4:
             raise ValueError(
                 f"Regressor needs 4-D feature maps (N, C, H, W); got student {s[1:]} from "
@@ -75,6 +63,3 @@ class Regressor(nn.Module):
             raise RuntimeError("Regressor.setup() was not called: the regressor does not exist yet")
         f_s = student.features[self.student].float()
         return regressor_loss(self.regressor(f_s), teacher.features[self.teacher])
-
-    def extra_repr(self) -> str:
-        return f"student={self.student!r}, teacher={self.teacher!r}"

@@ -39,25 +39,10 @@ loss.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-
-def _check_layer(name: str, value) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty module path such as 'layer2' (got {value!r})")
-
-
-def _fp32_region(t: torch.Tensor):
-    """Autocast off: the loss is computed in fp32 even inside a mixed-precision region."""
-    try:
-        return torch.autocast(t.device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return contextlib.nullcontext()
-
+from .common import LayerPair, check_same_batch, fp32_region
 
 # Elements of the (rows x B x D) buffer that cdist's backward allocates on CUDA, per chunk of rows.
 _CDIST_CHUNK = 1 << 25
@@ -99,11 +84,8 @@ def _angle_potential(d: torch.Tensor) -> torch.Tensor:
 
 
 def _rkd(e_s, e_t, distance_weight: float, angle_weight: float) -> torch.Tensor:
-    if e_s.shape[0] != e_t.shape[0]:
-        raise ValueError(
-            f"student and teacher batches differ in size ({e_s.shape[0]} vs {e_t.shape[0]})"
-        )
-    with _fp32_region(e_s):
+    check_same_batch(e_s, e_t)
+    with fp32_region(e_s):
         with torch.no_grad():
             d_t = _distances(e_t.detach())
         d_s = _distances(e_s)  # once, shared by both potentials
@@ -141,7 +123,7 @@ def rkd_loss(
     return _rkd(e_s, e_t, distance_weight, angle_weight)
 
 
-class RKD(nn.Module):
+class RKD(LayerPair):
     """Relational KD (distance + angle potentials) between one student and one teacher layer."""
 
     cite = "Park, Kim, Lu & Cho 2019, Relational Knowledge Distillation (CVPR)"
@@ -153,18 +135,13 @@ class RKD(nn.Module):
         distance_weight: float = 25.0,
         angle_weight: float = 50.0,
     ):
-        super().__init__()
-        _check_layer("student", student)
-        _check_layer("teacher", teacher)
+        super().__init__(student, teacher)
         valid = distance_weight >= 0 and angle_weight >= 0
         if not valid or not (distance_weight or angle_weight):
             raise ValueError(
                 "distance_weight and angle_weight must be >= 0 and not both 0 "
                 f"(got {distance_weight}, {angle_weight}); the paper uses 25 and 50"
             )
-        self.student, self.teacher = student, teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
         self.distance_weight = float(distance_weight)
         self.angle_weight = float(angle_weight)
 
@@ -175,6 +152,6 @@ class RKD(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"student={self.student!r}, teacher={self.teacher!r}, "
+            f"{super().extra_repr()}, "
             f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}"
         )

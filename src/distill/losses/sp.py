@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .common import LayerPair
 
 
 def similarity_matrix(f: torch.Tensor) -> torch.Tensor:
@@ -44,25 +45,10 @@ def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).sum() / (b * b)
 
 
-class SP(nn.Module):
+class SP(LayerPair):
     """Similarity-preserving term between one student layer and one teacher layer."""
 
     cite = "Tung & Mori 2019, Similarity-Preserving Knowledge Distillation (ICCV)"
 
-    def __init__(self, student: str, teacher: str):
-        super().__init__()
-        for name, value in (("student", student), ("teacher", teacher)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(
-                    f"{name} must be a non-empty module path such as 'layer2' (got {value!r})"
-                )
-        self.student = student
-        self.teacher = teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
-
     def forward(self, student, teacher, batch) -> torch.Tensor:
         return sp_loss(student.features[self.student], teacher.features[self.teacher])
-
-    def extra_repr(self) -> str:
-        return f"student={self.student!r}, teacher={self.teacher!r}"

@@ -33,25 +33,13 @@ reach the loss.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _check_layer(name: str, value) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty module path such as 'layer2' (got {value!r})")
-
-
-def _fp32_region(t: torch.Tensor):
-    """Autocast off: the loss is computed in fp32 even inside a mixed-precision region."""
-    try:
-        return torch.autocast(t.device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return contextlib.nullcontext()
+from .common import LayerPair, feature_shape, fp32_region, pool_to_common
 
 
 def vid_loss(
@@ -78,7 +66,7 @@ def vid_loss(
         raise ValueError(
             f"log_var_param has {log_var_param.numel()} entries; need one per channel ({channels})"
         )
-    with _fp32_region(mean):
+    with fp32_region(mean):
         var = F.softplus(log_var_param.float()) + eps
         var = var.reshape(1, channels, *([1] * (mean.dim() - 2)))
         t = teacher_feature.detach().float()
@@ -89,32 +77,27 @@ def _as_map(f: torch.Tensor) -> torch.Tensor:
     return f.reshape(f.shape[0], f.shape[1], 1, 1) if f.dim() == 2 else f
 
 
-class VID(nn.Module):
+class VID(LayerPair):
     """Variational information distillation between one student and one teacher layer."""
 
     cite = "Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer (CVPR)"
 
     def __init__(self, student: str, teacher: str, init_var: float = 5.0, eps: float = 1e-5):
-        super().__init__()
-        _check_layer("student", student)
-        _check_layer("teacher", teacher)
+        super().__init__(student, teacher)
         if not eps > 0:
             raise ValueError(f"eps must be > 0 (got {eps}); the authors use 1e-5")
         if not init_var > eps:
             raise ValueError(
                 f"init_var must be > eps = {eps} (got {init_var}); the authors use 5.0"
             )
-        self.student, self.teacher = student, teacher
-        self.student_layers = [student]
-        self.teacher_layers = [teacher]
         self.init_var = float(init_var)
         self.eps = float(eps)
         self.mu_net: nn.Module | None = None
         self.alpha: nn.Parameter | None = None
 
     def setup(self, student_shapes: dict, teacher_shapes: dict) -> None:
-        s = _shape(student_shapes, self.student, "student")
-        t = _shape(teacher_shapes, self.teacher, "teacher")
+        s = feature_shape(student_shapes, self.student, "student")
+        t = feature_shape(teacher_shapes, self.teacher, "teacher")
         if len(s) not in (2, 4) or len(t) != len(s):
             raise ValueError(
                 f"VID needs two 4-D maps (N, C, H, W) or two vectors (N, D); got student "
@@ -136,24 +119,9 @@ class VID(nn.Module):
             raise RuntimeError("VID.setup() was not called: the mean network is sized there")
         f_s = _as_map(student.features[self.student].float())
         f_t = _as_map(teacher.features[self.teacher].detach().float())
-        size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-        with _fp32_region(f_s):
-            if tuple(f_s.shape[2:]) != size:
-                f_s = F.adaptive_avg_pool2d(f_s, size)
-            if tuple(f_t.shape[2:]) != size:
-                f_t = F.adaptive_avg_pool2d(f_t, size)
+        with fp32_region(f_s):
+            f_s, f_t = pool_to_common(f_s, f_t)
             return vid_loss(self.mu_net(f_s), self.alpha, f_t, self.eps)
 
     def extra_repr(self) -> str:
-        return (
-            f"student={self.student!r}, teacher={self.teacher!r}, "
-            f"init_var={self.init_var}, eps={self.eps}"
-        )
-
-
-def _shape(shapes: dict, path: str, role: str) -> tuple:
-    if path not in shapes:
-        raise ValueError(
-            f"no {role} feature '{path}' was captured (have: {', '.join(shapes) or 'none'})"
-        )
-    return tuple(shapes[path])
+        return f"{super().extra_repr()}, init_var={self.init_var}, eps={self.eps}"

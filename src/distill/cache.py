@@ -1,0 +1,412 @@
+"""Teacher-output cache: compute the frozen teacher's logits and hooked features once, reuse them.
+
+An entry is keyed by (sample index, view). Without augmentation every sample has one view.
+With an augmentation whose draws can be enumerated (crop offsets x flip: `Augment.num_views`),
+the view of sample i in epoch e is `augment.view_id(augment.draw(seed, e, i))`, so an entry is
+exactly "the teacher on this augmented input", whatever epoch re-draws it. Keying by index
+alone (torchdistill) would hand the student targets of a different crop. Entries fill lazily:
+a miss runs the teacher on that very input (the batch the student sees); `fill` can also
+precompute every view. Draws that cannot be replayed (Cutout: num_views None, or mixup) are
+refused: the cache would have to key on (seed, epoch, index) and would never hit.
+
+Storage: host tensors (`memory`) or .npy memmaps under a directory (`disk`; sparse files, only
+filled pages use space; the directory can be reused by a later run), plus a filled bitmap.
+`fp32` stores the outputs bit for bit; `fp16` halves the bytes (values must fit fp16's range);
+`topk=k` keeps only the k largest logits, their class indices and the log-partition
+L = logsumexp(z), and rebuilds the logits as
+
+    z'_c = z_c                                    for the k stored classes
+    z'_c = L + log(max(1 - sum_top exp(z_i - L), 2^-126) / (C - k))   for the C - k others
+
+so softmax(z') equals the teacher's probabilities on the top k and spreads the remaining mass
+uniformly over the other classes (at T = 1; at other temperatures it is an approximation).
+fp16 and top-k are approximate, so mode "auto" never picks them.
+
+Exactness. Cached and online runs give identical students only if the teacher's output for a
+sample does not depend on the rest of its batch. Eval-mode models do that mathematically, but
+BLAS picks different kernels for very small batches (on CPU: <= 11 rows at 2 threads). A miss
+set smaller than `min_rows` is therefore padded with hit rows of the same batch, so the teacher
+never runs on fewer rows than it would online (min(batch, min_rows)). Metadata (teacher weights,
+data, transform, seed, dtype, shapes) is checked when a disk cache is reopened: a mismatch
+rebuilds it (rebuild=True) or raises; stale targets are never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import DistillError
+from .io import write_json
+
+FORMAT = 1
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+MIN_HIT_RATE = 0.25  # "auto" turns the cache on only when at least this share of lookups hit
+
+
+def _update(h, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # raw bytes, any dtype (bf16 too)
+
+
+def teacher_hash(teacher: torch.nn.Module) -> str:
+    """sha256 over the class name and every state_dict entry (name, dtype, shape, bytes) in order:
+    parameters and buffers (BatchNorm statistics) both shape the outputs."""
+    h = hashlib.sha256(type(teacher).__qualname__.encode())
+    for name, t in teacher.state_dict().items():
+        h.update(name.encode())
+        _update(h, t)
+    return h.hexdigest()
+
+
+def data_hash(x: torch.Tensor) -> str:
+    """sha256 over dtype, shape and all bytes of the training inputs (CIFAR: 150 MB, ~0.3 s)."""
+    h = hashlib.sha256()
+    _update(h, x)
+    return h.hexdigest()
+
+
+def default_memory_budget() -> int:
+    """A quarter of physical RAM: the cache shares the host with the data and the models."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def expected_hit_rate(num_views: int, epochs: int) -> float:
+    """Share of lookups that hit over `epochs` epochs when each epoch draws one of `num_views`
+    equally likely views per sample: 1 - distinct / draws, distinct = V (1 - (1 - 1/V)^E)."""
+    epochs = max(int(epochs), 1)
+    distinct = num_views * (1 - (1 - 1 / num_views) ** epochs)
+    return 1 - distinct / epochs
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+class TeacherCache:
+    """Per-(sample, view) teacher logits and features; see the module docstring.
+
+    `shapes` maps "logits" and each hooked layer path to its per-sample shape; `meta` is the
+    fingerprint (see `fingerprint`). Build one for a run with `open_cache`.
+    """
+
+    def __init__(self, num_samples: int, shapes: dict[str, tuple], meta: dict, *, augment=None,
+                 seed: int = 0, storage: str = "memory", path=None, dtype: str = "fp32",
+                 topk: int | None = None, memory_budget: int | None = None,
+                 rebuild: bool = True, min_rows: int = 32):
+        if augment is not None and augment.is_random and augment.num_views is None:
+            raise DistillError(
+                "The teacher cache needs an augmentation whose views can be enumerated (crops, "
+                f"flips); {augment!r} has draws that cannot be replayed (e.g. Cutout), so every "
+                "epoch would be a miss. Set cache: off (or auto, which turns it off here)."
+            )
+        if dtype not in DTYPES or storage not in ("memory", "disk"):
+            raise DistillError(f"cache storage/dtype must be memory|disk and fp32|fp16; got "
+                               f"{storage!r}/{dtype!r}.")
+        self.augment = augment if augment is not None and augment.is_random else None
+        self.seed, self.epoch, self.min_rows = int(seed), 0, int(min_rows)
+        self.num_samples = int(num_samples)
+        self.num_views = self.augment.num_views if self.augment else 1
+        self.dtype, self.storage = dtype, storage
+        self.num_classes = int(shapes["logits"][-1])
+        self.topk = int(topk) if topk and int(topk) < self.num_classes else None
+        self.layers = [k for k in shapes if k != "logits"]
+        self.meta = json.loads(json.dumps({
+            **meta, "format": FORMAT, "distill": __version__, "num_samples": self.num_samples,
+            "num_views": self.num_views, "dtype": dtype, "topk": self.topk,
+            "shapes": {k: list(v) for k, v in shapes.items()},
+        }))
+        self.specs = self._specs(shapes)
+        self.nbytes = self.num_samples * self.num_views * (1 + sum(
+            math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in self.specs.values()))
+        self.hits = self.misses = self.padded = 0
+        if storage == "memory":
+            budget = memory_budget or default_memory_budget()
+            if self.nbytes > budget:
+                raise DistillError(
+                    f"The teacher cache would need {_gib(self.nbytes)} of memory "
+                    f"({self.num_samples} samples x {self.num_views} views); the budget is "
+                    f"{_gib(budget)}. Use cache: disk, cache_dtype: fp16, fewer views, or cache: off."
+                )
+            shape = (self.num_samples, self.num_views)
+            self.filled = torch.zeros(shape, dtype=torch.bool)
+            self.arrays = {k: torch.zeros(shape + s, dtype=d) for k, (s, d) in self.specs.items()}
+        else:
+            if path is None:
+                raise DistillError("cache: disk needs a directory (cache_dir).")
+            self.path = Path(path)
+            self._open_disk(rebuild)
+
+    def _specs(self, shapes) -> dict[str, tuple[tuple, torch.dtype]]:
+        """Stored arrays: name -> (per-entry shape, dtype)."""
+        dt = DTYPES[self.dtype]
+        if self.topk:
+            k = self.topk
+            specs = {"logits.values": ((k,), dt), "logits.indices": ((k,), torch.int32),
+                     "logits.lse": ((), torch.float32)}  # L in fp32: it sets every rest logit
+        else:
+            specs = {"logits": (tuple(shapes["logits"]), dt)}
+        specs.update({f"feature:{k}": (tuple(shapes[k]), dt) for k in self.layers})
+        return specs
+
+    # ---------------------------------------------------------------- disk storage
+
+    def _files(self) -> dict[str, Path]:
+        names = ["filled", *self.specs]
+        return {n: self.path / f"{i:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', n)}.npy"
+                for i, n in enumerate(names)}
+
+    def _open_disk(self, rebuild: bool) -> None:
+        meta_file = self.path / "meta.json"
+        files = self._files()
+        try:
+            old = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+        except (OSError, ValueError):
+            old = {}  # unreadable: treat as stale
+        ok = old == self.meta and all(f.is_file() for f in files.values())
+        if old is not None and not ok:
+            diff = sorted(k for k in set(old) | set(self.meta) if old.get(k) != self.meta.get(k))
+            if not rebuild:
+                raise DistillError(
+                    f"The teacher cache in '{self.path}' was built for a different "
+                    f"{', '.join(diff) or 'layout (files missing)'}; reusing it would train on "
+                    "stale targets. Delete the directory, point cache_dir elsewhere, or allow a rebuild."
+                )
+            warnings.warn(f"teacher cache in '{self.path}' is stale ({', '.join(diff)}): rebuilding",
+                          stacklevel=3)
+        if not ok:
+            meta_file.unlink(missing_ok=True)  # no valid meta until every array exists
+            for f in self.path.glob("[0-9][0-9]-*.npy"):
+                f.unlink()
+            self.path.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.path).free
+            if self.nbytes > free:
+                warnings.warn(f"teacher cache files can grow to {_gib(self.nbytes)}; "
+                              f"{_gib(free)} free in '{self.path}'", stacklevel=3)
+        shape = (self.num_samples, self.num_views)
+        specs = {"filled": ((), torch.bool), **self.specs}
+        arrays, self._maps = {}, []
+        for name, f in files.items():
+            s, d = specs[name]
+            np_dtype = torch.empty((), dtype=d).numpy().dtype
+            # open_memmap creates a sparse file: unfilled entries take no disk space
+            a = np.lib.format.open_memmap(f, mode="r+" if ok else "w+", dtype=np_dtype,
+                                          shape=shape + s)
+            self._maps.append(a)
+            arrays[name] = torch.from_numpy(a)  # shares the mapping: writes go to the file
+        self.filled = arrays.pop("filled")
+        self.arrays = arrays
+        if not ok:
+            write_json(meta_file, self.meta)
+
+    def flush(self) -> None:
+        """Write dirty memmap pages to disk (disk storage; called at each epoch boundary)."""
+        for a in getattr(self, "_maps", []):
+            a.flush()
+
+    # ---------------------------------------------------------------- keys and entries
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the loader draws augmentations for; `Distiller.set_epoch` forwards it."""
+        self.epoch = int(epoch)
+        self.flush()
+
+    def views(self, index: torch.Tensor) -> torch.Tensor:
+        """View id of each sample index this epoch (CPU LongTensor); 0 without augmentation.
+        The draw is a pure hash of (seed, epoch, index): no global RNG is touched."""
+        if self.augment is None:
+            return torch.zeros(len(index), dtype=torch.long)
+        return self.augment.view_id(self.augment.draw(self.seed, self.epoch, index)).long()
+
+    def put(self, index: torch.Tensor, view: torch.Tensor, logits: torch.Tensor,
+            features: dict[str, torch.Tensor]) -> None:
+        """Store outputs for entries (index, view); the filled bits are set last."""
+        index, view = index.cpu(), view.cpu()
+        values: dict[str, torch.Tensor] = {f"feature:{k}": features[k] for k in self.layers}
+        if self.topk:
+            z = logits.float()
+            top, ind = z.topk(self.topk, dim=-1)
+            values.update({"logits.values": top, "logits.indices": ind.int(),
+                           "logits.lse": torch.logsumexp(z, dim=-1)})
+        else:
+            values["logits"] = logits
+        for name, v in values.items():
+            stored = v.detach().to("cpu", self.arrays[name].dtype)
+            if self.dtype == "fp16" and stored.is_floating_point() and bool(
+                    (stored.isinf() & v.detach().cpu().isfinite()).any()):
+                raise DistillError(f"Teacher output '{name}' exceeds fp16's range (65504); "
+                                   "use cache_dtype: fp32.")
+            self.arrays[name][index, view] = stored
+        self.filled[index, view] = True
+
+    def get(self, index: torch.Tensor, view: torch.Tensor, device) -> tuple[torch.Tensor, dict]:
+        """Stored (logits, features) of entries (index, view), as fp32 on `device`."""
+        index, view = index.cpu(), view.cpu()
+        a = self.arrays
+        if self.topk:
+            logits = topk_logits(a["logits.values"][index, view].float(),
+                                 a["logits.indices"][index, view].long(),
+                                 a["logits.lse"][index, view], self.num_classes)
+        else:
+            logits = a["logits"][index, view]
+        features = {k: a[f"feature:{k}"][index, view].to(device, torch.float32) for k in self.layers}
+        return logits.to(device, torch.float32), features
+
+    def lookup(self, inputs: torch.Tensor, index: torch.Tensor, compute) -> tuple[torch.Tensor, dict]:
+        """Teacher (logits, features) for a training batch: hits come from the store, misses
+        run `compute(x) -> (logits, features)` on their rows of `inputs` and are stored."""
+        device = inputs.device
+        index = index.detach().to("cpu", torch.long)
+        view = self.views(index)
+        hit = self.filled[index, view]
+        miss = ~hit
+        m = int(miss.sum())
+        if m:
+            # Pad a small miss set with hit rows so the teacher never runs on fewer rows than
+            # min(batch, min_rows): tiny batches take other BLAS kernels (see module docstring).
+            rows = miss | (hit & (torch.cumsum(hit, 0) <= self.min_rows - m))
+            x = inputs if bool(rows.all()) else inputs[rows.to(device)]
+            logits, features = compute(x)
+            keep = miss[rows].to(device)
+            self.put(index[miss], view[miss], logits[keep], {k: v[keep] for k, v in features.items()})
+            self.padded += int(rows.sum()) - m
+        self.misses += m
+        self.hits += len(index) - m
+        # Hits and misses alike are read back from the store, so a (sample, view) gets the same
+        # target on first use as later (this matters for fp16 / top-k; fp32 is bit-exact).
+        return self.get(index, view, device)
+
+    @torch.no_grad()
+    def fill(self, compute, loader, batch_size: int = 256) -> None:
+        """Ahead of time: compute every missing (sample, view) of `loader`'s data. Views are
+        re-created with `augment.params_for_view`; without augmentation the loader's own
+        (epoch-independent) transform is applied."""
+        device = loader.x.device
+        for v in range(self.num_views):
+            todo = (~self.filled[:, v]).nonzero().flatten()
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start:start + batch_size]
+                x = loader.x[idx.to(device)]
+                if self.augment is not None:
+                    x = self.augment.apply(x, self.augment.params_for_view(torch.full_like(idx, v)))
+                elif loader.transform is not None:
+                    x = loader.transform(x, 0, idx.to(device))
+                logits, features = compute(x)
+                self.put(idx, torch.full_like(idx, v), logits, features)
+        self.flush()
+
+    def stats(self) -> dict:
+        """Counters for the log: lookups that hit / missed, padding rows, entries filled."""
+        return {"hits": self.hits, "misses": self.misses, "padded": self.padded,
+                "filled": int(self.filled.sum()), "entries": self.num_samples * self.num_views}
+
+
+def topk_logits(values: torch.Tensor, indices: torch.Tensor, lse: torch.Tensor,
+                num_classes: int) -> torch.Tensor:
+    """Rebuild (B, C) logits from the top-k (values, indices) and L = logsumexp(z); see the
+    module docstring for the formula. Computed in float64, returned as float32."""
+    v, lse = values.double(), lse.double()
+    k = values.shape[-1]
+    rest = -torch.expm1(torch.logsumexp(v, dim=-1) - lse)  # 1 - sum_top p_i, accurately
+    fill = lse + torch.log(rest.clamp(min=2.0**-126) / (num_classes - k))
+    out = fill[:, None].expand(len(v), num_classes).clone()
+    return out.scatter(1, indices, v).float()
+
+
+def fingerprint(teacher, loader, augment, seed: int) -> dict:
+    """What the cached outputs depend on: teacher weights, the training inputs, the transform
+    (Augment.spec(); the seed only when draws are random, so seeds share an unaugmented cache),
+    and a hash of the transformed first 8 samples at epoch 0 (catches changed normalization)."""
+    random = augment is not None and augment.is_random
+    idx = loader.index[:8]
+    x = loader.x[idx]
+    probe = loader.transform(x, 0, idx) if loader.transform is not None else x
+    return {"teacher_sha256": teacher_hash(teacher), "data_sha256": data_hash(loader.x),
+            "data_shape": list(loader.x.shape), "data_dtype": str(loader.x.dtype),
+            "transform": augment.spec() if random else None, "seed": seed if random else None,
+            "probe_sha256": data_hash(probe)}
+
+
+def _check_replay(loader, augment, seed: int) -> None:
+    """The cache keys views by re-deriving the loader's draws; check on a few samples that the
+    loader's transform is exactly `augment` with this seed (and is epoch-independent without)."""
+    idx = loader.index[:8]
+    x = loader.x[idx]
+    tf = loader.transform or (lambda a, e, i: a)
+    if augment is None or not augment.is_random:
+        if not torch.equal(tf(x, 0, idx), tf(x, 1, idx)):
+            raise DistillError("The training transform changes with the epoch but no augmentation "
+                               "was given to the teacher cache; pass data.augment.")
+        return
+    for epoch in (0, 1):
+        view = augment.view_id(augment.draw(seed, epoch, idx))
+        replay = augment.apply(x, augment.params_for_view(view))
+        if not torch.equal(tf(x, epoch, idx), replay):
+            raise DistillError("The training loader's transform is not `augment` with seed "
+                               f"{seed}; the teacher cache cannot key its views. Pass the "
+                               "Augment and seed the loader uses (data.augment, the run's seed).")
+
+
+def open_cache(mode: str, distiller, loader, *, augment=None, seed: int = 0, epochs: int = 1,
+               mixup: bool = False, dtype: str = "fp32", topk: int | None = None,
+               path=None, rebuild: bool = True, memory_budget: int | None = None,
+               min_rows: int = 32) -> tuple[TeacherCache | None, str]:
+    """Decide, build and attach the teacher cache of a run; return (cache or None, reason).
+
+    mode "off": none. "memory" / "disk": as asked; a DistillError if the run's augmentation
+    cannot be replayed or memory exceeds the budget. "auto": in memory, fp32, no top-k, only
+    when exact (replayable views), worthwhile (expected hit rate >= MIN_HIT_RATE) and within
+    the memory budget; otherwise off, with the reason.
+    """
+    if mode == "off" or distiller.teacher is None or not distiller.terms:
+        return None, "off" if mode == "off" else "off: no teacher terms"
+    if mode not in ("auto", "memory", "disk"):
+        raise DistillError(f"cache must be off, auto, memory or disk; got {mode!r}.")
+    views = augment.num_views if augment is not None and augment.is_random else 1
+    if views is None or mixup:
+        what = "mixup" if mixup else "its augmentation (not enumerable, e.g. Cutout)"
+        if mode == "auto":
+            return None, f"off: {what} cannot be replayed exactly"
+        raise DistillError(f"cache: {mode} cannot be used with {what}: the teacher's inputs "
+                           "cannot be replayed, so cached targets would be wrong. Set cache: off.")
+    if mode == "auto":
+        if dtype != "fp32" or topk:
+            raise DistillError("cache: auto only builds exact caches (fp32, no top-k); set "
+                               "cache: memory or disk to use cache_dtype fp16 or top-k.")
+        rate = expected_hit_rate(views, epochs)
+        if rate < MIN_HIT_RATE:
+            return None, f"off: expected hit rate {rate:.0%} ({views} views, {epochs} epochs)"
+    _check_replay(loader, augment, seed)
+    teacher = distiller.teacher
+    device = next(iter(teacher.parameters()), torch.empty(0)).device
+    idx = loader.index[:2]
+    x = loader.transform(loader.x[idx], 0, idx) if loader.transform else loader.x[idx]
+    with torch.no_grad():
+        logits, features = distiller._run_teacher(x.to(device))
+    shapes = {"logits": tuple(logits.shape[1:])} | {k: tuple(v.shape[1:]) for k, v in features.items()}
+    args = dict(augment=augment, seed=seed, dtype=dtype, topk=topk, path=path, rebuild=rebuild,
+                memory_budget=memory_budget, min_rows=min_rows)
+    meta = fingerprint(teacher, loader, augment, seed)
+    storage = "memory" if mode == "auto" else mode
+    try:
+        cache = TeacherCache(len(loader.x), shapes, meta, storage=storage, **args)
+    except DistillError as e:
+        if mode != "auto":
+            raise
+        return None, f"off: {e}"
+    distiller.attach_cache(cache)
+    return cache, f"{storage}, {views} view(s)/sample, up to {_gib(cache.nbytes)}"

@@ -1,0 +1,307 @@
+"""The teacher-output cache: exact reuse (identical students), keys under augmentation,
+metadata checks, fp16 / top-k storage, disk round trip, refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill import KD, Distiller, fit
+from distill.cache import TeacherCache, expected_hit_rate, open_cache, topk_logits
+from distill.config import TrainConfig
+from distill.data.augment import Augment, Cutout, HorizontalFlip, Normalize, RandomCrop
+from distill.data.loader import TensorLoader
+from distill.errors import DistillError
+from distill.losses.at import AT
+
+N, C, SEED = 64, 5, 3
+NORM = Normalize([0.5] * 3, [0.25] * 3, scale=1 / 255)
+
+
+@pytest.fixture(autouse=True)
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def images(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (N, 3, 8, 8), dtype=torch.uint8, generator=g), torch.randint(
+        0, C, (N,), generator=g)
+
+
+def crop_flip():
+    return Augment([RandomCrop(8, padding=1), HorizontalFlip(), NORM], 8)  # 3 * 3 * 2 = 18 views
+
+
+def loader(x, y, augment, batch_size=16):
+    """A TensorLoader whose transform applies `augment` (None: normalize only), as build_data does."""
+    plain = Augment([NORM], 8)
+    if augment is None:
+        tf = lambda b, e, i: plain.apply_eval(b)  # noqa: E731
+    else:
+        tf = lambda b, e, i: augment(b, SEED, e, i)  # noqa: E731
+    return TensorLoader(x, y, batch_size, shuffle=True, seed=SEED, transform=tf)
+
+
+def teacher_net(seed: int = 1):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, C))
+
+
+def student_net(seed: int = 0):
+    torch.manual_seed(seed)  # dropout below: the student consumes the global RNG
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.2),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, C))
+
+
+def count_rows(module):
+    rows = []
+    module.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    return rows
+
+
+def train(augment, cache_mode=None, features=True, epochs=4, teacher=None, **cache_args):
+    """Fit a student with KD (+ AT on a hooked teacher layer); return (student, cache, rows)."""
+    x, y = images()
+    teacher = teacher or teacher_net()
+    terms = {"kd": (KD(T=4.0), 1.0)}
+    if features:
+        terms["at"] = (AT("1", "2"), 10.0)
+    distiller = Distiller(teacher, student_net(), terms, ce_weight=0.5)
+    train_loader = loader(x, y, augment)
+    cache = None
+    if cache_mode:
+        cache, _ = open_cache(cache_mode, distiller, train_loader, augment=augment, seed=SEED,
+                              epochs=epochs, **cache_args)
+        assert cache is not None
+    rows = count_rows(teacher)
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=0.05, schedule="constant")
+    val = TensorLoader(x[:16].float(), y[:16], 16, transform=lambda b, e, i: NORM.apply(b))
+    fit(distiller, train_loader, val, cfg, torch.device("cpu"))
+    return distiller.student, cache, rows
+
+
+def small_cache(tmp_path, teacher=None, x=None, augment=None, rebuild=True, **kw):
+    x_default, y = images()
+    x = x_default if x is None else x
+    d = Distiller(teacher or teacher_net(), student_net(), {"kd": (KD(), 1.0)})
+    cache, _ = open_cache("disk", d, loader(x, y, augment), augment=augment, seed=SEED,
+                          path=tmp_path / "tc", rebuild=rebuild, **kw)
+    return d, cache
+
+
+# ---------------------------------------------------------------- the key property
+
+
+@pytest.mark.parametrize("augment", [None, crop_flip()], ids=["plain", "crop_flip"])
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_cached_run_trains_the_identical_student(augment, mode, tmp_path):
+    online, _, _ = train(augment)
+    cached, cache, _ = train(augment, mode, path=tmp_path / "tc")
+    assert cache.hits > 0 and cache.misses > 0
+    for a, b in zip(online.state_dict().values(), cached.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_prefilled_cache_trains_the_identical_student():
+    """`fill` re-creates every view with params_for_view: the same inputs as the loader's draws."""
+    augment = crop_flip()
+    online, _, _ = train(augment)
+    x, y = images()
+    teacher = teacher_net()
+    d = Distiller(teacher, student_net(), {"kd": (KD(T=4.0), 1.0), "at": (AT("1", "2"), 10.0)})
+    cache, _ = open_cache("memory", d, loader(x, y, augment), augment=augment, seed=SEED)
+    cache.fill(d._run_teacher, loader(x, y, augment), batch_size=32)
+    assert cache.stats()["filled"] == N * 18
+    student = student_net()
+    d2 = Distiller(teacher, student, {"kd": (KD(T=4.0), 1.0), "at": (AT("1", "2"), 10.0)},
+                   ce_weight=0.5)
+    d2.attach_cache(cache)
+    rows = count_rows(teacher)
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=4, optimizer="sgd", lr=0.05, schedule="constant")
+    val = TensorLoader(x[:16].float(), y[:16], 16, transform=lambda b, e, i: NORM.apply(b))
+    fit(d2, loader(x, y, augment), val, cfg, torch.device("cpu"))
+    assert sum(rows) == 0 and cache.misses == 0
+    for a, b in zip(online.state_dict().values(), student.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- teacher forwards
+
+
+def test_no_teacher_forward_after_the_first_epoch_without_augmentation():
+    _, cache, rows = train(None, "memory", features=False, epochs=3, min_rows=1)
+    assert sum(rows) == N  # epoch 1 computed every sample once; epochs 2 and 3 only hit
+    assert cache.stats() == {"hits": 2 * N, "misses": N, "padded": 0, "filled": N, "entries": N}
+
+
+def test_teacher_forwards_equal_distinct_views_seen():
+    augment = crop_flip()
+    epochs = 6
+    _, cache, rows = train(augment, "memory", features=False, epochs=epochs, min_rows=1)
+    index = torch.arange(N)
+    seen = {(i, int(v)) for e in range(epochs)
+            for i, v in zip(index.tolist(), augment.view_id(augment.draw(SEED, e, index)), strict=True)}
+    assert sum(rows) == len(seen) == cache.misses
+    assert cache.hits == epochs * N - len(seen) > 0
+
+
+def test_small_miss_sets_are_padded_to_min_rows():
+    """BLAS takes other kernels for 1-3 rows (MKL, one thread), so a lone miss run on its own
+    can differ in the last bit from the same sample run in a full batch; padding avoids that."""
+    x, y = images()
+    torch.manual_seed(1)
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(192, 64), nn.ReLU(), nn.Linear(64, C))
+    d = Distiller(wide, student_net(), {"kd": (KD(), 1.0)})
+    ld = loader(x, y, None)
+    cache, _ = open_cache("memory", d, ld, min_rows=8)
+    idx = torch.arange(16)
+    inputs = ld.transform(x[idx], 0, idx)
+    cache.lookup(inputs[:14], idx[:14], d._run_teacher)  # 14 misses
+    rows = count_rows(wide)
+    logits, _ = cache.lookup(inputs, idx, d._run_teacher)  # 2 misses + 6 hit rows of padding
+    assert rows == [8] and cache.padded == 6
+    assert torch.equal(logits, wide(inputs))
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_disk_cache_round_trips_through_a_fresh_object(tmp_path):
+    d, cache = small_cache(tmp_path)
+    x, y = images()
+    ld = loader(x, y, None)
+    idx = torch.arange(20)
+    logits, _ = cache.lookup(ld.transform(x[idx], 0, idx), idx, d._run_teacher)
+    cache.flush()
+    _, again = small_cache(tmp_path)
+    assert again.stats()["filled"] == 20
+    rows = count_rows(d.teacher)
+    logits2, _ = again.lookup(ld.transform(x[idx], 0, idx), idx, d._run_teacher)
+    assert rows == [] and torch.equal(logits, logits2)
+
+
+@pytest.mark.parametrize("change", ["teacher", "data", "transform"])
+def test_stale_disk_cache_is_detected(tmp_path, change):
+    d, cache = small_cache(tmp_path, augment=crop_flip())
+    idx = torch.arange(8)
+    x, y = images()
+    cache.lookup(crop_flip()(x[idx], SEED, 0, idx), idx, d._run_teacher)
+    cache.flush()
+    kwargs = {"augment": crop_flip()}
+    if change == "teacher":
+        teacher = teacher_net()
+        with torch.no_grad():
+            teacher[0].bias[0] += 1e-3
+        kwargs["teacher"] = teacher
+    elif change == "data":
+        x2 = x.clone()
+        x2[-1, 0, 0, 0] ^= 1
+        kwargs["x"] = x2
+    else:
+        kwargs["augment"] = Augment([RandomCrop(8, padding=2), HorizontalFlip(), NORM], 8)
+    key = {"teacher": "teacher_sha256", "data": "data_sha256", "transform": "transform"}[change]
+    with pytest.raises(DistillError, match=key):
+        small_cache(tmp_path, rebuild=False, **kwargs)
+    with pytest.warns(UserWarning, match="stale"):
+        _, rebuilt = small_cache(tmp_path, rebuild=True, **kwargs)
+    assert rebuilt.stats()["filled"] == 0
+
+
+# ---------------------------------------------------------------- storage formats
+
+
+def test_fp16_halves_the_bytes_and_stays_within_fp16_tolerance():
+    x, y = images()
+    ld = loader(x, y, None)
+    d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0), "at": (AT("1", "2"), 1.0)})
+    full, _ = open_cache("memory", d, ld)
+    half = TeacherCache(N, {"logits": (C,), "2": (8, 8, 8)}, {}, dtype="fp16")
+    bitmap = N  # one filled flag per entry, whatever the dtype
+    assert full.nbytes - bitmap == 2 * (half.nbytes - bitmap)
+    idx = torch.arange(N)
+    inputs = ld.transform(x, 0, idx)
+    a_logits, a_feats = full.lookup(inputs, idx, d._run_teacher)
+    b_logits, b_feats = half.lookup(inputs, idx, d._run_teacher)
+    assert b_logits.dtype == torch.float32
+    torch.testing.assert_close(b_logits, a_logits, rtol=2**-10, atol=1e-4)
+    torch.testing.assert_close(b_feats["2"], a_feats["2"], rtol=2**-10, atol=1e-4)
+
+
+def test_fp16_refuses_values_beyond_its_range():
+    half = TeacherCache(2, {"logits": (3,)}, {}, dtype="fp16")
+    big = torch.tensor([[1e5, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    with pytest.raises(DistillError, match="fp16"):
+        half.lookup(torch.zeros(2, 1), torch.arange(2), lambda x: (big, {}))
+
+
+def test_topk_reconstruction_matches_the_hand_formula():
+    z = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0]])
+    cache = TeacherCache(1, {"logits": (5,)}, {}, topk=2)
+    got, _ = cache.lookup(torch.zeros(1, 1), torch.tensor([0]), lambda x: (z, {}))
+    lse = math.log(sum(math.exp(v) for v in z[0].tolist()))
+    p0, p1 = math.exp(2.0 - lse), math.exp(1.0 - lse)
+    rest = (1 - p0 - p1) / 3  # the remaining mass, spread evenly over the 3 other classes
+    expected = torch.tensor([[2.0, 1.0] + [lse + math.log(rest)] * 3])
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(F.softmax(got, -1), torch.tensor([[p0, p1, rest, rest, rest]]))
+    assert torch.equal(got[0, :2], z[0, :2])  # the stored logits come back unchanged
+    assert cache.nbytes < TeacherCache(1, {"logits": (5,)}, {}).nbytes + 13  # k*(4+4)+4 vs C*4
+    torch.testing.assert_close(  # the helper on its own, one row
+        topk_logits(torch.tensor([[2.0, 1.0]]), torch.tensor([[0, 1]]), torch.tensor([lse]), 5),
+        expected)
+
+
+def test_memory_budget_is_enforced():
+    with pytest.raises(DistillError, match="budget"):
+        TeacherCache(1000, {"logits": (100,)}, {}, augment=crop_flip(), memory_budget=1 << 20)
+
+
+# ---------------------------------------------------------------- modes and refusals
+
+
+def test_non_enumerable_augmentation_is_refused():
+    cutout = Augment([HorizontalFlip(), Cutout(3), NORM], 8)
+    x, y = images()
+    d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0)})
+    ld = loader(x, y, cutout)
+    with pytest.raises(DistillError, match="replayed"):
+        open_cache("memory", d, ld, augment=cutout, seed=SEED)
+    with pytest.raises(DistillError, match="enumerated"):
+        TeacherCache(N, {"logits": (C,)}, {}, augment=cutout)
+    cache, why = open_cache("auto", d, ld, augment=cutout, seed=SEED, epochs=100)
+    assert cache is None and "off" in why and d.cache is None
+    cache, why = open_cache("auto", d, loader(x, y, None), epochs=10, mixup=True)
+    assert cache is None and "mixup" in why
+
+
+def test_auto_decides_on_exactness_and_expected_hits():
+    x, y = images()
+    d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0)})
+    assert open_cache("auto", d, loader(x, y, None), epochs=1)[0] is None  # nothing to reuse
+    cache, why = open_cache("auto", d, loader(x, y, None), epochs=2)
+    assert cache is not None and d.cache is cache and why.startswith("memory")
+    assert expected_hit_rate(1, 30) == pytest.approx(29 / 30)
+    assert expected_hit_rate(162, 30) < 0.25 < expected_hit_rate(162, 240)
+    with pytest.raises(DistillError, match="exact"):
+        open_cache("auto", d, loader(x, y, None), epochs=2, dtype="fp16")
+    no_terms = Distiller(teacher_net(), student_net())
+    assert open_cache("memory", no_terms, loader(x, y, None))[0] is None
+
+
+def test_a_loader_that_does_not_match_the_augment_is_refused():
+    x, y = images()
+    d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0)})
+    with pytest.raises(DistillError, match="seed"):
+        open_cache("memory", d, loader(x, y, crop_flip()), augment=crop_flip(), seed=SEED + 1)
+    with pytest.raises(DistillError, match="epoch"):
+        open_cache("memory", d, loader(x, y, crop_flip()), augment=None)
