@@ -56,7 +56,7 @@ def expected_loss_state(name: str) -> set[str]:
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "teacher"
-    assert main(["run", "--out", str(out), "--quiet", *COMMON, "stages=[teacher]"]) == 0
+    assert main(["run", "--out", str(out), "--quiet", "--no-report", *COMMON, "stages=[teacher]"]) == 0
     return out / "teacher.safetensors"
 
 
@@ -64,7 +64,7 @@ def teacher_checkpoint(tmp_path_factory):
 def test_method_runs_end_to_end(name, teacher_checkpoint, tmp_path):
     out = tmp_path / name
     argv = [
-        "run", "--out", str(out), "--quiet", *COMMON, "stages=[distill]",
+        "run", "--out", str(out), "--quiet", "--no-report", *COMMON, "stages=[distill]",
         f"teacher.checkpoint={teacher_checkpoint}", *method_overrides(name),
     ]
     assert main(argv) == 0

@@ -37,6 +37,7 @@ def summary_table(summary: dict) -> Table:
 
 
 def cmd_run(args) -> int:
+    from .report import write_report
     from .stages import default_run_dir, run
 
     if args.resume:
@@ -55,6 +56,8 @@ def cmd_run(args) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if args.seeds > 1:
+        return _run_seeds(cfg, out, args)
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume),
                       trust_checkpoint=args.trust_checkpoint)
@@ -62,10 +65,69 @@ def cmd_run(args) -> int:
         saved = "A checkpoint was written. " if stop.checkpointed else ""
         print(f"Stopped. {saved}Continue with: distill run --resume {out}", file=sys.stderr)
         return 130
+    report = None if args.no_report else write_report(out)
     if not args.quiet:
         console = Console()
         console.print(summary_table(summary))
-        console.print(f"Run folder: {out}  ({summary['wall_seconds']:.1f} s)")
+        console.print(f"Run folder: {out}  ({summary['wall_seconds']:.1f} s)" + (f"; report: {report}" if report else ""))
+    return 0
+
+
+def _run_seeds(cfg, out: Path, args) -> int:
+    """Every stage for seeds seed..seed+N-1 into out/seed-<k>/, then mean +- std and the paired gain."""
+    from .seeds import aggregate, write_folder_report
+    from .stages import run
+
+    if args.resume:
+        raise DistillError("--resume continues one run: give it the seed-<k> folder, without --seeds.")
+    summaries = []
+    for seed in range(cfg.seed, cfg.seed + args.seeds):
+        summaries.append(run(cfg.model_copy(update={"seed": seed}), out / f"seed-{seed}", quiet=args.quiet,
+                             trust_checkpoint=args.trust_checkpoint))
+    report = None if args.no_report else write_folder_report(out)
+    if not args.quiet:
+        Console().print(seeds_table(aggregate(summaries)))
+        print(f"Runs: {out}/seed-*" + (f"; report: {report}" if report else ""))
+    return 0
+
+
+def seeds_table(agg: dict) -> Table:
+    table = Table(title=f"{agg['name']}: {agg['n']} seeds, mean +- std")
+    for col in ("stage", "val acc %", "test acc % (val-selected)", "test acc % (last epoch)"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for stage, r in agg["stages"].items():
+        cells = [_mean_std(r.get(k)) for k in ("val_acc", "test_acc", "last_test_acc")]
+        table.add_row(stage, *cells)
+    gain = agg.get("gain") or {}
+    if "test_acc" in gain:
+        g = gain["test_acc"]
+        table.caption = (
+            f"distilled - scratch (paired): {g['mean']:+.2f} +- {g['std']:.2f} test points, "
+            f"95% interval [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}], positive in "
+            f"{g['positive']}/{agg['n']} seeds"
+        ) if g["ci95"] else f"distilled - scratch: {g['mean']:+.2f} test points"
+    return table
+
+
+def _mean_std(d: dict | None) -> str:
+    if not d or d["mean"] is None:
+        return "-"
+    return f"{d['mean']:.2f}" + (f" +- {d['std']:.2f}" if d["std"] is not None else "")
+
+
+def cmd_report(args) -> int:
+    from .seeds import write_folder_report
+
+    print(f"Wrote {write_folder_report(args.run_dir)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .report import evaluate_target, evaluation_table
+
+    overrides = [f"data.path={args.data}"] if args.data else []
+    overrides += args.overrides
+    Console().print(evaluation_table(evaluate_target(args.target, overrides, args.split, device="auto")))
     return 0
 
 
@@ -131,7 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow teacher checkpoints that need arbitrary code to unpickle")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run every stage for N seeds (seed, seed+1, ...) and report mean +- std")
+    p.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="write report.md and plots for a run (or --seeds) folder")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("eval", help="evaluate a run folder or one of its weights files")
+    p.add_argument("target", help="a run folder, or RUN_DIR/<stage>[-last].safetensors")
+    p.add_argument("overrides", nargs="*", help="data.key=value overrides, e.g. data.name=npz")
+    p.add_argument("--data", help="data.path to evaluate on (same dataset kind as the run's)")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="export a run's student (onnx, torchscript, safetensors)")
     p.add_argument("run_dir", help="a run folder written by distill run")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
@@ -149,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options too (`distill run cfg.yaml --quiet train.epochs=3`).
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "run"]
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command not in ("run", "eval")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -1,0 +1,240 @@
+"""Several seeds of one experiment: mean ± sample std per stage, and the paired gain.
+
+The scratch and distilled students of one seed share initial weights, data order and split, so
+the gain distilled - scratch is computed per seed (paired) and summarised by its mean, sample
+standard deviation and a 95% Student-t interval, mean ± t(0.975, n-1) * sd / sqrt(n).
+The t quantile comes from scipy.stats.t (scipy is installed with scikit-learn); without scipy,
+from a table for df 1..30 and the normal 1.96 beyond (slightly narrow there: t(0.975, 31) = 2.04).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from .errors import DistillError
+from .io import write_json, write_text
+from .report import (
+    COLORS,
+    LABELS,
+    STAGES,
+    figure_grid,
+    fmt,
+    json_safe,
+    plot_accuracy_bars,
+    save_png,
+    table,
+)
+
+ACC_KEYS = ("val_acc", "test_acc", "last_test_acc")
+GAIN_KEYS = ("test_acc", "last_test_acc")
+EVAL_KEYS = ("top5_acc", "ece", "nll", "agreement", "kl_teacher")  # from report.json, when present
+# Two-sided 95% quantiles t(0.975, df), df = 1..30 (the fallback when scipy is missing).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: int) -> tuple[float, str]:
+    """(t(0.975, df), source): the two-sided 95% Student-t quantile and where it came from."""
+    try:
+        from scipy.stats import t
+    except ImportError:
+        return (T975[df - 1] if df <= len(T975) else 1.96), "table (normal 1.96 beyond df 30)"
+    return float(t.ppf(0.975, df)), "scipy.stats.t"
+
+
+def describe(values: list[float]) -> dict:
+    """{"mean", "std" (sample, n-1; None for n < 2), "n", "values"}."""
+    values = [float(v) for v in values]
+    return {
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def interval(values: list[float]) -> dict:
+    """`describe` plus the 95% t-interval of the mean: ci95 [lo, hi], half_width, t, df
+    (None for n < 2)."""
+    out = describe(values)
+    n = out["n"]
+    out.update(ci95=None, half_width=None, t=None, df=None)
+    if n > 1:
+        t, _ = t_quantile(n - 1)
+        half = t * out["std"] / math.sqrt(n)
+        out.update(ci95=[out["mean"] - half, out["mean"] + half], half_width=half, t=t, df=n - 1)
+    return out
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Aggregate the summary.json (or report.json) dicts of runs that differ only in seed.
+
+    Returns {"name", "n", "seeds", "t_source", "stages": {stage: {key: describe}},
+    "gain": {key: interval + "positive" (seeds with gain > 0)}} for the accuracy keys val_acc,
+    test_acc (validation-selected), last_test_acc; report.json inputs add their evaluation
+    metrics (top5_acc, ece, nll, agreement, kl_teacher of the validation-selected weights).
+    """
+    if not summaries:
+        raise DistillError("No runs to aggregate: give at least one run folder.")
+    seeds = [s.get("seed") for s in summaries]
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+    if dupes:
+        raise DistillError(f"Seed(s) {dupes} appear more than once; aggregate runs with distinct seeds.")
+    stages = {}
+    for stage in STAGES:
+        rows = [s["stages"][stage] for s in summaries if stage in s.get("stages", {})]
+        if not rows:
+            continue
+        stages[stage] = {k: describe([r[k] for r in rows if r.get(k) is not None]) for k in ACC_KEYS}
+        evals = [s["evaluation"]["stages"].get(stage, {}).get("best", {}) for s in summaries if s.get("evaluation")]
+        for key in EVAL_KEYS:
+            values = [e[key] for e in evals if e.get(key) is not None]
+            if values:
+                stages[stage][key] = describe(values)
+    gain = {}
+    paired = [s for s in summaries if {"scratch", "distill"} <= set(s.get("stages", {}))]
+    for key in GAIN_KEYS:
+        diffs = [s["stages"]["distill"][key] - s["stages"]["scratch"][key] for s in paired]
+        if diffs:
+            gain[key] = {**interval(diffs), "seeds": [s.get("seed") for s in paired],
+                         "positive": sum(d > 0 for d in diffs)}
+    names = sorted({str(s.get("name")) for s in summaries})
+    return {
+        "schema": 1,
+        "name": names[0] if len(names) == 1 else names,
+        "n": len(summaries),
+        "seeds": seeds,
+        "t_source": t_quantile(max(len(paired) - 1, 1))[1],
+        "stages": stages,
+        "gain": gain,
+    }
+
+
+def load_summary(run_dir: str | Path) -> dict:
+    """report.json when `write_report` has run (it adds evaluation metrics), else summary.json."""
+    run_dir = Path(run_dir)
+    for name in ("report.json", "summary.json"):
+        if (run_dir / name).is_file():
+            return json.loads((run_dir / name).read_text())
+    raise DistillError(f"'{run_dir}' has no summary.json: it is not a finished run folder.")
+
+
+def seed_run_dirs(out_dir: str | Path) -> list[Path]:
+    """The finished runs `distill run --seeds N` wrote: out_dir/seed-<k>/ holding summary.json,
+    in seed order."""
+    dirs = [d for d in Path(out_dir).glob("seed-*") if (d / "summary.json").is_file()]
+    return sorted(dirs, key=lambda d: (int(d.name[5:]) if d.name[5:].lstrip("-").isdigit() else math.inf, d.name))
+
+
+def write_folder_report(path: str | Path, repeats: int = 10, device: str = "cpu") -> Path:
+    """`distill report PATH`: a run folder gets `write_report`; a --seeds folder (seed-<k>/
+    runs inside) gets `write_report` for each run, then `write_seed_report`. Returns the
+    report.md written last (the seed report for a --seeds folder)."""
+    from .report import write_report
+
+    path = Path(path)
+    if (path / "summary.json").is_file():
+        return write_report(path, repeats, device)
+    runs = seed_run_dirs(path)
+    if not runs:
+        raise DistillError(
+            f"'{path}' holds neither a finished run (summary.json) nor seed-<k>/ runs. "
+            "Give a folder written by `distill run` or `distill run --seeds N`."
+        )
+    for run in runs:
+        write_report(run, repeats, device)
+    return write_seed_report(path, runs)
+
+
+def write_seed_report(out_dir: str | Path, run_dirs: list[str | Path]) -> Path:
+    """Aggregate the runs in `run_dirs` into out_dir/seeds.json, out_dir/accuracy.png (mean ±
+    std bars, one dot per seed), out_dir/gain.png (per-seed gain with its 95% interval) and
+    out_dir/report.md (tables; links to each run's own report.md when present).
+    Returns the path of report.md."""
+    out_dir = Path(out_dir)
+    summaries = [load_summary(d) for d in run_dirs]
+    agg = aggregate(summaries)
+    write_json(out_dir / "seeds.json", json_safe(agg))
+    title = f"{agg['name']}: test accuracy over {agg['n']} seeds (mean ± std)"
+    save_png(plot_accuracy_bars(agg["stages"], title), out_dir / "accuracy.png")
+    figures = ["accuracy.png"]
+    if agg["gain"]:
+        save_png(plot_gain(agg["gain"]), out_dir / "gain.png")
+        figures.append("gain.png")
+    runs = [Path(d) for d in run_dirs]
+    write_text(out_dir / "report.md", render_seed_markdown(agg, summaries, runs, out_dir, figures))
+    return out_dir / "report.md"
+
+
+def _pm(d: dict | None, spec: str = ".2f") -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return fmt(d["mean"], spec) + (f" ± {d['std']:{spec}}" if d.get("std") is not None else "")
+
+
+def render_seed_markdown(agg: dict, summaries: list[dict], runs: list[Path], out_dir: Path, figures: list[str]) -> str:
+    stages = agg["stages"]
+    out = [f"# {agg['name']}: {agg['n']} seeds ({', '.join(map(str, agg['seeds']))})", "",
+           "Mean ± sample standard deviation over seeds; test data; model selection on validation data.", "",
+           "## Accuracy (%)", ""]
+    rows = [[LABELS[s], _pm(st["val_acc"]), _pm(st["test_acc"]), _pm(st["last_test_acc"])] for s, st in stages.items()]
+    out.append(table(["model", "val acc", "test acc (val-selected)", "test acc (last epoch)"], rows))
+    if agg["gain"]:
+        out += ["", "## Gain of distillation (distilled − scratch, paired by seed, test points)", ""]
+        rows = []
+        for key, g in agg["gain"].items():
+            ci = f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]" if g["ci95"] else "– (one seed)"
+            rows.append(["val-selected" if key == "test_acc" else "last epoch", f"{g['mean']:+.2f}",
+                         fmt(g["std"]), ci, f"{g['positive']} / {g['n']}"])
+        out.append(table(["weights", "mean gain", "std", "95% t-interval", "seeds with gain > 0"], rows))
+        out += ["", f"Interval: mean ± t(0.975, n−1) · sd / √n, t from {agg['t_source']}."]
+    extra = [(s, st) for s, st in stages.items() if any(k in st for k in EVAL_KEYS)]
+    if extra:
+        out += ["", "## Calibration and agreement (val-selected weights)", ""]
+        rows = [[LABELS[s], _pm(st.get("ece")), _pm(st.get("nll"), ".4f"), _pm(st.get("agreement")),
+                 _pm(st.get("kl_teacher"), ".4f")] for s, st in extra]
+        out.append(table(["model", "ECE %", "NLL", "agreement with teacher %", "KL(teacher ‖ student)"], rows))
+    for f in figures:
+        out += ["", f"![{f.removesuffix('.png')}]({f})"]
+    out += ["", "## Per seed", ""]
+    rows = []
+    for summary, run in zip(summaries, runs, strict=True):
+        st = summary["stages"]
+        link = _relative(run / "report.md", out_dir) if (run / "report.md").is_file() else _relative(run, out_dir)
+        gain = (summary.get("gain") or {}).get("test_acc")
+        rows.append([str(summary.get("seed")), *(fmt(st.get(s, {}).get("test_acc")) for s in STAGES),
+                     fmt(gain, "+.2f"), f"[{run.name}]({link})"])
+    out.append(table(["seed", "teacher", "scratch", "distilled", "gain", "run"], rows))
+    return "\n".join(out) + "\n"
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(start).resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def plot_gain(gain: dict):
+    """Per-seed paired gains (dots) with the mean and its 95% t-interval, for the
+    validation-selected and last-epoch weights; zero marked."""
+    fig, axes = figure_grid(1, 1, 5.2, 3.6)
+    ax = axes[0, 0]
+    names = {"test_acc": "val-selected", "last_test_acc": "last epoch"}
+    for i, g in enumerate(gain.values()):
+        ax.scatter([i] * g["n"], g["values"], color=COLORS["distill"], alpha=0.6, s=18, zorder=3,
+                   label="one seed" if i == 0 else None)
+        yerr = [[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]] if g["ci95"] else None
+        ax.errorbar(i + 0.18, g["mean"], yerr=yerr, fmt="D", color="black", capsize=5, markersize=5,
+                    label="mean, 95% t-interval" if i == 0 else None)
+    ax.axhline(0, color="gray", lw=1, ls="--")
+    ax.set_xticks(range(len(gain)), [names[k] for k in gain])
+    ax.set_xlim(-0.6, len(gain) - 0.4)
+    ax.set(ylabel="distilled − scratch (test points)", title="Gain of distillation, paired by seed")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
