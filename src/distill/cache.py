@@ -48,6 +48,7 @@ import torch
 from . import __version__
 from .errors import DistillError
 from .io import write_json
+from .runtime import all_gather_objects, distributed, rank
 
 FORMAT = 1
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -275,6 +276,7 @@ class TeacherCache:
         hit = self.filled[index, view]
         miss = ~hit
         m = int(miss.sum())
+        new = None
         if m:
             # Pad a small miss set with hit rows so the teacher never runs on fewer rows than
             # min(batch, min_rows): tiny batches take other BLAS kernels (see module docstring).
@@ -282,13 +284,27 @@ class TeacherCache:
             x = inputs if bool(rows.all()) else inputs[rows.to(device)]
             logits, features = compute(x)
             keep = miss[rows].to(device)
-            self.put(index[miss], view[miss], logits[keep], {k: v[keep] for k, v in features.items()})
+            new = (index[miss], view[miss], logits[keep], {k: v[keep] for k, v in features.items()})
+            self.put(*new)
             self.padded += int(rows.sum()) - m
+        if distributed():
+            self._share(new)
         self.misses += m
         self.hits += len(index) - m
         # Hits and misses alike are read back from the store, so a (sample, view) gets the same
         # target on first use as later (this matters for fp16 / top-k; fp32 is bit-exact).
         return self.get(index, view, device)
+
+    def _share(self, new) -> None:
+        """Under DDP each process computes the teacher on its own shard only; exchanging the
+        new entries every step gives every process the whole cache, so no (sample, view) is
+        ever computed twice across processes."""
+        if new is not None:
+            index, view, logits, features = new
+            new = (index, view, logits.cpu(), {k: v.cpu() for k, v in features.items()})
+        for r, entry in enumerate(all_gather_objects(new)):
+            if entry is not None and r != rank():
+                self.put(*entry)
 
     @torch.no_grad()
     def fill(self, compute, loader, batch_size: int = 256) -> None:

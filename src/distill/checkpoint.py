@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DistillError
 from .io import _atomic, write_json
+from .runtime import all_gather_objects, barrier, is_main, rank, world_size
 
 POINTER = "checkpoint.json"
 
@@ -42,14 +43,16 @@ class TrainState:
 
 
 def rng_state() -> dict:
-    np_state = np.random.get_state()
+    """Every generator's state as plain Python values (lists of ints), so it can be exchanged
+    between processes and loaded with weights_only=True."""
+    name, keys, *rest = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
+        "numpy": [name, keys.tolist(), *rest],
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
@@ -57,10 +60,10 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 class Checkpointer:
@@ -70,6 +73,11 @@ class Checkpointer:
         self.dir, self.stage = Path(run_dir), stage
 
     def save(self, distiller, optimizer, schedule, state: TrainState, best_state: dict) -> None:
+        """Every process calls this; rank 0 writes (with every rank's RNG state)."""
+        rngs = all_gather_objects(rng_state())
+        if not is_main():
+            barrier()
+            return
         stem = f"ckpt-{self.stage}-{state.epoch:04d}-{state.step:06d}"
         weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in distiller.state_dict().items()}
         weights.update({f"best.{k}": v.detach().cpu().clone() for k, v in best_state.items()})
@@ -77,7 +85,7 @@ class Checkpointer:
         extra = {
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs,  # one per process, in rank order
             "state": asdict(state),
         }
         _atomic(self.dir / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))
@@ -85,6 +93,7 @@ class Checkpointer:
         for old in self.dir.glob("ckpt-*"):
             if not old.name.startswith(stem + "."):
                 old.unlink(missing_ok=True)
+        barrier()
 
     def load(self) -> dict | None:
         """The stage's checkpoint as {"model", "best", "optimizer", "schedule", "rng",
@@ -107,6 +116,12 @@ class Checkpointer:
         extra["model"] = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
         extra["best"] = {k[5:]: v for k, v in weights.items() if k.startswith("best.")}
         extra["state"] = TrainState(**extra["state"])
+        if len(extra["rng"]) != world_size():
+            raise DistillError(
+                f"The checkpoint in '{self.dir}' was written by {len(extra['rng'])} process(es); "
+                f"resume it with the same number (now {world_size()})."
+            )
+        extra["rng"] = extra["rng"][rank()]
         return extra
 
     @staticmethod

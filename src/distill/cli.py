@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .config import load_config, to_yaml
 from .errors import DistillError
-from .runtime import Interrupted
+from .runtime import Interrupted, is_main
 
 
 def summary_table(summary: dict) -> Table:
@@ -65,6 +65,8 @@ def cmd_run(args) -> int:
         saved = "A checkpoint was written. " if stop.checkpointed else ""
         print(f"Stopped. {saved}Continue with: distill run --resume {out}", file=sys.stderr)
         return 130
+    if not is_main():  # under torchrun only rank 0 reports
+        return 0
     report = None if args.no_report else write_report(out)
     if not args.quiet:
         console = Console()

@@ -58,7 +58,9 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(1, ge=0)  # epochs between checkpoints; 0: none
     deterministic: bool = False
     threads: int | None = Field(None, gt=0)
-    precision: Literal["fp32"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds a GradScaler
+    teacher_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # hold the teacher in half to save memory
+    scale_lr: bool = False  # multiply lr by the number of processes (batch_size is global)
     device: str = "auto"
 
 

@@ -104,6 +104,10 @@ class Distiller(nn.Module):
         return Outputs(*self._run_teacher(inputs))
 
     def _run_teacher(self, inputs: torch.Tensor):
+        # A teacher held in bf16/fp16 to save memory takes inputs of its own dtype.
+        dtype = next(self.teacher.parameters(), inputs).dtype
+        if inputs.is_floating_point() and dtype != inputs.dtype:
+            inputs = inputs.to(dtype)
         return self.teacher_capture.run(self.teacher, inputs)
 
     def student_outputs(self, inputs: torch.Tensor) -> Outputs:

@@ -18,18 +18,27 @@ import torch.nn.functional as F
 from .checkpoint import Checkpointer, TrainState, set_rng_state
 from .distiller import UNLABELLED, Distiller
 from .errors import DistillError
-from .runtime import Interrupted, stop_requested
+from .runtime import (
+    Interrupted,
+    all_reduce_sum,
+    autocast,
+    distributed,
+    stop_requested,
+    world_size,
+)
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     """adam | adamw | sgd (with momentum, nesterov, weight decay) from a TrainConfig."""
     params = [p for p in params if p.requires_grad]
+    # batch_size is the global batch, so the lr needs no change under DDP; scale_lr is opt-in.
+    lr = cfg.lr * (world_size() if getattr(cfg, "scale_lr", False) else 1)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
     )
 
@@ -57,16 +66,17 @@ def evaluate(model: torch.nn.Module, loader, device) -> dict[str, float]:
     """Top-1 accuracy (%) and mean cross-entropy over the labelled samples of `loader`."""
     was_training = model.training
     model.eval()
-    correct = loss = count = 0.0
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
     for batch in loader:
         x, y = batch[0].to(device), batch[1].to(device)
         mask = y != UNLABELLED
         logits = model(x)[mask].float()
         y = y[mask]
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        count += len(y)
+        totals[0] += F.cross_entropy(logits, y, reduction="sum")
+        totals[1] += (logits.argmax(-1) == y).sum()
+        totals[2] += len(y)
     model.train(was_training)
+    loss, correct, count = all_reduce_sum(totals).tolist()  # under DDP each rank saw a shard
     return {"acc": 100.0 * correct / max(count, 1), "loss": loss / max(count, 1)}
 
 
@@ -113,9 +123,19 @@ def fit(
     `cfg.checkpoint_every` epochs and when a stop is requested (Ctrl-C, SIGTERM; see
     runtime.stop_requested); `resume` (from Checkpointer.load) continues exactly where it left.
     """
+    device = torch.device(device)
     distiller.to(device)
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
         distiller.setup(next(iter(train_loader))[0].to(device))
+    # DDP wraps the student and its trainable loss modules together; the teacher is outside
+    # the module tree, so it is never wrapped, broadcast or synchronised.
+    model = distiller
+    if distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(distiller, device_ids=[device] if device.type == "cuda" else None)
+    precision = getattr(cfg, "precision", "fp32")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     optimizer = build_optimizer(distiller.parameters(), cfg)
     steps = len(train_loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
@@ -147,13 +167,16 @@ def fit(
             if step < state.step:  # resuming mid-epoch: these steps were done before the stop
                 continue
             batch = [t.to(device, non_blocking=True) for t in batch]
-            out = distiller(batch)
+            with autocast(device, precision):
+                out = model(batch)
             _check_finite(out, epoch, step)
             optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            scaler.scale(out["loss"]).backward()
             if cfg.grad_clip:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             for name, value in out.items():
                 if name != "logits":
@@ -171,9 +194,10 @@ def fit(
                 }
                 save()
                 raise Interrupted(checkpointer is not None)
+        world = all_reduce_sum(torch.ones((), device=device))  # processes that trained
         record = {"epoch": epoch + 1, "lr": lr}
-        record.update({f"train_{k}": (v / steps).item() for k, v in sums.items()})
-        record["train_acc"] = (100 * correct / labelled.clamp(min=1)).item()
+        record.update({f"train_{k}": (all_reduce_sum(v) / (steps * world)).item() for k, v in sums.items()})
+        record["train_acc"] = (100 * all_reduce_sum(correct) / all_reduce_sum(labelled).clamp(min=1)).item()
         val = evaluate(distiller.student, val_loader, device)
         record.update(val_acc=val["acc"], val_loss=val["loss"])
         record["seconds"] = time.perf_counter() - start

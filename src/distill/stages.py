@@ -30,7 +30,19 @@ from .io import append_line, load_weights, save_weights, write_json, write_text
 from .losses import resolve_loss
 from .models import count_parameters, create_model
 from .progress import StageProgress
-from .runtime import configure, resolve_device, seed_everything, stop_handlers
+from .runtime import (
+    DTYPES,
+    all_gather_objects,
+    barrier,
+    configure,
+    init_distributed,
+    is_main,
+    rank,
+    resolve_device,
+    seed_everything,
+    stop_handlers,
+    world_size,
+)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -91,6 +103,8 @@ class Run:
         self.cfg, self.dir, self.quiet = cfg, Path(out_dir), quiet
         self.resume, self.trust = resume, trust_checkpoint
         self.device = resolve_device(cfg.train.device)
+        self.main = is_main()  # only rank 0 prints and writes files
+        self.quiet = quiet or not self.main
         self.metrics = self.dir / "metrics.jsonl"
         self.results: dict[str, dict] = {}
 
@@ -111,7 +125,8 @@ class Run:
         with StageProgress(stage, self.cfg.train.epochs, len(loader), self.quiet) as bar:
 
             def on_epoch(record):
-                append_line(self.metrics, json.dumps({"stage": stage, **record}))
+                if self.main:
+                    append_line(self.metrics, json.dumps({"stage": stage, **record}))
                 bar.epoch_done(record)
 
             result = fit(
@@ -130,13 +145,15 @@ class Run:
             "last_test_acc": last["test"],
             "seconds": sum(r["seconds"] for r in result.history),
         })
-        write_json(self.dir / "stages.json", self.results)  # the stage is done...
-        Checkpointer.clear(self.dir)  # ...so its checkpoint is no longer needed
+        if self.main:
+            write_json(self.dir / "stages.json", self.results)  # the stage is done...
+            Checkpointer.clear(self.dir)  # ...so its checkpoint is no longer needed
+        barrier()
         return self.results[stage]
 
     def _prune_metrics(self, stage: str, epochs_kept: int) -> None:
         """Drop metrics lines a resumed run will write again (epochs after its checkpoint)."""
-        if not self.metrics.exists():
+        if not self.main or not self.metrics.exists():
             return
         keep = []
         for line in self.metrics.read_text().splitlines():
@@ -147,11 +164,27 @@ class Run:
 
     def save(self, distiller: Distiller, stem: str) -> None:
         """The student alone in <stem>.safetensors; trainable loss parts (projectors) beside it."""
+        if not self.main:
+            return
         save_weights(distiller.student, self.dir / f"{stem}.safetensors")
         if any(True for _ in distiller.terms.parameters()):
             save_weights(distiller.terms, self.dir / f"{stem}-losses.safetensors")
 
     def _prepare_folder(self) -> None:
+        """Rank 0 checks and creates the run folder; every process learns the outcome."""
+        error = None
+        if self.main:
+            try:
+                self._check_and_create_folder()
+            except DistillError as e:
+                error = str(e)
+        errors = [e for e in all_gather_objects(error) if e]
+        if errors:
+            raise DistillError(errors[0])
+        if self.resume and (self.dir / "stages.json").exists():
+            self.results = json.loads((self.dir / "stages.json").read_text())
+
+    def _check_and_create_folder(self) -> None:
         finished = (self.dir / "summary.json").exists()
         started = (self.dir / "config.yaml").exists()
         if finished:
@@ -174,13 +207,14 @@ class Run:
                 f"Cannot write the run folder '{self.dir}': {e.strerror or e}. Choose a writable "
                 "--out with free space."
             ) from None
-        if self.resume and (self.dir / "stages.json").exists():
-            self.results = json.loads((self.dir / "stages.json").read_text())
 
     def run(self) -> dict:
         cfg = self.cfg
         configure(cfg.seed, cfg.train.deterministic, cfg.train.threads)
+        init_distributed(self.device)
         data = build_data(cfg.data, seed=cfg.seed)
+        for loader in (data.teacher_train, data.train, data.val, data.test):
+            loader.shard(rank(), world_size())
         terms, ce_weight = build_terms(cfg)
         self._preflight(data, terms)
         self._prepare_folder()
@@ -217,10 +251,12 @@ class Run:
             self.results[stage] = {"params": count_parameters(student)}
             if stage == "distill":
                 self.results[stage]["cache"] = self._open_cache(distiller, data)
-            seed_everything(cfg.seed + 1)  # the same data order and dropout draws for both
+            # The same dropout draws for both students; each DDP process draws its own masks.
+            seed_everything(cfg.seed + 1 + 7919 * rank())
             self.train_stage(stage, distiller, data.train, data)
         summary = self.summary(data)
-        write_json(self.dir / "summary.json", summary)
+        if self.main:
+            write_json(self.dir / "summary.json", summary)
         return summary
 
     def _open_cache(self, distiller: Distiller, data: Data) -> str:
@@ -262,8 +298,9 @@ class Run:
         else:
             _check_classes(teacher.to(self.device), "teacher", data, self.device)
             self.results["teacher"] = {"params": count_parameters(teacher)}
+            seed_everything(cfg.seed + 1 + 7919 * rank())
             self.train_stage("teacher", Distiller(None, teacher, ce_weight=1.0), data.teacher_train, data)
-        return teacher.to(self.device).eval()
+        return teacher.to(self.device, DTYPES[cfg.train.teacher_dtype]).eval()
 
     def summary(self, data: Data) -> dict:
         stages = self.results
@@ -279,6 +316,8 @@ class Run:
             "seed": self.cfg.seed,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": str(self.device),
+            "processes": world_size(),
+            "precision": self.cfg.train.precision,
             "data": {"name": self.cfg.data.name, "num_classes": data.num_classes, **data.counts},
             "stages": stages,
             "gain": gain,
@@ -295,5 +334,6 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False,
     with stop_handlers():
         summary = Run(cfg, out, quiet, resume, trust_checkpoint).run()
     summary["wall_seconds"] = time.perf_counter() - start
-    write_json(out / "summary.json", summary)
+    if is_main():
+        write_json(out / "summary.json", summary)
     return summary

@@ -32,6 +32,13 @@ class TensorLoader:
         self.drop_last = drop_last
         self.transform = transform  # transform(x, epoch, index) -> x, applied per batch
         self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> TensorLoader:
+        """Under DDP: every process walks the same global batches (same seeded order) and
+        takes its own contiguous part of each, so `batch_size` stays the global batch."""
+        self.rank, self.world = rank, world
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,6 +62,8 @@ class TensorLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world > 1:
+                idx = idx.tensor_split(self.world)[self.rank]
             x = self.x[idx]
             if self.transform is not None:
                 x = self.transform(x, epoch, idx)
