@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from distill.cli import main
 
-FAST = ["--quiet", "train.epochs=1", "teacher.kwargs.hidden=[16]"]
+FAST = ["--quiet", "train.epochs=1", "teacher.model=mlp", "teacher.kwargs.hidden=[16]"]
 
 
 def _npz(tmp: Path, x, y) -> str:
@@ -79,9 +79,9 @@ CASES = [
     ("hook path not found", lambda t, m: ["loss.fitnet.student=layer9", "loss.fitnet.teacher=hidden.0"], "has no module 'layer9'"),
     ("bad import path", lambda t, m: ["student.model=no_such_pkg.mod:build"], "package.module:function"),
     # checkpoints
-    ("corrupt checkpoint", lambda t, m: [f"teacher.checkpoint={(t / 'c.safetensors').write_bytes(b'garbage') and t / 'c.safetensors'}", "teacher.kwargs.hidden=[16]"], "corrupt or truncated"),
-    ("truncated checkpoint", lambda t, m: [f"teacher.checkpoint={_teacher_file(t, 16, cut=9)}", "teacher.kwargs.hidden=[16]"], "corrupt or truncated"),
-    ("wrong architecture", lambda t, m: [f"teacher.checkpoint={_teacher_file(t, 24)}", "teacher.kwargs.hidden=[16]"], "hidden.0.0.weight: file (24, 64) vs model (16, 64)"),
+    ("corrupt checkpoint", lambda t, m: [f"teacher.checkpoint={(t / 'c.safetensors').write_bytes(b'garbage') and t / 'c.safetensors'}", "teacher.model=mlp", "teacher.kwargs.hidden=[16]"], "corrupt or truncated"),
+    ("truncated checkpoint", lambda t, m: [f"teacher.checkpoint={_teacher_file(t, 16, cut=9)}", "teacher.model=mlp", "teacher.kwargs.hidden=[16]"], "corrupt or truncated"),
+    ("wrong architecture", lambda t, m: [f"teacher.checkpoint={_teacher_file(t, 24)}", "teacher.model=mlp", "teacher.kwargs.hidden=[16]"], "hidden.0.0.weight: file (24, 64) vs model (16, 64)"),
     # runtime
     ("NaN loss", lambda t, m: ["train.lr=1e30", "train.optimizer=sgd", "train.momentum=0"], "non-finite"),
 ]

@@ -19,7 +19,7 @@ from distill.cli import main
 from distill.errors import DistillError
 from distill.io import load_weights, read_state_dict
 
-ARGS = ["--quiet", "train.epochs=12", "train.deterministic=true", "teacher.kwargs.hidden=[64]",
+ARGS = ["--quiet", "train.epochs=12", "train.deterministic=true", "teacher.model=mlp", "teacher.kwargs.hidden=[64]",
         "stages=[teacher,distill]", "train.threads=1"]
 
 
@@ -106,7 +106,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 def test_nan_loss_stops_with_the_step_and_term(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "--out", str(out), "--quiet", "train.epochs=3", "train.lr=1e30",
-                 "teacher.kwargs.hidden=[32]", "stages=[teacher]", "train.optimizer=sgd",
+                 "teacher.model=mlp", "teacher.kwargs.hidden=[32]", "stages=[teacher]", "train.optimizer=sgd",
                  "train.momentum=0"])
     err = capsys.readouterr().err
     assert code == 2, err

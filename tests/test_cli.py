@@ -20,7 +20,7 @@ from distill.engine import evaluate
 from distill.io import load_weights
 from distill.models import count_parameters, create_model
 
-TINY = ["train.epochs=2", "teacher.kwargs.hidden=[32]", "data.batch_size=128"]
+TINY = ["train.epochs=2", "teacher.model=mlp", "teacher.kwargs.hidden=[32]", "data.batch_size=128"]
 STAGES = ("teacher", "scratch", "distill")
 
 

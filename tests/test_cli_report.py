@@ -8,7 +8,7 @@ import pytest
 
 from distill.cli import main
 
-TINY = ["--quiet", "train.epochs=2", "teacher.kwargs.hidden=[32]", "data.batch_size=128"]
+TINY = ["--quiet", "train.epochs=2", "teacher.model=mlp", "teacher.kwargs.hidden=[32]", "data.batch_size=128"]
 
 
 @pytest.fixture(scope="module")

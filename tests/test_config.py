@@ -93,10 +93,11 @@ def test_override_student_kwargs_keeps_default_model():
 def test_override_one_model_kwarg_keeps_the_other_default_kwargs():
     # Like loss.kd.T=2 keeping the default weights: changing the teacher's width must not
     # silently drop its default dropout.
-    default = RunConfig().teacher.kwargs
-    cfg = load_config(overrides=["teacher.kwargs.hidden=[32]"])
-    assert cfg.teacher.model == "mlp"
-    assert cfg.teacher.kwargs == {**default, "hidden": [32]}
+    default = RunConfig().teacher
+    cfg = load_config(overrides=["teacher.kwargs.channels=[8, 16]"])
+    assert cfg.teacher.model == default.model
+    assert cfg.teacher.kwargs == {**default.kwargs, "channels": [8, 16]}
+    assert "dropout" in cfg.teacher.kwargs
 
 
 def test_null_removes_a_loss_term():

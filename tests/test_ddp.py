@@ -28,7 +28,7 @@ def data_file(tmp_path_factory):
 def _args(data_file, out):
     return ["run", "--out", str(out), "--quiet", "--no-report", "data.name=npz", f"data.path={data_file}",
             "data.val_fraction=0.2", "data.batch_size=48", "data.label_fraction=1.0",
-            "train.epochs=2", "train.threads=1", "teacher.kwargs.hidden=[32]",
+            "train.epochs=2", "train.threads=1", "teacher.model=mlp", "teacher.kwargs.hidden=[32]",
             "teacher.kwargs.dropout=0",  # dropout masks are per process by design
             "student.kwargs.hidden=[8]", "stages=[teacher,distill]"]
 

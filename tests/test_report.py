@@ -24,7 +24,7 @@ PNGS = ("curves", "accuracy", "reliability", "confusion", "cost")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "tiny"
-    assert main(["run", "--out", str(out), "--quiet", "train.epochs=2", "teacher.kwargs.hidden=[32]"]) == 0
+    assert main(["run", "--out", str(out), "--quiet", "train.epochs=2", "teacher.model=mlp", "teacher.kwargs.hidden=[32]"]) == 0
     return out
 
 
