@@ -20,11 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _in_channels(in_shape) -> int:
-    if len(in_shape) != 3:
-        raise ValueError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
-    return int(in_shape[0])
+from .layers import in_channels
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -98,7 +94,7 @@ class MobileNetV2CIFAR(nn.Module):
             (expand_ratio, 320, 1, 1),
         ]
         c_in = int(32 * width_mult)
-        self.conv1 = _conv_bn_relu(_in_channels(in_shape), c_in, 3, 2)
+        self.conv1 = _conv_bn_relu(in_channels(in_shape), c_in, 3, 2)
         self.blocks = nn.ModuleList()
         for t, c, n, s in settings:
             c_out = int(c * width_mult)

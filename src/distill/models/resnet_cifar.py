@@ -18,15 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _in_channels(in_shape) -> int:
-    if len(in_shape) != 3:
-        raise ValueError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
-    return int(in_shape[0])
-
-
-def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
+from .layers import conv3x3, in_channels
 
 
 class BasicBlock(nn.Module):
@@ -38,10 +30,10 @@ class BasicBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
-        self.conv1 = _conv3x3(c_in, c_out, stride)
+        self.conv1 = conv3x3(c_in, c_out, stride)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU()
-        self.conv2 = _conv3x3(c_out, c_out)
+        self.conv2 = conv3x3(c_out, c_out)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.downsample = None
         if stride != 1 or c_in != c_out:
@@ -83,7 +75,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         w0, w1, w2, w3 = (int(w) for w in widths)
         self.depth, self.widths = depth, (w0, w1, w2, w3)
-        self.conv1 = _conv3x3(_in_channels(in_shape), w0)
+        self.conv1 = conv3x3(in_channels(in_shape), w0)
         self.bn1 = nn.BatchNorm2d(w0)
         self.relu = nn.ReLU()
         self.layer1 = self._stage(w0, w1, n, stride=1)

@@ -25,11 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _in_channels(in_shape) -> int:
-    if len(in_shape) != 3:
-        raise ValueError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
-    return int(in_shape[0])
+from .layers import in_channels
 
 
 class ChannelShuffle(nn.Module):
@@ -100,7 +96,7 @@ class ShuffleNetV1(nn.Module):
     ):
         super().__init__()
         stem = 24
-        self.conv1 = nn.Conv2d(_in_channels(in_shape), stem, kernel_size=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels(in_shape), stem, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU()
         c_in = stem
@@ -221,7 +217,7 @@ class ShuffleNetV2(nn.Module):
             )
         widths, units = SHUFFLENETV2_CONFIGS[net_size]
         stem = 24
-        self.conv1 = nn.Conv2d(_in_channels(in_shape), stem, kernel_size=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels(in_shape), stem, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU()
         c_in = stem

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import in_channels
+
 CONFIGS = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),
     "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
@@ -31,11 +33,6 @@ CONFIGS = {
     ),
 }
 
-
-def _in_channels(in_shape) -> int:
-    if len(in_shape) != 3:
-        raise ValueError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
-    return int(in_shape[0])
 
 
 def _block(c_in: int, widths, batch_norm: bool) -> nn.Sequential:
@@ -78,7 +75,7 @@ class CifarVGG(nn.Module):
         super().__init__()
         if len(cfg) != 5:
             raise ValueError(f"cfg must give the widths of 5 blocks, got {cfg}")
-        c_in = _in_channels(in_shape)
+        c_in = in_channels(in_shape)
         for i, widths in enumerate(cfg):
             self.add_module(f"block{i}", _block(c_in, widths, batch_norm))
             self.add_module(f"relu{i}", nn.ReLU())

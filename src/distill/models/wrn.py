@@ -17,15 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _in_channels(in_shape) -> int:
-    if len(in_shape) != 3:
-        raise ValueError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
-    return int(in_shape[0])
-
-
-def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
+from .layers import conv3x3, in_channels
 
 
 class WideBlock(nn.Module):
@@ -39,10 +31,10 @@ class WideBlock(nn.Module):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
         self.relu1 = nn.ReLU()
-        self.conv1 = _conv3x3(c_in, c_out, stride)
+        self.conv1 = conv3x3(c_in, c_out, stride)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.relu2 = nn.ReLU()
-        self.conv2 = _conv3x3(c_out, c_out)
+        self.conv2 = conv3x3(c_out, c_out)
         self.drop_rate = drop_rate
         self.equal_in_out = c_in == c_out
         self.convShortcut = None
@@ -101,7 +93,7 @@ class WideResNet(nn.Module):
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, ...), got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.conv1 = _conv3x3(_in_channels(in_shape), widths[0])
+        self.conv1 = conv3x3(in_channels(in_shape), widths[0])
         self.block1 = WideStage(n, widths[0], widths[1], 1, drop_rate)
         self.block2 = WideStage(n, widths[1], widths[2], 2, drop_rate)
         self.block3 = WideStage(n, widths[2], widths[3], 2, drop_rate)
