@@ -44,11 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +54,7 @@ from pathlib import Path
 import torch
 
 import distill
+from common import fmt, git_state, machine_info, mean_std
 from distill.engine import NonFiniteLoss
 from distill.losses import LOSSES
 
@@ -93,42 +90,6 @@ METHODS: dict[str, tuple[float, str, str]] = {
 MAX_HALVINGS = 6
 
 
-def machine_info() -> dict:
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "distill": distill.__version__,
-    }
-
-
-def git_state() -> dict:
-    def git(*args):
-        try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=ROOT)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
-
-
 def fmt_weight(w: float) -> str:
     return f"{w:.6g}"
 
@@ -157,23 +118,6 @@ def timed_run(overrides: list[str], out_dir: Path) -> tuple[dict, float, float]:
 def stage_record(summary: dict, stage: str) -> dict:
     r = summary["stages"][stage]
     return {k: r.get(k) for k in ("test_acc", "last_test_acc", "val_acc", "last_val_acc", "best_epoch")}
-
-
-def mean_std(values: list[float]) -> dict:
-    n = len(values)
-    return {
-        "mean": statistics.fmean(values) if n else None,
-        "std": statistics.stdev(values) if n > 1 else None,  # sample std (n - 1)
-        "n": n,
-    }
-
-
-def fmt(stat: dict | None, signed: bool = False) -> str:
-    if not stat or stat["mean"] is None:
-        return "-"
-    sign = "+" if signed else ""
-    std = "n/a" if stat["std"] is None or math.isnan(stat["std"]) else f"{stat['std']:.2f}"
-    return f"{stat['mean']:{sign}.2f} ± {std}"
 
 
 def aggregate(report: dict) -> None:
