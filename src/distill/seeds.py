@@ -16,17 +16,8 @@ from pathlib import Path
 
 from .errors import DistillError
 from .io import write_json, write_text
-from .report import (
-    COLORS,
-    LABELS,
-    STAGES,
-    figure_grid,
-    fmt,
-    json_safe,
-    plot_accuracy_bars,
-    save_png,
-    table,
-)
+from .plots import COLORS, LABELS, STAGES, figure_grid, plot_accuracy_bars, save_png
+from .report import fmt, json_safe, table
 
 ACC_KEYS = ("val_acc", "test_acc", "last_test_acc")
 GAIN_KEYS = ("test_acc", "last_test_acc")

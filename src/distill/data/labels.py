@@ -1,0 +1,58 @@
+"""Label checks shared by the dataset readers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DistillError
+
+
+def check_labels(y, num_classes: int | None = None, *, name: str = "labels") -> np.ndarray:
+    """Return `y` as int64 (N,) after checking it holds integers in [0, num_classes).
+
+    Without `num_classes` only negative labels are rejected (K is then max + 1). Float labels
+    are accepted when every value is a whole number. `name` says where the labels came from
+    and appears in error messages.
+    """
+    y = np.asarray(y)
+    if y.size == 0:
+        raise DistillError(f"The dataset is empty: {name} has no samples.")
+    if y.ndim != 1:
+        raise DistillError(
+            f"{name} should be a 1-D array of integer class indices; it has shape {y.shape}."
+        )
+    if y.dtype == np.bool_:
+        y = y.astype(np.int64)
+    elif np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DistillError(
+                f"{name} must be integer class indices; found {y[i]!r} at position {i}."
+            )
+        y = y.astype(np.int64)
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DistillError(
+            f"{name} must be integer class indices in [0, K); got values of type {y.dtype}."
+        )
+    y = y.astype(np.int64, copy=False)
+    if num_classes is not None:
+        if num_classes < 1:
+            raise DistillError(f"num_classes must be at least 1, got {num_classes}.")
+        bad = (y < 0) | (y >= num_classes)
+        expected = f"[0, {num_classes})"
+    else:
+        bad = y < 0
+        expected = "[0, K) (labels cannot be negative)"
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DistillError(
+            f"{name} has label {int(y[i])} at position {i}, outside the expected range "
+            f"{expected}; {int(bad.sum())} label(s) are out of range."
+        )
+    return y
+
+
+def _check_lengths(x: np.ndarray, y: np.ndarray, where: str) -> None:
+    if len(x) != len(y):
+        raise DistillError(f"{where}: {len(x)} inputs but {len(y)} labels; they must match.")
