@@ -57,7 +57,10 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)  # epochs between checkpoints; 0: none
     deterministic: bool = False
-    threads: int | None = Field(None, gt=0)
+    # One thread by default: the small models a CPU run usually trains are fastest on one
+    # (two threads took 10x the CPU time on the digits demo with the other core busy).
+    # null = torch's default (all cores), e.g. for big models on a CPU.
+    threads: int | None = Field(1, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds a GradScaler
     teacher_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # hold the teacher in half to save memory
     scale_lr: bool = False  # multiply lr by the number of processes (batch_size is global)
