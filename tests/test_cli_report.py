@@ -47,3 +47,20 @@ def test_eval_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err
+
+
+def test_tensorboard_logging(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--no-report", "log.tensorboard=true", "stages=[teacher]", *TINY]) == 0
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert (out / "metrics.jsonl").exists()  # the run stays readable without TensorBoard
+
+
+def test_tensorboard_missing_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    assert main(["run", "--out", str(tmp_path / "run"), "log.tensorboard=true", *TINY]) == 2
+    assert "pip install 'distill[tensorboard]'" in capsys.readouterr().err

@@ -67,6 +67,10 @@ class TrainConfig(Strict):
     device: str = "auto"
 
 
+class LogConfig(Strict):
+    tensorboard: bool = False  # also write TensorBoard scalars to <run>/tensorboard/
+
+
 Stage = Literal["teacher", "scratch", "distill"]
 
 
@@ -83,6 +87,7 @@ class RunConfig(Strict):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     stages: list[Stage] = Field(default_factory=lambda: ["teacher", "scratch", "distill"])
+    log: LogConfig = Field(default_factory=LogConfig)
     # Teacher-output cache (distill.cache): auto = in memory, fp32, only when exact and useful.
     cache: Literal["off", "auto", "memory", "disk"] = "auto"
     cache_dtype: Literal["fp32", "fp16"] = "fp32"

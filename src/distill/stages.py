@@ -91,6 +91,18 @@ def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
         )
 
 
+def _summary_writer(folder: Path):
+    """TensorBoard is optional: metrics.jsonl always holds the same numbers."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DistillError(
+            "log.tensorboard=true needs the tensorboard package: pip install 'distill[tensorboard]' "
+            "(or set log.tensorboard=false; metrics.jsonl holds the same numbers)."
+        ) from None
+    return SummaryWriter(log_dir=str(folder))
+
+
 class Run:
     """One run folder: writes config.yaml, metrics.jsonl, weights, stages.json, summary.json.
 
@@ -105,6 +117,7 @@ class Run:
         self.device = resolve_device(cfg.train.device)
         self.main = is_main()  # only rank 0 prints and writes files
         self.quiet = quiet or not self.main
+        self.tensorboard = None  # a SummaryWriter when log.tensorboard is on
         self.metrics = self.dir / "metrics.jsonl"
         self.results: dict[str, dict] = {}
 
@@ -127,6 +140,11 @@ class Run:
             def on_epoch(record):
                 if self.main:
                     append_line(self.metrics, json.dumps({"stage": stage, **record}))
+                    if self.tensorboard is not None:
+                        for key, value in record.items():
+                            if key != "epoch":
+                                self.tensorboard.add_scalar(f"{stage}/{key}", value, record["epoch"])
+                        self.tensorboard.flush()
                 bar.epoch_done(record)
 
             result = fit(
@@ -217,6 +235,8 @@ class Run:
             loader.shard(rank(), world_size())
         terms, ce_weight = build_terms(cfg)
         self._preflight(data, terms)
+        if cfg.log.tensorboard and self.main:
+            self.tensorboard = _summary_writer(self.dir / "tensorboard")
         self._prepare_folder()
         c = data.counts
         self.log(
