@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from distill.cli import main
@@ -54,3 +55,34 @@ def test_two_processes_equal_one(tmp_path, data_file):
     for r1, r2 in zip(lines, lines2, strict=True):
         assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-4)
         assert r1["val_acc"] == pytest.approx(r2["val_acc"])
+
+
+def test_ddp_run_stopped_by_sigterm_resumes_exactly(tmp_path, data_file):
+    import signal
+    import time
+
+    def torchrun(port, *args):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                f"--master_port={port}", "-m", "distill", *args]
+
+    args = [a for a in _args(data_file, "X") if a not in ("train.epochs=2",)]
+    args[args.index("--out") + 1:args.index("--out") + 2] = []
+    args.remove("--out")
+    args += ["train.epochs=30", "train.deterministic=true"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert subprocess.run(torchrun(29535, *args, "--out", str(whole)), capture_output=True, timeout=600).returncode == 0
+    proc = subprocess.Popen(torchrun(29536, *args, "--out", str(stopped)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    pointer, deadline = stopped / "checkpoint.json", time.time() + 300
+    while not (pointer.exists() and "distill" in pointer.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "no distill checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it; every process stops at the same step
+    proc.wait(timeout=300)
+    assert not (stopped / "summary.json").exists()
+    resume = subprocess.run(torchrun(29537, "run", "--quiet", "--no-report", "--resume", str(stopped)),
+                            capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    a = load_file(str(whole / "distill-last.safetensors"))
+    b = load_file(str(stopped / "distill-last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
