@@ -263,3 +263,24 @@ def test_evaluate_ignores_unlabelled_samples():
     res = evaluate(model, TensorLoader(x, y, 3), "cpu")
     assert res["acc"] == pytest.approx(100 * 2 / 3)
     assert model.training  # restored
+
+
+def test_channels_last_trains_the_same_model_closely():
+    from distill.config import TrainConfig
+    from distill.data.loader import TensorLoader
+    from distill.distiller import Distiller
+    from distill.engine import fit
+    from distill.models import create_model
+
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = create_model("cnn", 3, (1, 8, 8), channels=[4, 8])
+        cfg = TrainConfig(epochs=2, schedule="constant", checkpoint_every=0, channels_last=channels_last)
+        fit(Distiller(None, model), TensorLoader(x, y, 8, shuffle=True), TensorLoader(x, y, 32), cfg, "cpu")
+        results.append(model)
+    plain, nhwc = results
+    assert nhwc.layer1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain.parameters(), nhwc.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)

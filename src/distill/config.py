@@ -62,6 +62,7 @@ class TrainConfig(Strict):
     # null = torch's default (all cores), e.g. for big models on a CPU.
     threads: int | None = Field(1, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds a GradScaler
+    channels_last: bool = False  # NHWC memory format for conv nets (benchmarks/speed.py --levers)
     teacher_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # hold the teacher in half to save memory
     scale_lr: bool = False  # multiply lr by the number of processes (batch_size is global)
     device: str = "auto"

@@ -125,6 +125,9 @@ def fit(
     """
     device = torch.device(device)
     distiller.to(device)
+    channels_last = getattr(cfg, "channels_last", False)
+    if channels_last:  # NHWC conv weights (the teacher's too), before DDP sees the parameters
+        distiller.to(memory_format=torch.channels_last)
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
         distiller.setup(next(iter(train_loader))[0].to(device))
     # DDP wraps the student and its trainable loss modules together; the teacher is outside
@@ -167,6 +170,8 @@ def fit(
             if step < state.step:  # resuming mid-epoch: these steps were done before the stop
                 continue
             batch = [t.to(device, non_blocking=True) for t in batch]
+            if channels_last and batch[0].dim() == 4:
+                batch[0] = batch[0].contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 out = model(batch)
             _check_finite(out, epoch, step)
