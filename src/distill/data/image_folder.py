@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DistillError
+from .transforms import _pair
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
@@ -19,18 +20,6 @@ _FOLDER_LAYOUT = (
 )
 
 
-def _pair(v, what: str) -> tuple[int, int] | None:
-    if v is None:
-        return None
-    if isinstance(v, int):
-        t = (v, v)
-    else:
-        t = tuple(int(a) for a in v)
-        if len(t) != 2:
-            raise DistillError(f"{what} must be an int or (height, width); got {v!r}.")
-    if min(t) < 1:
-        raise DistillError(f"{what} must be positive; got {v!r}.")
-    return t
 
 
 def _visible(p: Path) -> bool:
@@ -58,7 +47,7 @@ def read_image_folder(path, size=None, crop=None):
     short_side = size if isinstance(size, int) else None
     if short_side is not None and short_side < 1:
         raise DistillError(f"size must be positive; got {size!r}.")
-    crop_hw = _pair(crop, "crop")
+    crop_hw = None if crop is None else _pair(crop, "crop")
     classes, files = _class_files(root)
 
     arrays, first = [], None
