@@ -80,7 +80,9 @@ class Checkpointer:
             return
         stem = f"ckpt-{self.stage}-{state.epoch:04d}-{state.step:06d}"
         weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in distiller.state_dict().items()}
-        weights.update({f"best.{k}": v.detach().cpu().clone() for k, v in best_state.items()})
+        # a copy in standard layout: channels_last weights are not "contiguous" to safetensors
+        weights.update({f"best.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                        for k, v in best_state.items()})
         _atomic(self.dir / f"{stem}.safetensors", lambda tmp: save_file(weights, str(tmp)))
         extra = {
             "optimizer": optimizer.state_dict(),
