@@ -305,3 +305,19 @@ def test_a_loader_that_does_not_match_the_augment_is_refused():
         open_cache("memory", d, loader(x, y, crop_flip()), augment=crop_flip(), seed=SEED + 1)
     with pytest.raises(DistillError, match="epoch"):
         open_cache("memory", d, loader(x, y, crop_flip()), augment=None)
+
+
+def test_checkpoints_record_the_cache_they_used(tmp_path):
+    from distill.checkpoint import Checkpointer, TrainState
+
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
+    distiller = Distiller(teacher, student, {"kd": (KD(), 1.0)})
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    cache, _ = open_cache("memory", distiller, TensorLoader(x, y, 8), seed=0, epochs=5)
+    opt = torch.optim.SGD(distiller.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ckpt = Checkpointer(tmp_path, "distill")
+    ckpt.save(distiller, opt, sched, TrainState(epoch=1), distiller.state_dict())
+    ref = ckpt.load()["cache"]
+    assert ref == cache.reference() and ref["storage"] == "memory" and len(ref["meta_sha256"]) == 64

@@ -325,6 +325,13 @@ class TeacherCache:
                 self.put(idx, torch.full_like(idx, v), logits, features)
         self.flush()
 
+    def reference(self) -> dict:
+        """What a checkpoint records about the cache it trained with: where it lives and a
+        digest of its metadata (teacher weights, data, transform), to compare on resume."""
+        digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()
+        path = str(self.path) if self.storage == "disk" else None
+        return {"storage": self.storage, "path": path, "meta_sha256": digest}
+
     def stats(self) -> dict:
         """Counters for the log: lookups that hit / missed, padding rows, entries filled."""
         return {"hits": self.hits, "misses": self.misses, "padded": self.padded,

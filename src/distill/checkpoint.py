@@ -88,6 +88,7 @@ class Checkpointer:
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": rngs,  # one per process, in rank order
+            "cache": distiller.cache.reference() if getattr(distiller, "cache", None) else None,
             "state": asdict(state),
         }
         _atomic(self.dir / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -150,6 +151,11 @@ def fit(
         schedule.load_state_dict(resume["schedule"])
         state, best_state = resume["state"], resume["best"]
         set_rng_state(resume["rng"])
+        cache = getattr(distiller, "cache", None)
+        if resume.get("cache") and cache is not None and cache.reference() != resume["cache"]:
+            # Exactness does not depend on it (misses are recomputed), only speed does.
+            warnings.warn("the teacher cache differs from the one this checkpoint used; "
+                          "its entries are recomputed as needed", stacklevel=2)
 
     def save():
         if checkpointer is not None:
