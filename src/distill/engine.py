@@ -33,7 +33,7 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     """adam | adamw | sgd (with momentum, nesterov, weight decay) from a TrainConfig."""
     params = [p for p in params if p.requires_grad]
     # batch_size is the global batch, so the lr needs no change under DDP; scale_lr is opt-in.
-    lr = cfg.lr * (world_size() if getattr(cfg, "scale_lr", False) else 1)
+    lr = cfg.lr * (world_size() if cfg.scale_lr else 1)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -126,8 +126,7 @@ def fit(
     """
     device = torch.device(device)
     distiller.to(device)
-    channels_last = getattr(cfg, "channels_last", False)
-    if channels_last:  # NHWC conv weights (the teacher's too), before DDP sees the parameters
+    if cfg.channels_last:  # NHWC conv weights (the teacher's too), before DDP sees the parameters
         distiller.to(memory_format=torch.channels_last)
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
         distiller.setup(next(iter(train_loader))[0].to(device))
@@ -138,8 +137,7 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(distiller, device_ids=[device] if device.type == "cuda" else None)
-    precision = getattr(cfg, "precision", "fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     optimizer = build_optimizer(distiller.parameters(), cfg)
     steps = len(train_loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
@@ -176,9 +174,9 @@ def fit(
             if step < state.step:  # resuming mid-epoch: these steps were done before the stop
                 continue
             batch = [t.to(device, non_blocking=True) for t in batch]
-            if channels_last and batch[0].dim() == 4:
+            if cfg.channels_last and batch[0].dim() == 4:
                 batch[0] = batch[0].contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
+            with autocast(device, cfg.precision):
                 out = model(batch)
             _check_finite(out, epoch, step)
             optimizer.zero_grad(set_to_none=True)
@@ -192,8 +190,8 @@ def fit(
             for name, value in out.items():
                 if name != "logits":
                     sums[name] = sums.get(name, 0) + value.detach().float()
-            mask = batch[1] != UNLABELLED
-            correct += (out["logits"].argmax(-1)[mask] == batch[1][mask]).sum()
+            mask = batch[1] != UNLABELLED  # no boolean indexing: it would sync the GPU each step
+            correct += ((out["logits"].argmax(-1) == batch[1]) & mask).sum()
             labelled += mask.sum()
             if on_step is not None:
                 on_step({"loss": out["loss"]})
@@ -205,9 +203,8 @@ def fit(
                 }
                 save()
                 raise Interrupted(checkpointer is not None)
-        world = all_reduce_sum(torch.ones((), device=device))  # processes that trained
         record = {"epoch": epoch + 1, "lr": lr}
-        record.update({f"train_{k}": (all_reduce_sum(v) / (steps * world)).item() for k, v in sums.items()})
+        record.update({f"train_{k}": (all_reduce_sum(v) / (steps * world_size())).item() for k, v in sums.items()})
         record["train_acc"] = (100 * all_reduce_sum(correct) / all_reduce_sum(labelled).clamp(min=1)).item()
         val = evaluate(distiller.student, val_loader, device)
         record.update(val_acc=val["acc"], val_loss=val["loss"])
@@ -219,7 +216,7 @@ def fit(
         state.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        every = getattr(cfg, "checkpoint_every", 1)
+        every = cfg.checkpoint_every
         if every and (state.epoch % every == 0 or state.epoch == cfg.epochs):
             save()
     return FitResult(best_state, state.best_epoch, state.best_val, state.history)

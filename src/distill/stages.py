@@ -256,23 +256,14 @@ class Run:
                 continue
             seed_everything(cfg.seed)  # same initial weights for scratch and distilled students
             student = create_model(cfg.student.model, data.num_classes, data.in_shape, **cfg.student.kwargs)
-            _check_classes(student.to(self.device), "student", data, self.device)
             if stage == "scratch":
                 distiller = Distiller(None, student, ce_weight=1.0)
             else:
-                if teacher is None:
-                    raise DistillError(
-                        "The distill stage needs a teacher: add 'teacher' to stages, or set "
-                        "teacher.checkpoint to a trained teacher's weights."
-                    )
-                if not terms:
-                    raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
                 distiller = Distiller(teacher, student, terms, ce_weight)
             self.results[stage] = {"params": count_parameters(student)}
             if stage == "distill":
                 self.results[stage]["cache"] = self._open_cache(distiller, data)
-            # The same dropout draws for both students; each DDP process draws its own masks.
-            seed_everything(cfg.seed + 1 + 7919 * rank())
+            self._seed_training()
             self.train_stage(stage, distiller, data.train, data)
         summary = self.summary(data)
         if self.main:
@@ -289,14 +280,29 @@ class Run:
         self.log(f"Teacher cache: {why}")
         return why
 
+    def _seed_training(self) -> None:
+        """The same dropout draws for every stage's training; each DDP process its own."""
+        seed_everything(self.cfg.seed + 1 + 7919 * rank())
+
     def _preflight(self, data: Data, terms: dict) -> None:
-        """Catch model and layer-path mistakes before any training time is spent."""
+        """Catch config, model and layer-path mistakes before any training time is spent."""
         cfg = self.cfg
+        has_teacher = "teacher" in cfg.stages or bool(cfg.teacher.checkpoint)
+        if "distill" in cfg.stages and not has_teacher:
+            raise DistillError(
+                "The distill stage needs a teacher: add 'teacher' to stages, or set "
+                "teacher.checkpoint to a trained teacher's weights."
+            )
+        if "distill" in cfg.stages and not terms:
+            raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
+        cpu = torch.device("cpu")
         student = create_model(cfg.student.model, data.num_classes, data.in_shape, **cfg.student.kwargs)
-        _check_classes(student, "student", data, torch.device("cpu"))
-        if "distill" in cfg.stages and terms:
+        _check_classes(student, "student", data, cpu)
+        if has_teacher:
             teacher = create_model(cfg.teacher.model, data.num_classes, data.in_shape, **cfg.teacher.kwargs)
-            Distiller(teacher, student, terms).student_capture.remove()
+            _check_classes(teacher, "teacher", data, cpu)
+            if "distill" in cfg.stages:
+                Distiller(teacher, student, terms)  # resolves every hooked layer path
 
     def teacher_stage(self, data: Data) -> nn.Module | None:
         cfg = self.cfg
@@ -309,16 +315,14 @@ class Run:
         elif cfg.teacher.checkpoint:
             load_weights(teacher, cfg.teacher.checkpoint, trust=self.trust)
             teacher.to(self.device)
-            _check_classes(teacher, "teacher", data, self.device)
             self.results["teacher"] = {
                 "params": count_parameters(teacher), "checkpoint": cfg.teacher.checkpoint,
                 "val_acc": evaluate(teacher, data.val, self.device)["acc"],
                 "test_acc": evaluate(teacher, data.test, self.device)["acc"],
             }
         else:
-            _check_classes(teacher.to(self.device), "teacher", data, self.device)
             self.results["teacher"] = {"params": count_parameters(teacher)}
-            seed_everything(cfg.seed + 1 + 7919 * rank())
+            self._seed_training()
             self.train_stage("teacher", Distiller(None, teacher, ce_weight=1.0), data.teacher_train, data)
         return teacher.to(self.device, DTYPES[cfg.train.teacher_dtype]).eval()
 
