@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import DistillError
-from .io import _atomic, write_json
+from .io import atomic_write, write_json
 from .runtime import all_gather_objects, barrier, is_main, rank, world_size
 
 POINTER = "checkpoint.json"
@@ -83,7 +83,7 @@ class Checkpointer:
         # a copy in standard layout: channels_last weights are not "contiguous" to safetensors
         weights.update({f"best.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
                         for k, v in best_state.items()})
-        _atomic(self.dir / f"{stem}.safetensors", lambda tmp: save_file(weights, str(tmp)))
+        atomic_write(self.dir / f"{stem}.safetensors", lambda tmp: save_file(weights, str(tmp)))
         extra = {
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
@@ -91,7 +91,7 @@ class Checkpointer:
             "cache": distiller.cache.reference() if getattr(distiller, "cache", None) else None,
             "state": asdict(state),
         }
-        _atomic(self.dir / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))
+        atomic_write(self.dir / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))
         write_json(self.dir / POINTER, {"stage": self.stage, "stem": stem})
         for old in self.dir.glob("ckpt-*"):
             if not old.name.startswith(stem + "."):

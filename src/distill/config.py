@@ -7,7 +7,6 @@ the key and the fix.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .naming import did_you_mean
 
 
 class Strict(BaseModel):
@@ -233,8 +233,7 @@ def check_loss(loss: dict[str, dict[str, Any]]) -> None:
 
 
 def _unknown(where: str, valid: list[str], key: str) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(key, valid)
     place = f"under '{where}'" if where else "at the top level"
     return f"Unknown key '{key}' {place}.{hint} Valid keys there: {', '.join(valid)}."
 

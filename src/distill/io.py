@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from .errors import DistillError
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,7 +36,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, obj: object) -> None:
@@ -54,7 +54,7 @@ def append_line(path: Path, line: str) -> None:
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     """Save a module's state dict as safetensors, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    _atomic(path, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def read_state_dict(path: str | Path, trust: bool = False) -> dict:

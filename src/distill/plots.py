@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .io import _atomic
+from .io import atomic_write
 from .metrics import ece_from_bins
 
 STAGES = ("teacher", "scratch", "distill")
@@ -33,7 +33,7 @@ def human(value: float | None, unit: str = "") -> str:
 def save_png(fig, path: Path) -> None:
     buf = BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    _atomic(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
 
 
 def figure_grid(nrows: int, ncols: int, width: float, height: float, **kwargs):

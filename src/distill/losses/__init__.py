@@ -7,12 +7,10 @@ config as `package.module:Class`.
 
 from __future__ import annotations
 
-import difflib
-import importlib
-
 from torch import nn
 
 from ..errors import ConfigError
+from ..naming import resolve
 from .at import AT
 from .cc import CC
 from .cosine import Cosine
@@ -50,23 +48,7 @@ LOSSES: dict[str, type[nn.Module]] = {
 
 def resolve_loss(name: str) -> type[nn.Module]:
     """Return the loss class for a registry name or a `package.module:Class` path."""
-    if name in LOSSES:
-        return LOSSES[name]
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(
-                f"Could not import loss '{name}' ({e}). Give it as package.module:Class, "
-                "importable from the current directory or the installed packages."
-            ) from e
-    close = difflib.get_close_matches(name, LOSSES, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(
-        f"Unknown loss '{name}'.{hint} Known losses: {', '.join(sorted(LOSSES))} "
-        "(plus 'ce', the label term), or a package.module:Class path."
-    )
+    return resolve(name, LOSSES, "loss", "package.module:Class", ConfigError)
 
 
 __all__ = ["LOSSES", "KD", "kd_loss", "resolve_loss"]  # the classes: distill.losses.<file>

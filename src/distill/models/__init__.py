@@ -6,13 +6,12 @@ called as `function(num_classes=..., in_shape=..., **kwargs)`.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 
 from torch import nn
 
 from ..errors import DistillError
+from ..naming import resolve
 from .cnn import SmallCNN
 from .mlp import MLP
 from .zoo import REFERENCE_NUM_CLASSES as ZOO_NUM_CLASSES
@@ -22,20 +21,7 @@ MODELS = {"mlp": MLP, "cnn": SmallCNN, **ZOO}
 
 
 def _resolve(name: str):
-    if name in MODELS:
-        return MODELS[name]
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise DistillError(
-                f"Could not import model '{name}' ({e}). Give it as package.module:function, "
-                "importable from the current directory or the installed packages."
-            ) from e
-    close = difflib.get_close_matches(name, MODELS, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise DistillError(f"Unknown model '{name}'.{hint} Known models: {', '.join(MODELS)}.")
+    return resolve(name, MODELS, "model", "package.module:function", DistillError)
 
 
 def create_model(name: str, num_classes: int, in_shape, **kwargs) -> nn.Module:

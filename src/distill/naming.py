@@ -1,0 +1,36 @@
+"""Resolving names the user writes: a registry key, or an importable `package.module:attr`."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Iterable
+
+
+def did_you_mean(key: str, options: Iterable[str]) -> str:
+    """' Did you mean 'x'?' for the closest option, or '' when none is close."""
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def resolve(name: str, registry: dict, kind: str, form: str, error: type[Exception]):
+    """registry[name], or the attribute a `package.module:attr` path names.
+
+    `kind` ("model", "loss") and `form` ("package.module:function") word the messages; an
+    unknown name raises `error` with the closest registry key and the known ones.
+    """
+    if name in registry:
+        return registry[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise error(
+                f"Could not import {kind} '{name}' ({e}). Give it as {form}, "
+                "importable from the current directory or the installed packages."
+            ) from e
+    raise error(
+        f"Unknown {kind} '{name}'.{did_you_mean(name, registry)} Known {kind}s: "
+        f"{', '.join(sorted(registry))}, or a {form} path."
+    )
