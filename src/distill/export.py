@@ -19,7 +19,7 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 PARITY_TOLERANCE = 1e-4
 
 
-def load_student(run_dir: Path, stage: str = "distill", trust: bool = False):
+def load_student(run_dir: Path, stage: str = "distill"):
     """(student model in eval mode, a sample input batch) rebuilt from a run folder."""
     run_dir = Path(run_dir)
     weights = run_dir / f"{stage}.safetensors"
@@ -32,7 +32,7 @@ def load_student(run_dir: Path, stage: str = "distill", trust: bool = False):
     data = build_data(cfg.data, seed=cfg.seed)
     spec = cfg.teacher if stage == "teacher" else cfg.student
     model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
-    load_weights(model, weights, trust=trust)
+    load_weights(model, weights)
     sample = next(iter(data.test))[0][:8]
     return model.eval(), sample
 

@@ -69,7 +69,8 @@ def flat_shape(shape: tuple) -> tuple[int, int]:
 def check_same_batch(f_s: torch.Tensor, f_t: torch.Tensor) -> None:
     if f_s.shape[0] != f_t.shape[0]:
         raise ValueError(
-            f"student and teacher batches differ in size ({f_s.shape[0]} vs {f_t.shape[0]})"
+            f"student and teacher batches differ in size ({f_s.shape[0]} vs {f_t.shape[0]}); "
+            "both features must come from the same batch size"
         )
 
 

@@ -49,13 +49,11 @@ precision does not reach the loss.
 
 from __future__ import annotations
 
-from math import prod
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerPair, feature_shape, fp32_region
+from .common import LayerPair, feature_shape, flat_shape, fp32_region
 
 
 def _check_T(T) -> None:
@@ -154,8 +152,8 @@ class CRD(LayerPair):
     def setup(self, student_shapes: dict, teacher_shapes: dict) -> None:
         s = feature_shape(student_shapes, self.student, "student")
         t = feature_shape(teacher_shapes, self.teacher, "teacher")
-        self.embed_s = nn.Linear(prod(s[1:]), self.feat_dim)
-        self.embed_t = nn.Linear(prod(t[1:]), self.feat_dim)
+        self.embed_s = nn.Linear(flat_shape(s)[1], self.feat_dim)
+        self.embed_t = nn.Linear(flat_shape(t)[1], self.feat_dim)
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
         if self.embed_s is None:

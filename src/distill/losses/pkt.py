@@ -70,4 +70,4 @@ class PKT(LayerPair):
     )
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
-        return pkt_loss(student.features[self.student], teacher.features[self.teacher].detach())
+        return pkt_loss(student.features[self.student], teacher.features[self.teacher])

@@ -147,7 +147,7 @@ class RKD(LayerPair):
 
     def forward(self, student, teacher, batch) -> torch.Tensor:
         f_s = student.features[self.student]
-        f_t = teacher.features[self.teacher].detach()
+        f_t = teacher.features[self.teacher]
         return rkd_loss(f_s, f_t, self.distance_weight, self.angle_weight)
 
     def extra_repr(self) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import LayerPair
+from .common import LayerPair, check_same_batch
 
 
 def similarity_matrix(f: torch.Tensor) -> torch.Tensor:
@@ -35,11 +35,7 @@ def similarity_matrix(f: torch.Tensor) -> torch.Tensor:
 def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving term: squared Frobenius distance of the normalized Gram matrices
     over B^2. The teacher feature is a fixed target: no gradient flows into it."""
-    if f_s.size(0) != f_t.size(0):
-        raise ValueError(
-            f"sp_loss needs the same batch size for both features; got {f_s.size(0)} and "
-            f"{f_t.size(0)}"
-        )
+    check_same_batch(f_s, f_t)
     b = f_s.size(0)
     diff = similarity_matrix(f_s) - similarity_matrix(f_t.detach())
     return diff.pow(2).sum() / (b * b)
