@@ -7,14 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.image import imread
 from torch import nn
 
 from distill.cli import main
 from distill.cost import compare_cost, model_cost
 from distill.errors import DistillError
-from distill.models import count_flops, count_parameters, create_model
+from distill.models import count_parameters, create_model
 from distill.report import evaluate_target, evaluation_table, read_run, write_report
 from distill.seeds import write_folder_report
 
@@ -109,7 +108,7 @@ def test_model_cost_counts_and_leaves_the_model_alone():
     model = create_model("mlp", 10, (1, 8, 8), hidden=[16]).train()
     cost = model_cost(model, (1, 8, 8), repeats=1, warmup=0, batch_size=8)
     assert cost["params"] == count_parameters(model) == 64 * 16 + 16 + 16 * 10 + 10
-    assert cost["flops"] == count_flops(model, (1, 8, 8))
+    assert cost["flops"] == 2 * (64 * 16 + 16 * 10)  # a multiply-add is 2 FLOPs
     assert cost["size_bytes"] > 4 * cost["params"]  # float32 weights plus a small header
     assert cost["latency_ms"] > 0 and cost["throughput"] > 0 and cost["batch_size"] == 8
     assert model.training and next(model.parameters()).device.type == "cpu"
@@ -121,7 +120,7 @@ def test_compare_cost_ratios():
     assert out["ratio"]["params"] == pytest.approx(100 / 105)
     for key in ("size_bytes", "flops", "latency_ms", "throughput"):
         assert out["ratio"][key] == pytest.approx(out["student"][key] / out["teacher"][key])
-    assert isinstance(out["teacher"]["threads"], int) and torch.get_num_threads() >= 1
+    assert out["ratio"]["flops"] == pytest.approx(100 / 100)  # 2*20*5 each; bias adds none
 
 
 def test_evaluation_table_renders(run_dir):

@@ -68,7 +68,3 @@ class TensorLoader:
             if self.transform is not None:
                 x = self.transform(x, epoch, idx)
             yield x, self.y[idx], idx
-
-    @property
-    def dataset_size(self) -> int:
-        return len(self.x)

@@ -100,6 +100,17 @@ class Normalize(Transform):
             )
         if any(not (s > 0 and math.isfinite(s)) for s in self.std):
             raise DistillError(f"Normalize: every std must be positive; got {self.std}.")
+        self._tensors: dict = {}
+
+    def _stats(self, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as (1, C, 1, 1) tensors, made once per dtype and device: building them
+        every batch would copy host to device (and sync a GPU) on every step."""
+        key = (dtype, device)
+        if key not in self._tensors:
+            self._tensors[key] = tuple(
+                torch.tensor(v, dtype=dtype, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std)
+            )
+        return self._tensors[key]
 
     def apply(self, x, params=None):
         _check_batch(x)
@@ -107,8 +118,7 @@ class Normalize(Transform):
         if len(self.mean) not in (1, c):
             raise ValueError(f"Normalize has {len(self.mean)} channel(s); the batch has {c}")
         dtype = x.dtype if x.dtype.is_floating_point else torch.float32
-        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._stats(dtype, x.device)
         x = x.to(dtype)
         if self.scale != 1.0:
             x = x * self.scale
