@@ -58,7 +58,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(1, ge=0)  # epochs between checkpoints; 0: none
     deterministic: bool = False
     # One thread by default: the small models a CPU run usually trains are fastest on one
-    # (two threads took 10x the CPU time on the digits demo with the other core busy).
+    # (on a 2-core machine with the other core busy, two threads slowed the demo ~8x).
     # null = torch's default (all cores), e.g. for big models on a CPU.
     threads: int | None = Field(1, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds a GradScaler
