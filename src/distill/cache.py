@@ -98,6 +98,56 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def _array_files(path: Path, names) -> dict[str, Path]:
+    return {n: path / f"{i:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', n)}.npy" for i, n in enumerate(names)}
+
+
+def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
+                rebuild: bool) -> tuple[dict[str, torch.Tensor], list]:
+    """Open (or create) the .npy memmaps of a disk store in `path`: name -> (per-entry shape,
+    dtype) in `specs`, each with leading shape `lead`. The store is reused only if meta.json
+    equals `meta` (teacher weights, data, settings) and every file exists; otherwise it is
+    rebuilt (rebuild=True, with a warning naming what changed) or refused. Returns the arrays
+    as tensors sharing the mappings (writes go to the files) and the mappings (to flush)."""
+    meta_file = path / "meta.json"
+    files = _array_files(path, specs)
+    try:
+        old = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    except (OSError, ValueError):
+        old = {}  # unreadable: treat as stale
+    ok = old == meta and all(f.is_file() for f in files.values())
+    if old is not None and not ok:
+        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        if not rebuild:
+            raise DistillError(
+                f"The teacher cache in '{path}' was built for a different "
+                f"{', '.join(diff) or 'layout (files missing)'}; reusing it would train on "
+                "stale targets. Delete the directory, point cache_dir elsewhere, or allow a rebuild."
+            )
+        warnings.warn(f"teacher cache in '{path}' is stale ({', '.join(diff)}): rebuilding",
+                      stacklevel=4)
+    if not ok:
+        meta_file.unlink(missing_ok=True)  # no valid meta until every array exists
+        for f in path.glob("[0-9][0-9]-*.npy"):
+            f.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(path).free
+        if nbytes > free:
+            warnings.warn(f"teacher cache files can grow to {_gib(nbytes)}; "
+                          f"{_gib(free)} free in '{path}'", stacklevel=4)
+    arrays, maps = {}, []
+    for name, f in files.items():
+        s, d = specs[name]
+        np_dtype = torch.empty((), dtype=d).numpy().dtype
+        # open_memmap creates a sparse file: unfilled entries take no disk space
+        a = np.lib.format.open_memmap(f, mode="r+" if ok else "w+", dtype=np_dtype, shape=lead + s)
+        maps.append(a)
+        arrays[name] = torch.from_numpy(a)  # shares the mapping: writes go to the file
+    if not ok:
+        write_json(meta_file, meta)
+    return arrays, maps
+
+
 class TeacherCache:
     """Per-(sample, view) teacher logits and features; see the module docstring.
 
@@ -166,53 +216,12 @@ class TeacherCache:
 
     # ---------------------------------------------------------------- disk storage
 
-    def _files(self) -> dict[str, Path]:
-        names = ["filled", *self.specs]
-        return {n: self.path / f"{i:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', n)}.npy"
-                for i, n in enumerate(names)}
-
     def _open_disk(self, rebuild: bool) -> None:
-        meta_file = self.path / "meta.json"
-        files = self._files()
-        try:
-            old = json.loads(meta_file.read_text()) if meta_file.is_file() else None
-        except (OSError, ValueError):
-            old = {}  # unreadable: treat as stale
-        ok = old == self.meta and all(f.is_file() for f in files.values())
-        if old is not None and not ok:
-            diff = sorted(k for k in set(old) | set(self.meta) if old.get(k) != self.meta.get(k))
-            if not rebuild:
-                raise DistillError(
-                    f"The teacher cache in '{self.path}' was built for a different "
-                    f"{', '.join(diff) or 'layout (files missing)'}; reusing it would train on "
-                    "stale targets. Delete the directory, point cache_dir elsewhere, or allow a rebuild."
-                )
-            warnings.warn(f"teacher cache in '{self.path}' is stale ({', '.join(diff)}): rebuilding",
-                          stacklevel=3)
-        if not ok:
-            meta_file.unlink(missing_ok=True)  # no valid meta until every array exists
-            for f in self.path.glob("[0-9][0-9]-*.npy"):
-                f.unlink()
-            self.path.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(self.path).free
-            if self.nbytes > free:
-                warnings.warn(f"teacher cache files can grow to {_gib(self.nbytes)}; "
-                              f"{_gib(free)} free in '{self.path}'", stacklevel=3)
-        shape = (self.num_samples, self.num_views)
         specs = {"filled": ((), torch.bool), **self.specs}
-        arrays, self._maps = {}, []
-        for name, f in files.items():
-            s, d = specs[name]
-            np_dtype = torch.empty((), dtype=d).numpy().dtype
-            # open_memmap creates a sparse file: unfilled entries take no disk space
-            a = np.lib.format.open_memmap(f, mode="r+" if ok else "w+", dtype=np_dtype,
-                                          shape=shape + s)
-            self._maps.append(a)
-            arrays[name] = torch.from_numpy(a)  # shares the mapping: writes go to the file
+        arrays, self._maps = open_arrays(self.path, self.meta, specs, (self.num_samples, self.num_views),
+                                         self.nbytes, rebuild)
         self.filled = arrays.pop("filled")
         self.arrays = arrays
-        if not ok:
-            write_json(meta_file, self.meta)
 
     def flush(self) -> None:
         """Write dirty memmap pages to disk (disk storage; called at each epoch boundary)."""

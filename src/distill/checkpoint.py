@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import DistillError
-from .io import atomic_write, write_json
+from .io import atomic_write, plain_state, write_json
 from .runtime import all_gather_objects, barrier, is_main, rank, world_size
 
 POINTER = "checkpoint.json"
@@ -79,10 +79,8 @@ class Checkpointer:
             barrier()
             return
         stem = f"ckpt-{self.stage}-{state.epoch:04d}-{state.step:06d}"
-        weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in distiller.state_dict().items()}
-        # a copy in standard layout: channels_last weights are not "contiguous" to safetensors
-        weights.update({f"best.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
-                        for k, v in best_state.items()})
+        weights = {f"model.{k}": v for k, v in plain_state(distiller.state_dict()).items()}
+        weights.update({f"best.{k}": v for k, v in plain_state(best_state).items()})
         atomic_write(self.dir / f"{stem}.safetensors", lambda tmp: save_file(weights, str(tmp)))
         extra = {
             "optimizer": optimizer.state_dict(),

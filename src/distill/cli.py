@@ -17,21 +17,27 @@ from .config import load_config, to_yaml
 from .errors import DistillError
 from .runtime import Interrupted, is_main
 
+METRIC_NAMES = {"acc": "acc %", "ppl": "perplexity"}
+
 
 def summary_table(summary: dict) -> Table:
+    primary = summary.get("primary", {"metric": "acc", "lower_is_better": False})
+    m = primary["metric"]
+    name = METRIC_NAMES.get(m, m)
     table = Table(title=f"{summary['name']} (seed {summary['seed']}): did distillation help?")
-    for col in ("stage", "params", "best epoch", "val acc %", "test acc %", "last-epoch test %"):
+    for col in ("stage", "params", "best epoch", f"val {name}", f"test {name}", f"last-epoch test {name}"):
         table.add_column(col, justify="right" if col != "stage" else "left")
     for stage, r in summary["stages"].items():
         table.add_row(
-            stage, f"{r['params']:,}", str(r.get("best_epoch", "-")), f"{r['val_acc']:.2f}",
-            f"{r['test_acc']:.2f}", f"{r['last_test_acc']:.2f}" if "last_test_acc" in r else "-",
+            stage, f"{r['params']:,}", str(r.get("best_epoch", "-")), f"{r[f'val_{m}']:.2f}",
+            f"{r[f'test_{m}']:.2f}", f"{r[f'last_test_{m}']:.2f}" if f"last_test_{m}" in r else "-",
         )
     gain = summary.get("gain")
     if gain:
+        better = "lower is better" if primary["lower_is_better"] else "higher is better"
         table.caption = (
-            f"distilled - scratch: {gain['test_acc']:+.2f} test points "
-            f"(validation-selected), {gain['last_test_acc']:+.2f} at the last epoch"
+            f"distilled - scratch: {gain[f'test_{m}']:+.2f} test {name} "
+            f"(validation-selected), {gain[f'last_test_{m}']:+.2f} at the last epoch; {better}"
         )
     return table
 
@@ -57,6 +63,9 @@ def cmd_run(args) -> int:
         print(to_yaml(cfg), end="")
         return 0
     if args.seeds > 1:
+        if cfg.task != "classification":
+            raise DistillError("--seeds aggregates classifier accuracy; for language models run "
+                               "each seed (seed=K --out DIR/seed-K), or benchmarks/lm_pydoc.py.")
         return _run_seeds(cfg, out, args)
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume),
@@ -67,7 +76,9 @@ def cmd_run(args) -> int:
         return 130
     if not is_main():  # under torchrun only rank 0 reports
         return 0
-    report = None if args.no_report else write_report(out)
+    # report.md's metrics (calibration, agreement, cost) are the classifiers'; an LM run's
+    # numbers are in summary.json and metrics.jsonl
+    report = None if args.no_report or cfg.task != "classification" else write_report(out)
     if not args.quiet:
         console = Console()
         console.print(summary_table(summary))

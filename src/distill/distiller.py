@@ -50,6 +50,8 @@ class Distiller(nn.Module):
         ce_weight: weight of the cross-entropy term on the labels.
     """
 
+    select = "acc"  # validation selection: highest accuracy
+
     def __init__(
         self,
         teacher: nn.Module | None,
@@ -142,8 +144,21 @@ class Distiller(nn.Module):
         if self.cache is not None:
             self.cache.set_epoch(epoch)
 
+    @staticmethod
+    def count(batch) -> int:
+        """Samples in a batch: every term is a mean over them, so under gradient accumulation
+        the engine weights each micro-batch by its size."""
+        return len(batch[0])
+
+    def evaluate(self, loader, device) -> dict[str, float]:
+        """Accuracy % and mean cross-entropy of the student on `loader`'s labelled samples."""
+        from .engine import evaluate  # the engine imports this module
+
+        return evaluate(self.student, loader, device)
+
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        """Return {"loss": total, "ce": ..., "<term>": ..., "logits": student logits}.
+        """Return {"loss": total, "ce": ..., "<term>": ..., "logits": student logits,
+        "correct"/"counted": labelled samples predicted right / labelled samples}.
 
         Term values are unweighted, so each can be logged on its own scale.
         """
@@ -158,4 +173,7 @@ class Distiller(nn.Module):
                 total = total + self.weights[name] * out[name]
         out["loss"] = total
         out["logits"] = student.logits
+        labelled = labels != UNLABELLED  # no boolean indexing: it would sync the GPU each step
+        out["correct"] = ((student.logits.argmax(-1) == labels) & labelled).sum().float()
+        out["counted"] = labelled.sum().float()
         return out

@@ -51,9 +51,16 @@ def append_line(path: Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
+def plain_state(state: dict) -> dict:
+    """CPU, contiguous, standard-layout copies safetensors accepts: tied weights (a language
+    model's output layer sharing the embedding) become separate tensors, since safetensors
+    refuses tensors that share memory; loading sets both names to the same values."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+
+
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     """Save a module's state dict as safetensors, atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    state = plain_state(module.state_dict())
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -39,6 +41,19 @@ class StageProgress:
             self.bar.update(self.task, completed=self.steps, status=status)
 
     def epoch_done(self, record: dict) -> None:
-        self.val = f"  val acc {record['val_acc']:.1f}% (epoch {record['epoch']}/{self.epochs})"
+        shown = f"val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else f"val acc {record['val_acc']:.1f}%"
+        self.val = f"  {shown} (epoch {record['epoch']}/{self.epochs})"
         if self.bar is not None:
             self.bar.update(self.task, completed=self.steps, status=f"loss {record['train_loss']:.4f}{self.val}")
+
+
+@contextmanager
+def progress_bar(description: str, total: int, quiet: bool = False):
+    """A plain bar for one-off work (filling a teacher store); yields `advance(n)`."""
+    if quiet or total == 0:
+        yield lambda n: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

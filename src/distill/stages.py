@@ -19,19 +19,14 @@ import torch
 from torch import nn
 
 from . import __version__
-from .cache import open_cache
 from .checkpoint import Checkpointer
 from .config import RunConfig, to_yaml
-from .data import Data, build_data
-from .distiller import Distiller
-from .engine import evaluate, fit
+from .engine import fit
 from .errors import DistillError
 from .io import append_line, load_weights, save_weights, write_json, write_text
-from .losses import resolve_loss
-from .models import count_parameters, create_model
+from .models import count_parameters
 from .progress import StageProgress
 from .runtime import (
-    DTYPES,
     all_gather_objects,
     barrier,
     configure,
@@ -43,22 +38,12 @@ from .runtime import (
     stop_handlers,
     world_size,
 )
+from .tasks import make_task
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.name}-{stamp}"
-
-
-def build_terms(cfg: RunConfig) -> tuple[dict, float]:
-    """{name: (loss_module, weight)} for every non-CE term, and the CE weight."""
-    terms = {}
-    for name, params in cfg.loss.items():
-        if name == "ce":
-            continue
-        args = {k: v for k, v in params.items() if k != "weight"}
-        terms[name] = (resolve_loss(name)(**args), params.get("weight", 1.0))
-    return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)
 
 
 def _environment() -> dict:
@@ -73,22 +58,6 @@ def _environment() -> dict:
         "distill": __version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "git": git,
     }
-
-
-def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
-    x = next(iter(data.val))[0][:2].to(device)
-    try:
-        with torch.no_grad():
-            out = model.eval()(x)
-    except RuntimeError as e:
-        raise DistillError(
-            f"The {role} cannot take this data's inputs of shape {tuple(data.in_shape)}: {e}"
-        ) from None
-    if out.shape[-1] != data.num_classes:
-        raise DistillError(
-            f"The {role} outputs {out.shape[-1]} classes but the data has {data.num_classes}. "
-            f"Use a {role} built for {data.num_classes} classes."
-        )
 
 
 def _summary_writer(folder: Path):
@@ -120,6 +89,7 @@ class Run:
         self.tensorboard = None  # a SummaryWriter when log.tensorboard is on
         self.metrics = self.dir / "metrics.jsonl"
         self.results: dict[str, dict] = {}
+        self.task = make_task(cfg)
 
     def log(self, text: str) -> None:
         if not self.quiet:
@@ -127,7 +97,7 @@ class Run:
 
             rprint(text)
 
-    def train_stage(self, stage: str, distiller: Distiller, loader, data: Data) -> dict:
+    def train_stage(self, stage: str, distiller, loader, data) -> dict:
         model = distiller.student
         checkpointer = Checkpointer(self.dir, stage)
         resume = checkpointer.load() if self.resume else None
@@ -152,22 +122,22 @@ class Run:
                 checkpointer=checkpointer, resume=resume,
             )
         self.save(distiller, f"{stage}-last")
-        last = {"val": result.history[-1]["val_acc"], "test": evaluate(model, data.test, self.device)["acc"]}
+        task, device = self.task, self.device
+        last = {"val": result.history[-1], "test": task.evaluate(model, data.test, device)}
         distiller.load_state_dict(result.best_state)
         self.save(distiller, stage)
-        self.results[stage].update({
-            "best_epoch": result.best_epoch,
-            "val_acc": result.best_val["acc"],
-            "test_acc": evaluate(model, data.test, self.device)["acc"],
-            "last_val_acc": last["val"],
-            "last_test_acc": last["test"],
-            "seconds": sum(r["seconds"] for r in result.history),
-        })
+        test = task.evaluate(model, data.test, device)
+        record = self.results[stage]
+        record["best_epoch"] = result.best_epoch
+        for m in task.metrics:
+            record.update({f"val_{m}": result.best_val[m], f"test_{m}": test[m],
+                           f"last_val_{m}": last["val"][f"val_{m}"], f"last_test_{m}": last["test"][m]})
+        record["seconds"] = sum(r["seconds"] for r in result.history)
         if self.main:
             write_json(self.dir / "stages.json", self.results)  # the stage is done...
             Checkpointer.clear(self.dir)  # ...so its checkpoint is no longer needed
         barrier()
-        return self.results[stage]
+        return record
 
     def _prune_metrics(self, stage: str, epochs_kept: int) -> None:
         """Drop metrics lines a resumed run will write again (epochs after its checkpoint)."""
@@ -180,7 +150,7 @@ class Run:
                 keep.append(line)
         write_text(self.metrics, "".join(f"{line}\n" for line in keep))
 
-    def save(self, distiller: Distiller, stem: str) -> None:
+    def save(self, distiller, stem: str) -> None:
         """The student alone in <stem>.safetensors; trainable loss parts (projectors) beside it."""
         if not self.main:
             return
@@ -230,39 +200,34 @@ class Run:
         cfg = self.cfg
         configure(cfg.seed, cfg.train.deterministic, cfg.train.threads)
         init_distributed(self.device)
-        data = build_data(cfg.data, seed=cfg.seed)
+        task = self.task
+        data = task.build_data(cfg.seed)
         for loader in (data.teacher_train, data.train, data.val, data.test):
             loader.shard(rank(), world_size())
-        terms, ce_weight = build_terms(cfg)
+        terms, ce_weight = task.build_terms()
         self._preflight(data, terms)
         if cfg.log.tensorboard and self.main:
             self.tensorboard = _summary_writer(self.dir / "tensorboard")
         self._prepare_folder()
-        c = data.counts
-        self.log(
-            f"[bold]{cfg.name}[/bold] on {cfg.data.name}: {c['train']} training samples, "
-            f"{c['labelled']} labelled for the students ({100 * c['labelled'] / (c['labelled'] + c['unlabelled']):.0f}%), "
-            f"{c['val']} validation, {c['test']} test. Device {self.device}. Run folder {self.dir}"
-        )
-        if c["unlabelled"]:
-            self.log(
-                "Transfer set: the teacher trains on every training label; the students see labels "
-                f"only on {c['labelled']} samples, and the distilled student also learns from the "
-                f"teacher's soft targets on all {c['labelled'] + c['unlabelled']}."
-            )
+        lines = task.describe(data)
+        lines[0] += f" Device {self.device}. Run folder {self.dir}"
+        for line in lines:
+            self.log(line)
         teacher = self.teacher_stage(data)
         for stage in ("scratch", "distill"):
             if stage not in cfg.stages or stage in self.results:
                 continue
             seed_everything(cfg.seed)  # same initial weights for scratch and distilled students
-            student = create_model(cfg.student.model, data.num_classes, data.in_shape, **cfg.student.kwargs)
+            student = task.create_model("student", data)
             if stage == "scratch":
-                distiller = Distiller(None, student, ce_weight=1.0)
+                distiller = task.distiller(None, student, {}, 1.0)
             else:
-                distiller = Distiller(teacher, student, terms, ce_weight)
+                distiller = task.distiller(teacher, student, terms, ce_weight)
             self.results[stage] = {"params": count_parameters(student)}
             if stage == "distill":
-                self.results[stage]["cache"] = self._open_cache(distiller, data)
+                why = task.open_cache(distiller, data, self.dir, self.quiet)
+                self.log(f"Teacher cache: {why}")
+                self.results[stage]["cache"] = why
             self._seed_training()
             self.train_stage(stage, distiller, data.train, data)
         summary = self.summary(data)
@@ -270,24 +235,14 @@ class Run:
             write_json(self.dir / "summary.json", summary)
         return summary
 
-    def _open_cache(self, distiller: Distiller, data: Data) -> str:
-        cfg = self.cfg
-        _, why = open_cache(
-            cfg.cache, distiller, data.train, augment=data.augment, seed=cfg.seed,
-            epochs=cfg.train.epochs, dtype=cfg.cache_dtype, topk=cfg.cache_topk,
-            path=Path(cfg.cache_dir) if cfg.cache_dir else self.dir / "teacher_cache",
-        )
-        self.log(f"Teacher cache: {why}")
-        return why
-
     def _seed_training(self) -> None:
         """The same dropout draws for every stage's training; each DDP process its own."""
         seed_everything(self.cfg.seed + 1 + 7919 * rank())
 
-    def _preflight(self, data: Data, terms: dict) -> None:
+    def _preflight(self, data, terms: dict) -> None:
         """Catch config, model and layer-path mistakes before any training time is spent."""
         cfg = self.cfg
-        has_teacher = "teacher" in cfg.stages or bool(cfg.teacher.checkpoint)
+        has_teacher = "teacher" in cfg.stages or bool(self.task.pretrained_teacher())
         if "distill" in cfg.stages and not has_teacher:
             raise DistillError(
                 "The distill stage needs a teacher: add 'teacher' to stages, or set "
@@ -295,44 +250,38 @@ class Run:
             )
         if "distill" in cfg.stages and not terms:
             raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
-        cpu = torch.device("cpu")
-        student = create_model(cfg.student.model, data.num_classes, data.in_shape, **cfg.student.kwargs)
-        _check_classes(student, "student", data, cpu)
-        if has_teacher:
-            teacher = create_model(cfg.teacher.model, data.num_classes, data.in_shape, **cfg.teacher.kwargs)
-            _check_classes(teacher, "teacher", data, cpu)
-            if "distill" in cfg.stages:
-                Distiller(teacher, student, terms)  # resolves every hooked layer path
+        self.task.preflight(data, terms, has_teacher)
 
-    def teacher_stage(self, data: Data) -> nn.Module | None:
-        cfg = self.cfg
-        if "teacher" not in cfg.stages and not cfg.teacher.checkpoint:
+    def teacher_stage(self, data) -> nn.Module | None:
+        cfg, task = self.cfg, self.task
+        pretrained = task.pretrained_teacher()
+        if "teacher" not in cfg.stages and not pretrained:
             return None
         seed_everything(cfg.seed)
-        teacher = create_model(cfg.teacher.model, data.num_classes, data.in_shape, **cfg.teacher.kwargs)
+        teacher = task.create_model("teacher", data)
         if "teacher" in self.results:  # finished before a resume
             load_weights(teacher, self.dir / "teacher.safetensors")
-        elif cfg.teacher.checkpoint:
-            load_weights(teacher, cfg.teacher.checkpoint, trust=self.trust)
+        elif pretrained:
+            if cfg.teacher.checkpoint:
+                load_weights(teacher, cfg.teacher.checkpoint, trust=self.trust)
             teacher.to(self.device)
-            self.results["teacher"] = {
-                "params": count_parameters(teacher), "checkpoint": cfg.teacher.checkpoint,
-                "val_acc": evaluate(teacher, data.val, self.device)["acc"],
-                "test_acc": evaluate(teacher, data.test, self.device)["acc"],
-            }
+            val, test = (task.evaluate(teacher, loader, self.device) for loader in (data.val, data.test))
+            self.results["teacher"] = {"params": count_parameters(teacher), "checkpoint": pretrained}
+            for m in task.metrics:
+                self.results["teacher"].update({f"val_{m}": val[m], f"test_{m}": test[m]})
         else:
             self.results["teacher"] = {"params": count_parameters(teacher)}
             self._seed_training()
-            self.train_stage("teacher", Distiller(None, teacher, ce_weight=1.0), data.teacher_train, data)
-        return teacher.to(self.device, DTYPES[cfg.train.teacher_dtype]).eval()
+            self.train_stage("teacher", task.distiller(None, teacher, {}, 1.0), data.teacher_train, data)
+        return task.ready_teacher(teacher, self.device)
 
-    def summary(self, data: Data) -> dict:
-        stages = self.results
+    def summary(self, data) -> dict:
+        stages, p = self.results, self.task.primary
         gain = None
         if "scratch" in stages and "distill" in stages:
             gain = {
                 key: stages["distill"][key] - stages["scratch"][key]
-                for key in ("test_acc", "val_acc", "last_test_acc")
+                for key in (f"test_{p}", f"val_{p}", f"last_test_{p}")
             }
         return {
             "schema": 1,
@@ -342,7 +291,9 @@ class Run:
             "device": str(self.device),
             "processes": world_size(),
             "precision": self.cfg.train.precision,
-            "data": {"name": self.cfg.data.name, "num_classes": data.num_classes, **data.counts},
+            "task": self.cfg.task,
+            "primary": {"metric": p, "lower_is_better": self.task.lower_is_better},
+            "data": {"name": self.cfg.data.name, **self.task.data_summary(data)},
             "stages": stages,
             "gain": gain,
             "environment": _environment(),

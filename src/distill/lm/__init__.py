@@ -1,0 +1,13 @@
+"""Language-model distillation (`task: language_model`): token-level KD for causal LMs.
+
+Needs the optional extra `pip install 'distill[lm]'` (transformers). The pieces:
+data.py (text/JSONL/pydoc rows with target masks), tokenizer.py (byte-level or a local
+tokenizer), models.py (GPT-2/Llama from a config or a local folder), chunked.py (the loss
+over counted tokens, chunk by chunk), distiller.py (LMDistiller), offline.py (stored top-k
+teacher), on_policy.py (student-generated batches), task.py (the run's hooks).
+"""
+
+from .chunked import Head, TeacherRows, token_loss
+from .distiller import LMDistiller, evaluate_lm
+
+__all__ = ["Head", "LMDistiller", "TeacherRows", "evaluate_lm", "token_loss"]

@@ -1,0 +1,94 @@
+"""Causal language models for `task: language_model`: Hugging Face transformers, never the hub.
+
+`model:` is a local folder saved with `save_pretrained` (config.json + weights), or the name of
+an architecture built from scratch from `kwargs` as config fields:
+
+    gpt2:  n_layer, n_embd, n_head, n_positions, ... (GPT2Config)
+    llama: num_hidden_layers, hidden_size, intermediate_size, num_attention_heads, ... (LlamaConfig)
+
+`vocab_size` defaults to the run's tokenizer's. transformers is an optional extra:
+`pip install 'distill[lm]'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import DistillError
+
+ARCHITECTURES = ("gpt2", "llama")
+
+
+def transformers():
+    try:
+        import transformers as tf
+    except ImportError:
+        raise DistillError(
+            "task: language_model needs the transformers package: pip install 'distill[lm]'."
+        ) from None
+    tf.logging.set_verbosity_error()  # config warnings about unused special tokens are noise here
+    return tf
+
+
+def build_config(name: str, vocab_size: int, kwargs: dict, tokenizer=None):
+    tf = transformers()
+    cls = {"gpt2": tf.GPT2Config, "llama": tf.LlamaConfig}[name]
+    special = {}
+    if tokenizer is not None:  # GPT-2's config names token 50256 otherwise
+        special = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                   "pad_token_id": tokenizer.pad_token_id}
+    try:
+        return cls(**{"vocab_size": vocab_size, **special, **kwargs})
+    except (TypeError, ValueError) as e:
+        raise DistillError(f"Cannot build a {name} config from kwargs {kwargs}: {e}") from None
+
+
+def create_lm(spec: str, kwargs: dict, vocab_size: int, tokenizer=None) -> torch.nn.Module:
+    """A causal LM from a local folder or an architecture name (see the module docstring)."""
+    tf = transformers()
+    if spec in ARCHITECTURES:
+        config = build_config(spec, vocab_size, kwargs, tokenizer)
+        model = tf.AutoModelForCausalLM.from_config(config)
+    elif Path(spec).is_dir():
+        try:
+            model = tf.AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **kwargs)
+        except (OSError, ValueError, TypeError) as e:
+            raise DistillError(
+                f"Cannot load a causal LM from '{spec}' ({str(e).splitlines()[0][:200]}). The folder "
+                "needs config.json and weights as save_pretrained writes them."
+            ) from None
+    else:
+        raise DistillError(
+            f"Unknown language model '{spec}'. Give {' or '.join(ARCHITECTURES)} (built from "
+            "kwargs), or a local folder saved with save_pretrained. Nothing is downloaded."
+        )
+    return model
+
+
+def vocab_rows(model: torch.nn.Module) -> int:
+    """Rows of the output layer: the number of logits the model produces per position."""
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def hidden_states(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The last hidden states [B, L, H] (after the final norm), without the output layer: the
+    chunked loss applies that itself (distill.lm.chunked)."""
+    return model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+
+
+@torch.no_grad()
+def check_head(model: torch.nn.Module, role: str, ids: torch.Tensor) -> None:
+    """The chunked loss assumes logits = output_layer(last hidden state), as in GPT-2, Llama,
+    Mistral or Qwen. A model that post-processes logits (soft-capping, scaling) would silently
+    train on the wrong distribution, so check it once on a probe."""
+    model.eval()
+    full = model(input_ids=ids, use_cache=False).logits.float()
+    ours = model.get_output_embeddings()(hidden_states(model, ids)).float()
+    if not torch.allclose(full, ours, rtol=1e-4, atol=1e-4):
+        raise DistillError(
+            f"The {role}'s logits are not its output layer applied to its last hidden states "
+            f"(max difference {(full - ours).abs().max():.3g}); it post-processes logits, which "
+            "the chunked token loss does not reproduce. Use a GPT-2/Llama-style model."
+        )

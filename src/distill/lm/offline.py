@@ -1,0 +1,118 @@
+"""Offline teacher for language models: its top-k log-probabilities per token, stored once.
+
+For every training row and position the store keeps the k most likely next tokens under the
+teacher at temperature T: log-probabilities in fp16 and token ids in int32, 6k bytes per token
+(k = 32: 192 bytes, against 2V bytes for a full fp16 row: 64 KB at V = 32k). Training then needs
+no teacher in memory. The rest of the mass, 1 - sum of the k probabilities, is not spread over
+the vocabulary or renormalised away: each divergence is taken over k + 1 bins, the k stored
+tokens and one "rest" bin, on both the teacher's and the student's side (distill.lm.chunked).
+That is exact for the coarsened distributions and a lower bound of the full divergence.
+
+The store lives in a folder (`cache: disk`, reusable by later runs) or in memory. Its
+meta.json records the teacher's weights hash, the data's hash, k and T; a store built for
+anything else is rebuilt or refused, as for the classifier cache (distill.cache.open_arrays).
+Build one with `open_topk_store` (done by `distill run` when `cache_topk` is set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..cache import FORMAT, data_hash, open_arrays, teacher_hash
+from ..errors import DistillError
+from ..progress import progress_bar
+from .chunked import Head
+from .models import hidden_states
+
+BYTES_PER_ENTRY = 2 + 4  # fp16 log-probability + int32 token id
+
+
+class TopKStore:
+    """Top-k teacher log-probabilities per (row, position); see the module docstring."""
+
+    def __init__(self, rows: int, positions: int, k: int, T: float, meta: dict,
+                 storage: str = "memory", path=None, rebuild: bool = True):
+        self.k, self.T = int(k), float(T)
+        self.meta = {**meta, "format": FORMAT, "kind": "lm-topk", "k": self.k, "T": self.T,
+                     "rows": rows, "positions": positions}
+        specs = {"filled": ((), torch.bool), "logp": ((positions, k), torch.float16),
+                 "ids": ((positions, k), torch.int32)}
+        self.bytes_per_token = BYTES_PER_ENTRY * self.k
+        nbytes = rows * (1 + positions * self.bytes_per_token)
+        self.storage = storage
+        if storage == "disk":
+            if path is None:
+                raise DistillError("cache: disk needs a directory (cache_dir).")
+            self.path = Path(path)
+            arrays, self._maps = open_arrays(self.path, self.meta, specs, (rows,), nbytes, rebuild)
+        else:
+            self.path, self._maps = None, []
+            arrays = {n: torch.zeros((rows, *s), dtype=d) for n, (s, d) in specs.items()}
+        self.filled, self.logp, self.ids = arrays["filled"], arrays["logp"], arrays["ids"]
+
+    def put(self, index: torch.Tensor, logits: torch.Tensor) -> None:
+        """Store the top-k of log_softmax(logits / T) for rows `index`; logits [B, P, V]."""
+        logp = torch.log_softmax(logits.float() / self.T, -1)
+        top, ids = logp.topk(self.k, dim=-1)
+        index = index.cpu()
+        self.logp[index] = top.to("cpu", torch.float16)
+        self.ids[index] = ids.to("cpu", torch.int32)
+        self.filled[index] = True  # last: a row counts only once its values are in
+
+    def rows(self, index: torch.Tensor, target: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs [M, k] fp32, ids [M, k] int64) of the counted positions (`target`, [B, P])."""
+        index = index.cpu()
+        if not bool(self.filled[index].all()):
+            raise DistillError("The offline teacher store lacks rows of this batch; rebuild it "
+                               "(delete cache_dir) with the teacher available.")
+        target = target.cpu()
+        return (self.logp[index][target].to(device, torch.float32),
+                self.ids[index][target].to(device, torch.long))
+
+    @torch.no_grad()
+    def fill(self, teacher, loader, device, batch_size: int = 32, quiet: bool = True) -> int:
+        """Run the teacher over every row not yet stored; return how many rows it computed."""
+        todo = (~self.filled).nonzero().flatten()
+        head = Head.of(teacher)
+        with progress_bar("teacher top-k", total=len(todo), quiet=quiet) as advance:
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start:start + batch_size]
+                ids = loader.x[idx.to(loader.x.device)].to(device)
+                self.put(idx, head.logits(hidden_states(teacher, ids)[:, :-1]))
+                advance(len(idx))
+        self.flush()
+        return len(todo)
+
+    def flush(self) -> None:
+        for a in self._maps:
+            a.flush()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.flush()
+
+    def reference(self) -> dict:
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()
+        return {"storage": self.storage, "path": str(self.path) if self.path else None, "meta_sha256": digest}
+
+
+def open_topk_store(teacher, loader, *, k: int, T: float, storage: str, path, device,
+                    rebuild: bool = True, quiet: bool = True) -> tuple[TopKStore, str]:
+    """Open (reuse or build) the store for `loader`'s rows and fill what is missing."""
+    if storage not in ("memory", "disk"):
+        raise DistillError(f"An offline top-k teacher needs cache: memory or disk; got {storage!r}.")
+    vocab = int(teacher.get_output_embeddings().weight.shape[0])
+    if not 0 < k < vocab:
+        raise DistillError(f"cache_topk must be between 1 and the vocabulary size - 1 ({vocab - 1}); got {k}.")
+    meta = {"teacher_sha256": teacher_hash(teacher), "data_sha256": data_hash(loader.x),
+            "data_shape": list(loader.x.shape)}
+    rows, length = loader.x.shape
+    store = TopKStore(rows, length - 1, k, T, meta, storage, path, rebuild)
+    computed = store.fill(teacher, loader, device, quiet=quiet)
+    where = f"in '{store.path}'" if store.path else "in memory"
+    return store, (f"offline top-{k} teacher {where}: {store.bytes_per_token} bytes/token, "
+                   f"{rows - computed} of {rows} rows reused")

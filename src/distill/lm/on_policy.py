@@ -1,0 +1,80 @@
+"""On-policy batches (Agarwal et al. 2024, GKD): the student writes the continuations it learns on.
+
+Training only on fixed text teaches the student to continue prefixes it would never produce
+itself (exposure bias). GKD mixes in batches whose continuations the student samples from the
+batch's prompts; the teacher then scores every sampled token and the chosen divergence pulls
+the student's distribution there towards the teacher's. A share `fraction` of training steps
+is on-policy (GKD's lambda); which ones is a pure hash of (seed, epoch, step), so a resumed run
+picks the same steps.
+
+Prompts: for prompt/completion rows, the tokens before the first target; for plain-text rows
+(where every token is a target), the first `prompt_tokens` tokens. Sampling is plain
+ancestral sampling at `temperature` (no top-k/top-p), from the student in eval mode. The new
+rows are the prompt, then the sampled tokens up to and including the first <eos>, right-padded;
+only sampled tokens are targets. The next-token CE term is skipped on these batches: its labels
+would be the student's own samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+class OnPolicy:
+    def __init__(self, fraction: float, temperature: float, max_new_tokens: int,
+                 prompt_tokens: int, eos_id: int, pad_id: int, seed: int = 0):
+        self.fraction, self.temperature = float(fraction), float(temperature)
+        self.max_new_tokens, self.prompt_tokens = int(max_new_tokens), int(prompt_tokens)
+        self.eos_id, self.pad_id, self.seed = int(eos_id), int(pad_id), int(seed)
+
+    def chosen(self, epoch: int, step: int) -> bool:
+        """Whether step `step` of epoch `epoch` is on-policy: u(seed, epoch, step) < fraction."""
+        digest = hashlib.sha256(f"{self.seed}:{epoch}:{step}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
+
+    def prompts(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Each row's prompt: tokens before its first target, or the first `prompt_tokens`."""
+        first = (mask > 0).int().argmax(1).tolist()  # position 0 is never a target
+        out = []
+        for row, f in zip(ids, first, strict=True):
+            n = f if f > 1 else min(self.prompt_tokens, len(row) - 1)
+            out.append(row[:n])
+        return out
+
+    @torch.no_grad()
+    def make_batch(self, student, batch) -> list[torch.Tensor]:
+        """(ids, mask, index = -1, on-policy flag) rows of prompts and sampled continuations."""
+        ids, mask = batch[0], batch[1]
+        prompts = self.prompts(ids, mask)
+        width = max(len(p) for p in prompts)
+        # left-pad for generation: every prompt then ends at the same position
+        x = torch.full((len(prompts), width), self.pad_id, dtype=ids.dtype, device=ids.device)
+        attention = torch.zeros_like(x)
+        for r, p in enumerate(prompts):
+            x[r, width - len(p):], attention[r, width - len(p):] = p, 1
+        was_training = student.training
+        student.eval()
+        out = student.generate(
+            input_ids=x, attention_mask=attention, do_sample=True, temperature=self.temperature,
+            top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        student.train(was_training)
+        return self.rows(prompts, out[:, width:])
+
+    def rows(self, prompts: list[torch.Tensor], sampled: torch.Tensor) -> list[torch.Tensor]:
+        """Right-padded (ids, mask, index, flag) from prompts and sampled tokens [B, new]."""
+        length = max(len(p) for p in prompts) + sampled.shape[1]
+        device = sampled.device
+        ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for r, (p, s) in enumerate(zip(prompts, sampled, strict=True)):
+            ends = (s == self.eos_id).nonzero()
+            s = s[: int(ends[0]) + 1] if len(ends) else s  # keep the first <eos>: it is a target
+            ids[r, :len(p)], ids[r, len(p):len(p) + len(s)] = p, s
+            mask[r, len(p):len(p) + len(s)] = 1
+        index = torch.full((len(prompts),), -1, dtype=torch.long, device=device)
+        flag = torch.ones(len(prompts), dtype=torch.bool, device=device)
+        return [ids, mask, index, flag]

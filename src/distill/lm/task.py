@@ -1,0 +1,142 @@
+"""`task: language_model`: what stages.Run needs to distill causal LMs (see tasks.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import DistillError
+from ..losses.lm import resolve_token_loss
+from ..runtime import DTYPES
+from ..tasks import build_terms
+from .data import LMData, build_lm_data
+from .distiller import LMDistiller, check_vocab, evaluate_lm
+from .models import check_head, create_lm, transformers
+from .offline import open_topk_store
+from .on_policy import OnPolicy
+from .tokenizer import load_tokenizer, vocab_digest
+
+
+def _model_tokenizer(spec: str):
+    """The tokenizer saved beside a local model folder, if any."""
+    folder = Path(spec)
+    if folder.is_dir() and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return load_tokenizer(str(folder))
+    return None
+
+
+class LanguageModelTask:
+    metrics = ("ppl", "loss", "acc")  # perplexity, next-token NLL (nats), next-token accuracy %
+    primary = "ppl"
+    lower_is_better = True
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        transformers()  # a clear error now if the extra is not installed
+
+    def build_data(self, seed: int) -> LMData:
+        return build_lm_data(self.cfg.data, seed=seed)
+
+    def build_terms(self) -> tuple[dict, float]:
+        return build_terms(self.cfg, resolve_token_loss)
+
+    def create_model(self, role: str, data: LMData) -> nn.Module:
+        spec = getattr(self.cfg, role)
+        return create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer)
+
+    def pretrained_teacher(self) -> str | None:
+        t = self.cfg.teacher
+        return t.checkpoint or (t.model if Path(t.model).is_dir() else None)
+
+    def preflight(self, data: LMData, terms: dict, has_teacher: bool) -> None:
+        cfg = self.cfg
+        on_policy = cfg.lm.on_policy.fraction > 0
+        if on_policy and cfg.cache_topk:
+            raise DistillError("On-policy batches need the online teacher to score the student's "
+                               "samples; set lm.on_policy.fraction=0 or cache_topk=null.")
+        if cfg.cache_topk and cfg.cache not in ("memory", "disk"):
+            raise DistillError(f"cache_topk stores an offline teacher: set cache: disk (or memory); "
+                               f"cache is {cfg.cache!r}.")
+        temps = {term.T for term, _ in terms.values()}
+        if cfg.cache_topk and len(temps) > 1:
+            raise DistillError(f"An offline top-k teacher is stored at one temperature; the loss "
+                               f"terms use several ({sorted(temps)}). Give them the same T.")
+        roles = ["student"] + (["teacher"] if has_teacher else [])
+        models = {role: self.create_model(role, data) for role in roles}
+        probe = next(iter(data.val))[0][:2]
+        for role, model in models.items():
+            self._check_tokens(role, model, data)
+            check_head(model, role, probe)
+        if "teacher" in models and "distill" in cfg.stages:
+            check_vocab(models["teacher"], models["student"], cfg.lm.shared_vocab)
+
+    def _check_tokens(self, role: str, model: nn.Module, data: LMData) -> None:
+        spec = getattr(self.cfg, role).model
+        own = _model_tokenizer(spec)
+        if own is not None and vocab_digest(own) != vocab_digest(data.tokenizer):
+            raise DistillError(
+                f"The {role} in '{spec}' comes with its own tokenizer ({own.vocab_size} tokens), "
+                f"which differs from the data's tokenizer '{data.tokenizer.name}' "
+                f"({data.tokenizer.vocab_size} tokens): its token ids would mean other text. Set "
+                f"data.tokenizer={spec}, or use models trained with one tokenizer."
+            )
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < data.tokenizer.vocab_size:
+            raise DistillError(f"The {role} has {rows} output tokens but the tokenizer "
+                               f"'{data.tokenizer.name}' has {data.tokenizer.vocab_size}.")
+        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        if positions is not None and positions < self.cfg.data.max_length:
+            raise DistillError(f"data.max_length={self.cfg.data.max_length} exceeds the {role}'s "
+                               f"{positions} positions; lower it or build the model with more.")
+
+    def distiller(self, teacher, student, terms: dict, ce_weight: float) -> LMDistiller:
+        cfg = self.cfg
+        distiller = LMDistiller(teacher, student, terms, ce_weight, cfg.lm.shared_vocab, cfg.lm.chunk)
+        policy = cfg.lm.on_policy
+        if terms and policy.fraction > 0:
+            tok = self.tokenizer
+            distiller.on_policy = OnPolicy(policy.fraction, policy.temperature, policy.max_new_tokens,
+                                           policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed)
+        return distiller
+
+    @property
+    def tokenizer(self):
+        return load_tokenizer(self.cfg.data.tokenizer)
+
+    def evaluate(self, model: nn.Module, loader, device) -> dict:
+        return evaluate_lm(model, loader, device, self.cfg.lm.chunk)
+
+    def ready_teacher(self, teacher: nn.Module, device) -> nn.Module:
+        return teacher.to(device, DTYPES[self.cfg.train.teacher_dtype]).eval()
+
+    def open_cache(self, distiller: LMDistiller, data: LMData, run_dir: Path, quiet: bool) -> str:
+        """With cache_topk: store the teacher's top-k once, then train without the teacher.
+        Otherwise off: a full-vocabulary cache would take 4V bytes per token."""
+        cfg = self.cfg
+        if not cfg.cache_topk:
+            return "off: language models use an offline teacher only with cache_topk (top-k per token)"
+        T = next(iter(distiller.terms.values())).T
+        device = next(distiller.student.parameters()).device
+        store, why = open_topk_store(
+            distiller.teacher, data.train, k=cfg.cache_topk, T=T, storage=cfg.cache,
+            path=Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "teacher_cache", device=device,
+            quiet=quiet,
+        )
+        distiller.attach_cache(store)
+        distiller.drop_teacher()  # the student trains from the store alone
+        return why
+
+    def describe(self, data: LMData) -> list[str]:
+        c, cfg = data.counts, self.cfg
+        return [
+            f"[bold]{cfg.name}[/bold] on {cfg.data.name}: {c['train']} training rows of "
+            f"{cfg.data.max_length} tokens ({c['train_tokens']:,} target tokens), {c['val']} "
+            f"validation ({c['val_tokens']:,}), {c['test']} test ({c['test_tokens']:,}); tokenizer "
+            f"{data.tokenizer.name} ({data.tokenizer.vocab_size} tokens), "
+            f"{'packed' if c['packing'] else 'padded'} rows."
+        ]
+
+    def data_summary(self, data: LMData) -> dict:
+        return {"tokenizer": data.tokenizer.name, **data.counts}
+

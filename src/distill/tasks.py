@@ -1,0 +1,127 @@
+"""What a run trains: classifiers (the default) or causal language models (distill.lm).
+
+A task gives `stages.Run` its data, models, Distiller, evaluation and cache; the run folder,
+stages, checkpoints and summary are shared. `metrics` are the evaluation keys recorded per
+stage (val_<m>, test_<m>, last_val_<m>, last_test_<m>); `primary` is the one tables and the
+distilled-minus-scratch gain report, where higher is better unless `lower_is_better`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .cache import open_cache
+from .data import Data, build_data
+from .distiller import Distiller
+from .engine import evaluate
+from .errors import DistillError
+from .losses import resolve_loss
+from .models import create_model
+from .runtime import DTYPES
+
+
+def build_terms(cfg, resolve=resolve_loss) -> tuple[dict, float]:
+    """{name: (loss_module, weight)} for every non-CE term, and the CE weight."""
+    terms = {}
+    for name, params in cfg.loss.items():
+        if name == "ce":
+            continue
+        args = {k: v for k, v in params.items() if k != "weight"}
+        terms[name] = (resolve(name)(**args), params.get("weight", 1.0))
+    return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)
+
+
+def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
+    x = next(iter(data.val))[0][:2].to(device)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as e:
+        raise DistillError(
+            f"The {role} cannot take this data's inputs of shape {tuple(data.in_shape)}: {e}"
+        ) from None
+    if out.shape[-1] != data.num_classes:
+        raise DistillError(
+            f"The {role} outputs {out.shape[-1]} classes but the data has {data.num_classes}. "
+            f"Use a {role} built for {data.num_classes} classes."
+        )
+
+
+class ClassificationTask:
+    metrics = ("acc",)
+    primary = "acc"
+    lower_is_better = False
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def build_data(self, seed: int) -> Data:
+        return build_data(self.cfg.data, seed=seed)
+
+    def build_terms(self) -> tuple[dict, float]:
+        return build_terms(self.cfg)
+
+    def create_model(self, role: str, data: Data) -> nn.Module:
+        spec = getattr(self.cfg, role)
+        return create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
+
+    def pretrained_teacher(self) -> str | None:
+        """Where a ready teacher comes from when the teacher stage does not train one."""
+        return self.cfg.teacher.checkpoint
+
+    def preflight(self, data: Data, terms: dict, has_teacher: bool) -> None:
+        cpu = torch.device("cpu")
+        student = self.create_model("student", data)
+        _check_classes(student, "student", data, cpu)
+        if has_teacher:
+            teacher = self.create_model("teacher", data)
+            _check_classes(teacher, "teacher", data, cpu)
+            if "distill" in self.cfg.stages:
+                Distiller(teacher, student, terms)  # resolves every hooked layer path
+
+    def distiller(self, teacher, student, terms: dict, ce_weight: float) -> Distiller:
+        return Distiller(teacher, student, terms, ce_weight)
+
+    def evaluate(self, model: nn.Module, loader, device) -> dict:
+        return evaluate(model, loader, device)
+
+    def ready_teacher(self, teacher: nn.Module, device) -> nn.Module:
+        return teacher.to(device, DTYPES[self.cfg.train.teacher_dtype]).eval()
+
+    def open_cache(self, distiller, data: Data, run_dir: Path, quiet: bool) -> str:
+        cfg = self.cfg
+        _, why = open_cache(
+            cfg.cache, distiller, data.train, augment=data.augment, seed=cfg.seed,
+            epochs=cfg.train.epochs, dtype=cfg.cache_dtype, topk=cfg.cache_topk,
+            path=Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "teacher_cache",
+        )
+        return why
+
+    def describe(self, data: Data) -> list[str]:
+        cfg, c = self.cfg, data.counts
+        lines = [
+            f"[bold]{cfg.name}[/bold] on {cfg.data.name}: {c['train']} training samples, "
+            f"{c['labelled']} labelled for the students ({100 * c['labelled'] / (c['labelled'] + c['unlabelled']):.0f}%), "
+            f"{c['val']} validation, {c['test']} test."
+        ]
+        if c["unlabelled"]:
+            lines.append(
+                "Transfer set: the teacher trains on every training label; the students see labels "
+                f"only on {c['labelled']} samples, and the distilled student also learns from the "
+                f"teacher's soft targets on all {c['labelled'] + c['unlabelled']}."
+            )
+        return lines
+
+    def data_summary(self, data: Data) -> dict:
+        return {"num_classes": data.num_classes, **data.counts}
+
+
+def make_task(cfg):
+    if cfg.task == "language_model":
+        from .lm.task import LanguageModelTask
+
+        return LanguageModelTask(cfg)
+    return ClassificationTask(cfg)

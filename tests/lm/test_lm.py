@@ -1,0 +1,348 @@
+"""Language-model distillation: data and masks, normalisation under accumulation, vocabulary
+checks, the offline top-k teacher, on-policy batches and end-to-end runs. Models are tiny
+randomly initialised GPT-2 / Llama configs built here (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+
+from distill.cli import main  # noqa: E402
+from distill.config import TrainConfig, load_config  # noqa: E402
+from distill.data.loader import TensorLoader  # noqa: E402
+from distill.engine import fit  # noqa: E402
+from distill.errors import DistillError  # noqa: E402
+from distill.lm.data import Example, build_lm_data, encode, pack, pad_rows  # noqa: E402
+from distill.lm.distiller import LMDistiller, evaluate_lm  # noqa: E402
+from distill.lm.models import create_lm  # noqa: E402
+from distill.lm.offline import TopKStore, open_topk_store  # noqa: E402
+from distill.lm.on_policy import OnPolicy  # noqa: E402
+from distill.lm.tokenizer import ByteTokenizer  # noqa: E402
+from distill.losses.lm import ForwardKL, ReverseKL  # noqa: E402
+
+V = 40  # vocabulary of the toy models
+
+
+def gpt(layers=1, width=16, vocab=V, seed=0):
+    torch.manual_seed(seed)
+    kw = {"n_layer": layers, "n_embd": width, "n_head": 2, "n_positions": 32,
+          "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    return create_lm("gpt2", kw, vocab)
+
+
+def llama(vocab=V, seed=0):
+    torch.manual_seed(seed)
+    kw = {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
+          "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 32}
+    return create_lm("llama", kw, vocab)
+
+
+def batch(rows=4, length=12, seed=0):
+    """Right-padded rows with a 3-token prompt and ragged lengths: ids, target mask, index."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V - 1, (rows, length), generator=g)
+    mask = torch.zeros(rows, length, dtype=torch.long)
+    for r in range(rows):
+        end = length - 2 * r  # rows end at different places: different token counts
+        mask[r, 3:end] = 1
+        ids[r, end:] = V - 1  # padding
+    return [ids, mask, torch.arange(rows)]
+
+
+def naive_loss(student, teacher, b, ce_w, kd_w):
+    """The textbook computation on full logits: masked mean over target tokens."""
+    ids, mask = b[0], b[1]
+    target = mask[:, 1:].bool()
+    s = student(ids).logits[:, :-1][target].double()
+    t = teacher(ids).logits[:, :-1][target].double()
+    y = ids[:, 1:][target]
+    ce = F.cross_entropy(s, y, reduction="sum")
+    p = F.log_softmax(t, -1)
+    kd = (p.exp() * (p - F.log_softmax(s, -1))).sum()
+    return (ce_w * ce + kd_w * kd) / target.sum()
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_byte_tokenizer_round_trip():
+    tok = ByteTokenizer()
+    text = "def f(x):\n    return x ** 2  # é ✓"
+    assert tok.decode(tok.encode(text)) == text
+    assert max(tok.encode(text)) < 256 and tok.vocab_size == 258
+
+
+def test_packing_counts_every_token_but_the_first_once():
+    enc = [([1, 2, 3], [1, 1, 1]), ([4, 5], [1, 1]), ([6, 7, 8, 9], [1, 1, 1, 1])]
+    x, m = pack(enc, length=4)
+    stream = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    targets = [int(x[r, t]) for r in range(len(x)) for t in range(4) if m[r, t]]
+    assert targets == stream[1:]  # each once, in order
+    assert (x[1:, 0] == x[:-1, -1]).all()  # rows overlap by one token
+    assert (m[:, 0] == 0).all()
+
+
+def test_padding_masks_prompt_and_padding():
+    tok = ByteTokenizer()
+    enc = encode([Example("ab", "cd"), Example("", "xyz")], tok, mask_prompt=True)
+    x, m = pad_rows(enc, length=8, pad_id=tok.pad_token_id)
+    assert m[0].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]  # "c", "d", <eos>; not the prompt or pads
+    assert x[0, 4] == tok.eos_token_id and (x[0, 5:] == tok.pad_token_id).all()
+    assert m[1].tolist() == [0, 1, 1, 1, 0, 0, 0, 0]  # position 0 is never a target
+    enc = encode([Example("ab", "cd")], tok, mask_prompt=False)
+    assert pad_rows(enc, 8, tok.pad_token_id)[1][0].tolist() == [0, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_jsonl_reader_and_errors(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"q{i}:", "completion": f" a{i}"} for i in range(20)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = load_config(None, ["task=language_model", "data.name=jsonl", f"data.path={path}",
+                             "data.max_length=16"]).data
+    data = build_lm_data(cfg)
+    assert data.counts["packing"] == 0  # prompt/completion rows are padded by default
+    ids, mask, _ = next(iter(data.val))
+    for row, m in zip(ids, mask, strict=True):
+        text = ByteTokenizer().decode(row[m.bool()])
+        assert text.startswith(" a") and ":" not in text  # completions only, no prompt
+    path.write_text('{"question": "x"}\n')
+    with pytest.raises(DistillError, match="line 1.*'text' field"):
+        build_lm_data(cfg)
+
+
+# ---------------------------------------------------------------- loss, masks, normalisation
+
+
+@pytest.mark.parametrize("make", [gpt, llama])
+def test_loss_is_masked_mean_over_target_tokens(make):
+    student, teacher = make(seed=0), make(seed=1)
+    d = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 0.7)}, ce_weight=0.3)
+    b = batch()
+    out = d(b)
+    ref = naive_loss(student, teacher, b, 0.3, 0.7)
+    assert out["counted"] == b[1][:, 1:].sum()
+    assert torch.allclose(out["loss"].double(), ref, atol=1e-5)
+
+
+def test_padding_and_prompt_tokens_do_not_leak():
+    student, teacher = gpt(seed=0), gpt(seed=1)
+    d = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=1.0)
+    b = batch()
+    before = d(b)["loss"]
+    changed = [t.clone() for t in b]
+    pad = changed[1] == 0
+    pad[:, :3] = False  # padding after each row's end (prompts come next)
+    changed[0][pad] = 7  # any other id in the padding
+    assert torch.equal(d(changed)["loss"], before)
+    changed[0][:, 3] = 5  # a target token changes: the loss must change
+    assert not torch.equal(d(changed)["loss"], before)
+
+
+def _train(accumulate, batch_size=4, steps_data=8):
+    torch.manual_seed(0)
+    ids, mask, _ = batch(rows=steps_data, length=12)
+    mask[::3, 6:] = 0  # uneven token counts between micro-batches
+    student, teacher = gpt(seed=0), gpt(seed=1)
+    d = LMDistiller(teacher, student, {"reverse_kl": (ReverseKL(), 0.5)}, ce_weight=0.5)
+    loader = TensorLoader(ids, mask, batch_size, shuffle=False)
+    # SGD: Adam divides by sqrt(v), which turns float rounding of near-zero gradients into
+    # lr-sized differences and would hide what this test checks
+    cfg = TrainConfig(epochs=1, optimizer="sgd", momentum=0.0, lr=0.5, schedule="constant",
+                      accumulate=accumulate, checkpoint_every=0)
+    fit(d, loader, loader, cfg, "cpu")
+    return torch.cat([p.detach().flatten() for p in student.parameters()])
+
+
+def test_gradient_accumulation_does_not_change_the_update():
+    one, two, four = _train(1), _train(2), _train(4)
+    assert torch.allclose(one, two, atol=1e-6) and torch.allclose(one, four, atol=1e-6)
+
+
+def test_mean_of_micro_batch_means_would_differ():
+    """The property above is not free: averaging per-micro-batch token means (what a plain
+    loss / accumulate does) gives another gradient on this batch."""
+    student, teacher = gpt(seed=0), gpt(seed=1)
+    d = LMDistiller(teacher, student, {}, ce_weight=1.0)
+    ids, mask, idx = batch(rows=4)
+    whole = torch.autograd.grad(d([ids, mask, idx])["loss"], student.transformer.wte.weight)[0]
+    halves = [d([t[:2] for t in (ids, mask, idx)]), d([t[2:] for t in (ids, mask, idx)])]
+    naive = torch.autograd.grad((halves[0]["loss"] + halves[1]["loss"]) / 2, student.transformer.wte.weight)[0]
+    assert not torch.allclose(whole, naive, atol=1e-6)
+
+
+def test_vocab_mismatch_is_a_clear_error():
+    with pytest.raises(DistillError, match="teacher's vocabulary has 48 tokens and the student's 40"):
+        LMDistiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)})
+    d = LMDistiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)}, shared_vocab=40)
+    assert torch.isfinite(d(batch())["loss"])
+    with pytest.raises(DistillError, match="between 1 and the smaller vocabulary"):
+        LMDistiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)}, shared_vocab=44)
+
+
+def test_evaluate_reports_perplexity_of_mean_nll():
+    model = gpt()
+    ids, mask, _ = batch()
+    res = evaluate_lm(model, TensorLoader(ids, mask, 2), "cpu")
+    target = mask[:, 1:].bool()
+    nll = F.cross_entropy(model(ids).logits[:, :-1][target], ids[:, 1:][target])
+    assert res["loss"] == pytest.approx(nll.item(), rel=1e-5)
+    assert res["ppl"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
+
+
+# ---------------------------------------------------------------- offline top-k teacher
+
+
+def test_topk_store_round_trip_and_metadata(tmp_path):
+    teacher = gpt(seed=1)
+    ids, mask, _ = batch(rows=6)
+    loader = TensorLoader(ids, mask, 3)
+    store, why = open_topk_store(teacher, loader, k=5, T=1.0, storage="disk", path=tmp_path, device="cpu")
+    assert "30 bytes/token" in why and "0 of 6 rows reused" in why
+    target = mask[:, 1:].bool()
+    logp, top = store.rows(torch.arange(6), target, "cpu")
+    ref = F.log_softmax(teacher(ids).logits[:, :-1][target].float(), -1).topk(5, dim=-1)
+    assert torch.equal(top, ref.indices)
+    assert torch.allclose(logp, ref.values, atol=2e-3)  # fp16 storage
+    again, why = open_topk_store(teacher, loader, k=5, T=1.0, storage="disk", path=tmp_path, device="cpu")
+    assert "6 of 6 rows reused" in why
+    with pytest.raises(DistillError, match="different k"):
+        TopKStore(6, 11, 4, 1.0, store.meta | {"k": 5}, "disk", tmp_path, rebuild=False)
+    other = gpt(seed=2)  # other weights: a stale store is rebuilt, never reused
+    with pytest.warns(UserWarning, match="teacher_sha256"):
+        _, why = open_topk_store(other, loader, k=5, T=1.0, storage="disk", path=tmp_path, device="cpu")
+    assert "0 of 6 rows reused" in why
+
+
+def test_training_from_the_store_without_the_teacher():
+    student, teacher = gpt(seed=0), gpt(seed=1)
+    ids, mask, idx = batch(rows=4)
+    loader = TensorLoader(ids, mask, 4)
+    online = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=0.0)
+    full = online([ids, mask, idx])["forward_kl"]
+    offline = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=0.0)
+    store, _ = open_topk_store(teacher, loader, k=V - 1, T=1.0, storage="memory", path=None, device="cpu")
+    offline.attach_cache(store)
+    offline.drop_teacher()
+    assert offline.teacher is None
+    out = offline([ids, mask, idx])
+    assert torch.allclose(out["forward_kl"], full, atol=1e-3)  # k = V - 1: only fp16 error
+    out["loss"].backward()
+    assert student.transformer.wte.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- on-policy batches
+
+
+def test_on_policy_batches_count_only_sampled_tokens():
+    torch.manual_seed(0)
+    student = gpt()
+    sampler = OnPolicy(1.0, 1.0, max_new_tokens=5, prompt_tokens=4, eos_id=V - 2, pad_id=V - 1)
+    ids, mask, _ = batch(rows=3)
+    prompt = sampler.prompts(ids, mask)
+    assert [len(p) for p in prompt] == [3, 3, 3]  # the tokens before the first target
+    new_ids, new_mask, index, flag = sampler.make_batch(student, [ids, mask, torch.arange(3)])
+    assert torch.equal(new_ids[:, :3], ids[:, :3]) and (new_mask[:, :3] == 0).all()
+    assert (new_mask.sum(1) >= 1).all() and (new_mask.sum(1) <= 5).all()
+    assert (index == -1).all() and flag.all()
+    rows = sampler.rows([torch.tensor([1, 2])], torch.tensor([[5, V - 2, 7, 8]]))
+    assert rows[0][0].tolist() == [1, 2, 5, V - 2, V - 1, V - 1]  # cut after the first <eos>
+    assert rows[1][0].tolist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_on_policy_step_choice_is_seeded_and_fractional():
+    sampler = OnPolicy(0.25, 1.0, 4, 4, 0, 1, seed=3)
+    picks = [sampler.chosen(e, s) for e in range(4) for s in range(100)]
+    assert 0.18 < sum(picks) / len(picks) < 0.32
+    assert picks == [OnPolicy(0.25, 1.0, 4, 4, 0, 1, seed=3).chosen(e, s) for e in range(4) for s in range(100)]
+
+
+def test_on_policy_batch_skips_ce():
+    student, teacher = gpt(seed=0), gpt(seed=1)
+    d = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 0.5)}, ce_weight=0.5)
+    ids, mask, idx = batch()
+    off = d([ids, mask, idx])
+    on = d([ids, mask, idx, torch.ones(4, dtype=torch.bool)])
+    assert torch.allclose(on["loss"], 0.5 * off["forward_kl"])
+    assert torch.allclose(off["loss"], 0.5 * off["forward_kl"] + 0.5 * off["ce"])
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _text(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(f"paragraph {i}: " + "the cat sat on the mat. " * (1 + i % 3) for i in range(40)))
+    return path
+
+
+TINY = [
+    "task=language_model", "data.name=text", "data.max_length=32", "data.batch_size=8",
+    "teacher.kwargs={n_layer: 1, n_embd: 16, n_head: 2, n_positions: 32}",
+    "student.kwargs={n_layer: 1, n_embd: 8, n_head: 2, n_positions: 32}",
+    "train.epochs=1", "train.lr=0.01",
+]
+
+
+def test_end_to_end_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", *TINY, f"data.path={_text(tmp_path)}", "train.accumulate=2", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "language_model" and summary["primary"]["lower_is_better"]
+    for stage in ("teacher", "scratch", "distill"):
+        r = summary["stages"][stage]
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]), rel=1e-6)
+        assert 1 < r["val_ppl"] < 258  # better than uniform over the byte vocabulary
+    assert summary["gain"]["test_ppl"] == pytest.approx(
+        summary["stages"]["distill"]["test_ppl"] - summary["stages"]["scratch"]["test_ppl"])
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"train_forward_kl", "train_ce", "val_ppl"} <= set(metrics[-1])
+    assert (out / "distill.safetensors").exists()
+    assert "perplexity" in capsys.readouterr().out
+
+
+def test_end_to_end_offline_and_on_policy(tmp_path):
+    text = _text(tmp_path)
+    first = tmp_path / "a"
+    assert main(["run", *TINY, f"data.path={text}", "--out", str(first), "--quiet"]) == 0
+    base = [*TINY, f"data.path={text}", "stages=[distill]", f"teacher.checkpoint={first}/teacher.safetensors"]
+    offline = tmp_path / "b"
+    assert main(["run", *base, "cache=disk", "cache_topk=4", "--out", str(offline), "--quiet"]) == 0
+    summary = json.loads((offline / "summary.json").read_text())
+    assert "offline top-4 teacher" in summary["stages"]["distill"]["cache"]
+    assert json.loads((offline / "teacher_cache" / "meta.json").read_text())["k"] == 4
+    policy = tmp_path / "c"
+    assert main(["run", *base, "lm.on_policy.fraction=1.0", "lm.on_policy.max_new_tokens=4",
+                 "--out", str(policy), "--quiet"]) == 0
+    record = json.loads((policy / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["train_ce"] > 0 and math.isfinite(record["train_forward_kl"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lm.on_policy.fraction=0.5", "cache=disk", "cache_topk=4"], "need the online teacher"),
+    (["cache_topk=4"], "set cache: disk"),
+    (["loss.tv.weight=1", "loss.tv.T=2", "cache=disk", "cache_topk=4"], "one temperature"),
+    (["data.max_length=64"], "exceeds the student's 32 positions"),
+    (["loss.kd.weight=1"], "Unknown token loss 'kd'"),
+    (["data.name=digits"], "must be one of pydoc, text, jsonl"),
+])
+def test_bad_lm_configs_exit_2(tmp_path, capsys, overrides, message):
+    out = tmp_path / "run"
+    rc = main(["run", *TINY, f"data.path={_text(tmp_path)}", *overrides, "--out", str(out)])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+
+
+def test_shipped_lm_config_loads():
+    cfg = load_config("configs/lm/pydoc.yaml")
+    assert cfg.task == "language_model" and cfg.data.name == "pydoc"
+    assert set(cfg.loss) >= {"ce"} and len(cfg.loss) >= 2
+    assert SimpleNamespace(**cfg.teacher.kwargs).n_layer > SimpleNamespace(**cfg.student.kwargs).n_layer
