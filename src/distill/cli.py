@@ -135,8 +135,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _is_lm(path) -> bool:
+    from .lm.tools import is_lm_run
+
+    return is_lm_run(path)
+
+
 def cmd_eval(args) -> int:
     from .report import evaluate_target, evaluation_table
+
+    if _is_lm(args.target):
+        from .lm.tools import evaluate_lm_run, lm_evaluation_table
+
+        if args.data or args.overrides:
+            raise DistillError("distill eval of a language-model run takes no --data or overrides.")
+        Console().print(lm_evaluation_table(evaluate_lm_run(args.target, args.split)))
+        return 0
 
     overrides = [f"data.path={args.data}"] if args.data else []
     overrides += args.overrides
@@ -188,7 +202,15 @@ def cmd_models(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
-    result = export(args.run_dir, args.format, args.out, args.stage)
+    if args.format == "hf" or _is_lm(args.run_dir):
+        from .lm.tools import export_hf
+
+        if args.format not in ("hf",):
+            raise DistillError(f"A language-model run exports as a Hugging Face folder: --format hf "
+                               f"(not {args.format}).")
+        result = export_hf(args.run_dir, args.out, args.stage)
+    else:
+        result = export(args.run_dir, args.format, args.out, args.stage)
     parity = f" (max |exported - torch| difference {result['max_abs_diff']:.2e})" if "max_abs_diff" in result else ""
     print(f"Wrote {result['path']}{parity}")
     return 0
@@ -221,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="export a run's student (onnx, torchscript, safetensors)")
     p.add_argument("run_dir", help="a run folder written by distill run")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors", "hf"],
+                   help="hf: a Hugging Face folder, for language-model runs")
     p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"])
     p.add_argument("--out", help="output file (default: RUN_DIR/<stage>-export.<ext>)")
     p.set_defaults(func=cmd_export)

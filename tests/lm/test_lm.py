@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -306,6 +307,15 @@ def test_end_to_end_run(tmp_path, capsys):
     assert {"train_forward_kl", "train_ce", "val_ppl"} <= set(metrics[-1])
     assert (out / "distill.safetensors").exists()
     assert "perplexity" in capsys.readouterr().out
+    assert main(["eval", str(out), "--split", "val"]) == 0
+    shown = capsys.readouterr().out
+    assert "distill-last" in shown and f"{summary['stages']['distill']['last_val_ppl']:.3f}" in shown
+    assert main(["export", str(out), "--format", "hf"]) == 0
+    assert (out / "distill-hf" / "config.json").exists()
+    diff = re.search(r"difference (\S+)\)", capsys.readouterr().out).group(1)
+    assert float(diff) < 1e-5
+    assert main(["export", str(out), "--format", "onnx"]) == 2
+    assert "--format hf" in capsys.readouterr().err
 
 
 def test_end_to_end_offline_and_on_policy(tmp_path):

@@ -29,6 +29,7 @@ def transformers():
             "task: language_model needs the transformers package: pip install 'distill[lm]'."
         ) from None
     tf.logging.set_verbosity_error()  # config warnings about unused special tokens are noise here
+    tf.logging.disable_progress_bar()  # "Loading weights" bars for tiny local models
     return tf
 
 
