@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import RunConfig, load_config, parse_override, to_yaml
+from distill.config import RunConfig, load_config, parse_override, stage_train, to_yaml
 from distill.errors import ConfigError, DistillError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,3 +264,15 @@ def test_yaml_file_that_is_not_a_mapping(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- 1\n- 2\n")
     assert "mapping" in config_error(path=path)
+
+
+def test_teacher_train_overrides_only_the_teacher_stage():
+    cfg = load_config(None, ["train.epochs=5", "teacher.train={epochs: 2, lr: 0.01}"])
+    teacher, student = stage_train(cfg, "teacher"), stage_train(cfg, "distill")
+    assert (teacher.epochs, teacher.lr) == (2, 0.01)
+    assert (student.epochs, student.lr) == (5, cfg.train.lr)
+    assert teacher.optimizer == cfg.train.optimizer  # the rest is inherited
+    with pytest.raises(ConfigError, match="Unknown key 'epoch' under 'teacher.train'. Did you mean 'epochs'"):
+        load_config(None, ["teacher.train.epoch=2"])
+    with pytest.raises(ConfigError, match="student.train is not used"):
+        load_config(None, ["student.train.lr=0.1"])

@@ -47,6 +47,7 @@ class ModelConfig(Strict):
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
+    train: dict[str, Any] = Field(default_factory=dict)  # teacher only: train.* keys it trains with instead
 
 
 class TrainConfig(Strict):
@@ -225,7 +226,22 @@ def validate(raw: dict) -> RunConfig:
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
     check_loss(cfg.loss, cfg.task)
+    if cfg.student.train:
+        raise ConfigError("student.train is not used: the students train with `train`. Move "
+                          f"{sorted(cfg.student.train)} there.")
+    stage_train(cfg, "teacher")  # validates teacher.train
     return cfg
+
+
+def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:
+    """The training settings of a stage: `train`, with `teacher.train` on top for the teacher
+    (a teacher usually wants its own epochs and learning rate)."""
+    if stage != "teacher" or not cfg.teacher.train:
+        return cfg.train
+    try:
+        return TrainConfig.model_validate({**cfg.train.model_dump(), **cfg.teacher.train})
+    except ValidationError as e:
+        raise ConfigError(_explain(e, "teacher.train")) from None
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -289,6 +305,8 @@ def _unknown(where: str, valid: list[str], key: str) -> str:
 
 def _fields_at(loc: tuple) -> list[str]:
     model: Any = RunConfig
+    if loc[:2] == ("teacher", "train"):  # a dict in the schema, TrainConfig's keys in effect
+        model, loc = TrainConfig, loc[2:]
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None or not (inspect.isclass(field.annotation) and issubclass(field.annotation, BaseModel)):
@@ -297,10 +315,10 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _explain(error: ValidationError) -> str:
+def _explain(error: ValidationError, prefix: str = "") -> str:
     msgs = []
     for err in error.errors()[:3]:
-        loc = tuple(err["loc"])
+        loc = (*prefix.split("."), *err["loc"]) if prefix else tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             where = ".".join(str(p) for p in loc[:-1])

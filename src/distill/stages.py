@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import Checkpointer
-from .config import RunConfig, to_yaml
+from .config import RunConfig, stage_train, to_yaml
 from .engine import fit
 from .errors import DistillError
 from .io import append_line, load_weights, save_weights, write_json, write_text
@@ -105,7 +105,8 @@ class Run:
         if resume:
             state = resume["state"]
             self.log(f"Resuming {stage} after epoch {state.epoch}, step {state.step}.")
-        with StageProgress(stage, self.cfg.train.epochs, len(loader), self.quiet) as bar:
+        train = stage_train(self.cfg, stage)
+        with StageProgress(stage, train.epochs, len(loader), self.quiet) as bar:
 
             def on_epoch(record):
                 if self.main:
@@ -118,7 +119,7 @@ class Run:
                 bar.epoch_done(record)
 
             result = fit(
-                distiller, loader, data.val, self.cfg.train, self.device, bar.step, on_epoch,
+                distiller, loader, data.val, train, self.device, bar.step, on_epoch,
                 checkpointer=checkpointer, resume=resume,
             )
         self.save(distiller, f"{stage}-last")

@@ -293,7 +293,8 @@ TINY = [
 
 def test_end_to_end_run(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["run", *TINY, f"data.path={_text(tmp_path)}", "train.accumulate=2", "--out", str(out)])
+    rc = main(["run", *TINY, f"data.path={_text(tmp_path)}", "train.accumulate=2",
+               "teacher.train.epochs=2", "--out", str(out)])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "language_model" and summary["primary"]["lower_is_better"]
@@ -305,6 +306,7 @@ def test_end_to_end_run(tmp_path, capsys):
         summary["stages"]["distill"]["test_ppl"] - summary["stages"]["scratch"]["test_ppl"])
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"train_forward_kl", "train_ce", "val_ppl"} <= set(metrics[-1])
+    assert [m["stage"] for m in metrics] == ["teacher", "teacher", "scratch", "distill"]
     assert (out / "distill.safetensors").exists()
     assert "perplexity" in capsys.readouterr().out
     assert main(["eval", str(out), "--split", "val"]) == 0
