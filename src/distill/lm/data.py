@@ -30,7 +30,7 @@ import torch
 
 from ..data.loader import TensorLoader
 from ..errors import DistillError
-from .tokenizer import load_tokenizer, vocab_digest
+from .tokenizer import load_tokenizer
 
 SOURCES = ("pydoc", "text", "jsonl")
 
@@ -169,6 +169,3 @@ def build_lm_data(cfg, seed: int = 0) -> LMData:
     return LMData(loader("train", True), loader("train", True), loader("val", False),
                   loader("test", False), tokenizer, counts)
 
-
-def tokenizer_fingerprint(tokenizer) -> dict:
-    return {"tokenizer": getattr(tokenizer, "name", "?"), "vocab_sha256": vocab_digest(tokenizer)}

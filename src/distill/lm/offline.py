@@ -16,6 +16,8 @@ Build one with `open_topk_store` (done by `distill run` when `cache_topk` is set
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -93,9 +95,7 @@ class TopKStore:
         self.flush()
 
     def reference(self) -> dict:
-        import hashlib
-        import json
-
+        """What a checkpoint records about the store (compared on resume)."""
         digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()
         return {"storage": self.storage, "path": str(self.path) if self.path else None, "meta_sha256": digest}
 

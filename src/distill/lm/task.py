@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import DistillError
 from ..losses.lm import resolve_token_loss
-from ..runtime import DTYPES
+from ..runtime import DTYPES, barrier, is_main
 from ..tasks import build_terms
 from .data import LMData, build_lm_data
 from .distiller import LMDistiller, check_vocab, evaluate_lm
@@ -118,11 +118,14 @@ class LanguageModelTask:
             return "off: language models use an offline teacher only with cache_topk (top-k per token)"
         T = next(iter(distiller.terms.values())).T
         device = next(distiller.student.parameters()).device
-        store, why = open_topk_store(
-            distiller.teacher, data.train, k=cfg.cache_topk, T=T, storage=cfg.cache,
-            path=Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "teacher_cache", device=device,
-            quiet=quiet,
-        )
+        path = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "teacher_cache"
+        for builder in (True, False):  # under torchrun, rank 0 builds a disk store, then the rest reuse it
+            if is_main() == builder or cfg.cache == "memory":
+                store, why = open_topk_store(distiller.teacher, data.train, k=cfg.cache_topk, T=T,
+                                             storage=cfg.cache, path=path, device=device, quiet=quiet)
+            if cfg.cache == "memory":
+                break
+            barrier()
         distiller.attach_cache(store)
         distiller.drop_teacher()  # the student trains from the store alone
         return why
