@@ -158,25 +158,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _defaults(cls) -> str:
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return ", ".join(
+        f"{p.name}={p.default}" for p in params
+        if p.default is not inspect.Parameter.empty and p.name not in ("student", "teacher")
+    ) or "-"
+
+
 def cmd_losses(args) -> int:
     """List every registered loss with its citation, defaults and the layers it needs."""
     import inspect
 
     from .losses import LOSSES
+    from .losses.lm import TOKEN_LOSSES
 
     table = Table(title="distillation losses (use as loss.<name>.<key>=value)")
     for col in ("name", "paper", "defaults", "layers"):
         table.add_column(col)
     table.add_row("ce", "cross-entropy on the labels", "weight", "-")
     for name, cls in LOSSES.items():
-        params = inspect.signature(cls.__init__).parameters.values()
-        defaults = ", ".join(
-            f"{p.name}={p.default}" for p in params
-            if p.default is not inspect.Parameter.empty and p.name not in ("student", "teacher")
-        )
         layers = "student, teacher" if "student" in inspect.signature(cls.__init__).parameters else "-"
-        table.add_row(name, getattr(cls, "cite", ""), defaults or "-", layers)
+        table.add_row(name, getattr(cls, "cite", ""), _defaults(cls), layers)
     Console().print(table)
+    lm = Table(title="token losses for task: language_model (per counted target token)")
+    for col in ("name", "paper", "defaults"):
+        lm.add_column(col)
+    lm.add_row("ce", "next-token cross-entropy on the data", "weight")
+    for name, cls in TOKEN_LOSSES.items():
+        lm.add_row(name, getattr(cls, "cite", ""), _defaults(cls))
+    Console().print(lm)
     return 0
 
 

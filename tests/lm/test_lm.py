@@ -358,3 +358,10 @@ def test_shipped_lm_config_loads():
     assert cfg.task == "language_model" and cfg.data.name == "pydoc"
     assert set(cfg.loss) >= {"ce"} and len(cfg.loss) >= 2
     assert SimpleNamespace(**cfg.teacher.kwargs).n_layer > SimpleNamespace(**cfg.student.kwargs).n_layer
+
+
+def test_losses_command_lists_token_losses(capsys):
+    assert main(["losses"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tv"))
+    assert "beta=0.5" in out and "lam=0.1" in out
