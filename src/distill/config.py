@@ -186,21 +186,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         raw["loss"] = copy.deepcopy(defaults["loss"])  # overrides of loss.* refine the default terms
     if task == "language_model":
         raw.setdefault("name", "lm-pydoc")
-    if task == "language_model" and isinstance(raw.setdefault("data", {}), dict):
-        for key, value in LM_DEFAULTS["data"].items():
-            raw["data"].setdefault(key, value)
+    if task == "language_model":
+        for section in ("data", "train"):
+            if isinstance(raw.setdefault(section, {}), dict):
+                for key, value in LM_DEFAULTS[section].items():
+                    raw[section].setdefault(key, value)
     for path_, value in parsed:
         apply_override(raw, path_, value)
     _default_models(raw, defaults)
     return validate(raw)
 
 
-# task: language_model defaults: the built-in byte-level example (configs/lm/pydoc.yaml)
+# task: language_model defaults: the built-in byte-level example, configs/lm/pydoc.yaml
+_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 LM_DEFAULTS: dict[str, Any] = {
     "data": {"name": "pydoc", "batch_size": 32},
-    "teacher": {"model": "gpt2", "kwargs": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 128}},
-    "student": {"model": "gpt2", "kwargs": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 128}},
-    "loss": {"ce": {"weight": 0.5}, "forward_kl": {"weight": 0.5}},
+    "teacher": {"model": "gpt2", "kwargs": {"n_layer": 3, "n_embd": 96, "n_head": 4, "n_positions": 128, **_NO_DROPOUT},
+                "train": {"epochs": 6, "lr": 0.002}},
+    "student": {"model": "gpt2", "kwargs": {"n_layer": 2, "n_embd": 48, "n_head": 2, "n_positions": 128, **_NO_DROPOUT}},
+    "loss": {"ce": {"weight": 0.5}, "forward_kl": {"weight": 0.5, "T": 1.0}},
+    "train": {"epochs": 6, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01, "grad_clip": 1.0, "threads": 2},
 }
 
 
@@ -212,6 +217,8 @@ def _default_models(raw: dict, defaults: dict) -> None:
         if isinstance(node, dict) and "model" not in node:
             node["model"] = defaults[role]["model"]
             node["kwargs"] = {**defaults[role]["kwargs"], **(node.get("kwargs") or {})}
+            if defaults[role].get("train"):
+                node["train"] = {**defaults[role]["train"], **(node.get("train") or {})}
 
 
 def validate(raw: dict) -> RunConfig:

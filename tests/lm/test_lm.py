@@ -287,7 +287,7 @@ TINY = [
     "task=language_model", "data.name=text", "data.max_length=32", "data.batch_size=8",
     "teacher.kwargs={n_layer: 1, n_embd: 16, n_head: 2, n_positions: 32}",
     "student.kwargs={n_layer: 1, n_embd: 8, n_head: 2, n_positions: 32}",
-    "train.epochs=1", "train.lr=0.01",
+    "train.epochs=1", "train.lr=0.01", "teacher.train.epochs=1",
 ]
 
 
@@ -353,8 +353,9 @@ def test_bad_lm_configs_exit_2(tmp_path, capsys, overrides, message):
     assert not (out / "summary.json").exists()
 
 
-def test_shipped_lm_config_loads():
+def test_shipped_lm_config_is_the_lm_default_spelled_out():
     cfg = load_config("configs/lm/pydoc.yaml")
+    assert cfg == load_config(None, ["task=language_model"])
     assert cfg.task == "language_model" and cfg.data.name == "pydoc"
     assert set(cfg.loss) >= {"ce"} and len(cfg.loss) >= 2
     assert SimpleNamespace(**cfg.teacher.kwargs).n_layer > SimpleNamespace(**cfg.student.kwargs).n_layer
