@@ -366,3 +366,33 @@ def test_losses_command_lists_token_losses(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tv"))
     assert "beta=0.5" in out and "lam=0.1" in out
+
+
+def _word_tokenizer(folder, words):
+    """A local word-level Hugging Face tokenizer saved to `folder` (built here, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<eos>", "<pad>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(str(folder))
+    return len(vocab)
+
+
+def test_local_tokenizer_and_model_folders(tmp_path, capsys):
+    """A teacher saved with save_pretrained beside its own tokenizer: the run must use that
+    tokenizer; with another one (here the byte tokenizer) it is refused before training."""
+    words = ["paragraph", "the", "cat", "sat", "on", "mat", ".", ":"] + [str(i) for i in range(40)]
+    folder = tmp_path / "teacher"
+    n = _word_tokenizer(folder, words)
+    create_lm("gpt2", {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}, n).save_pretrained(str(folder))
+    base = [*TINY, f"data.path={_text(tmp_path)}", f"teacher.model={folder}", "stages=[scratch, distill]"]
+    rc = main(["run", *base, "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "comes with its own tokenizer" in capsys.readouterr().err
+    out = tmp_path / "good"
+    assert main(["run", *base, f"data.tokenizer={folder}", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["vocab_size"] == n and summary["stages"]["teacher"]["checkpoint"] == str(folder)
+    assert summary["stages"]["distill"]["val_ppl"] < n  # learned something over a uniform guess
