@@ -396,3 +396,17 @@ def test_local_tokenizer_and_model_folders(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["vocab_size"] == n and summary["stages"]["teacher"]["checkpoint"] == str(folder)
     assert summary["stages"]["distill"]["val_ppl"] < n  # learned something over a uniform guess
+
+
+def test_models_that_post_process_logits_are_refused():
+    """The chunked loss recomputes logits as output_layer(last hidden state); a model whose
+    forward changes them (soft-capping, scaling) must be refused, not silently mis-trained."""
+    from distill.lm.models import check_head
+
+    ids = torch.randint(0, V, (2, 8))
+    check_head(gpt(), "teacher", ids)  # GPT-2: logits are the head's output
+    model = gpt()
+    forward = model.forward
+    model.forward = lambda *a, **k: SimpleNamespace(logits=0.5 * forward(*a, **k).logits)  # a logit scale
+    with pytest.raises(DistillError, match="post-processes logits"):
+        check_head(model, "teacher", ids)
