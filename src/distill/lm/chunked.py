@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MiB in fp32): rows = CHUNK_ELEMENTS // vocab
+# Logits per chunk: 16 MiB in fp32, under glibc's 32 MiB mmap threshold, so chunk buffers are
+# reused from the heap instead of freshly mapped and page-faulted each chunk (benchmarks/lm_loss.py)
+CHUNK_ELEMENTS = 1 << 22
 TAIL_FLOOR = 1e-9  # smallest "rest of the vocabulary" mass; keeps its log finite
 
 
@@ -70,12 +72,16 @@ def with_rest(logp: torch.Tensor) -> torch.Tensor:
     return torch.cat([logp, log_rest(logp)[:, None]], dim=-1)
 
 
-def chunk_sums(hidden, head: Head, targets, terms: dict, teacher: TeacherRows | None,
+def _log_softmax(logits: torch.Tensor, T: float) -> torch.Tensor:
+    return F.log_softmax(logits if T == 1 else logits / T, -1)
+
+
+def chunk_sums(logits, targets, terms: dict, teacher: TeacherRows | None,
                vocab: int | None) -> dict[str, torch.Tensor]:
-    """Sums over one chunk's rows: "ce" (next-token NLL, full student vocabulary), "correct"
-    (argmax hits), and each term's divergence. `vocab` restricts the divergences to the first
-    `vocab` logits of both models (a declared shared slice); None uses them all."""
-    logits = head.logits(hidden)
+    """Sums over one chunk's rows, from the student's float32 logits [rows, V]: "ce"
+    (next-token NLL, full student vocabulary), "correct" (argmax hits), and each term's
+    divergence. `vocab` restricts the divergences to the first `vocab` logits of both models
+    (a declared shared slice); None uses them all."""
     logp = F.log_softmax(logits, -1)
     out = {
         "ce": -logp.gather(1, targets[:, None]).sum(),
@@ -93,9 +99,10 @@ def chunk_sums(hidden, head: Head, targets, terms: dict, teacher: TeacherRows | 
     by_T: dict[float, tuple] = {}  # terms sharing a temperature share the log-softmaxes
     for name, term in terms.items():
         if term.T not in by_T:
-            s = F.log_softmax(s_logits / term.T, -1)
+            # at T = 1 over the whole vocabulary, the CE's log-softmax is the one needed
+            s = logp if term.T == 1 and vocab is None else _log_softmax(s_logits, term.T)
             if t_logits is not None:
-                t = F.log_softmax(t_logits / term.T, -1)
+                t = _log_softmax(t_logits, term.T)
             else:  # offline top-k: the same k + 1 bins on both sides
                 if teacher.topk_T != term.T:
                     raise ValueError(f"term '{name}' has T={term.T} but the stored teacher "
@@ -109,32 +116,39 @@ def chunk_sums(hidden, head: Head, targets, terms: dict, teacher: TeacherRows | 
 
 class _ChunkedLoss(torch.autograd.Function):
     """Forward computes the weighted loss and, chunk by chunk, its gradients; backward scales
-    them by the incoming gradient. Returns (loss, detached per-name sums)."""
+    them by the incoming gradient. Returns (loss, detached per-name sums).
+
+    Autograd runs only from a chunk's logits to its loss; the output layer's part is written
+    out (dh = g W, dW += g^T h, db += sum g) so that no [V, H] gradient is allocated per chunk.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, spec):
-        head_args = [weight] + ([bias] if bias is not None else [])
-        grads = [torch.zeros_like(hidden), *(torch.zeros_like(a) for a in head_args)]
+        grad_h, grad_w = torch.zeros_like(hidden), torch.zeros_like(weight)
+        grad_b = torch.zeros_like(bias) if bias is not None else None
         sums: dict[str, torch.Tensor] = {}
-        rows = spec["rows"]
+        rows, weights = spec["rows"], spec["weights"]
         for start in range(0, len(hidden), rows):
             sl = slice(start, start + rows)
-            with torch.enable_grad(), torch.autocast(hidden.device.type, enabled=False):
-                h = hidden[sl].detach().requires_grad_()
-                w = [a.detach().requires_grad_() for a in head_args]
-                head = Head(w[0], w[1] if bias is not None else None)
-                teacher = spec["teacher"].rows(sl) if spec["teacher"] is not None else None
-                part = chunk_sums(h, head, spec["targets"][sl], spec["terms"], teacher, spec["vocab"])
-                loss = sum(spec["weights"][k] * v for k, v in part.items() if k in spec["weights"])
-                found = torch.autograd.grad(loss / spec["count"], [h, *w])
-            grads[0][sl] = found[0]
-            for g, f in zip(grads[1:], found[1:], strict=True):
-                g += f
+            h = hidden[sl].to(weight.dtype)
+            teacher = spec["teacher"].rows(sl) if spec["teacher"] is not None else None
+            with torch.autocast(hidden.device.type, enabled=False):
+                logits = F.linear(h, weight, bias).float()
+                with torch.enable_grad():
+                    logits.requires_grad_()
+                    part = chunk_sums(logits, spec["targets"][sl], spec["terms"], teacher, spec["vocab"])
+                    loss = sum(weights[k] * v for k, v in part.items() if k in weights)
+                    (g,) = torch.autograd.grad(loss / spec["count"], [logits])
+                g = g.to(weight.dtype)
+                grad_h[sl] = g @ weight
+                grad_w.addmm_(g.T, h)
+                if grad_b is not None:
+                    grad_b += g.sum(0)
             for k, v in part.items():
                 sums[k] = sums.get(k, 0) + v.detach()
-        ctx.save_for_backward(*grads)
+        ctx.save_for_backward(grad_h, grad_w, *([grad_b] if grad_b is not None else []))
         ctx.has_bias = bias is not None
-        total = sum(spec["weights"][k] * v for k, v in sums.items() if k in spec["weights"])
+        total = sum(weights[k] * v for k, v in sums.items() if k in weights)
         return total / spec["count"], sums
 
     @staticmethod
@@ -179,6 +193,6 @@ def token_sums(hidden, head: Head, targets, chunk: int | None = None) -> dict[st
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(hidden), rows):
         sl = slice(start, start + rows)
-        for k, v in chunk_sums(hidden[sl], head, targets[sl], {}, None, None).items():
+        for k, v in chunk_sums(head.logits(hidden[sl]), targets[sl], {}, None, None).items():
             sums[k] = sums.get(k, 0) + v
     return sums
