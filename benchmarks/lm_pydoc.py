@@ -8,7 +8,7 @@
    Reports the student's seconds per epoch and final validation perplexity, online vs offline,
    the time to build the store and its bytes per token.
 
-    python benchmarks/lm_pydoc.py                       # 3 seeds, top-16, 2 threads
+    python benchmarks/lm_pydoc.py                       # 3 seeds, top-16, 1 thread
     python benchmarks/lm_pydoc.py --seeds 1 --topk 8 train.epochs=1
 
 Extra arguments are dotted key=value overrides, as for `distill run`. Writes
@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--topk", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_pydoc.json"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()

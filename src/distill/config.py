@@ -205,7 +205,7 @@ LM_DEFAULTS: dict[str, Any] = {
                 "train": {"epochs": 6, "lr": 0.002}},
     "student": {"model": "gpt2", "kwargs": {"n_layer": 2, "n_embd": 48, "n_head": 2, "n_positions": 128, **_NO_DROPOUT}},
     "loss": {"ce": {"weight": 0.5}, "forward_kl": {"weight": 0.5, "T": 1.0}},
-    "train": {"epochs": 6, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01, "grad_clip": 1.0, "threads": 2},
+    "train": {"epochs": 6, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01, "grad_clip": 1.0},
 }
 
 

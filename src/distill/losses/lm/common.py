@@ -20,7 +20,7 @@ from torch import nn
 def xlogy_ratio(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """Row sums of a * (log a - log b), with a = exp(log_a) and 0 where a == 0: KL(a || b)."""
     a = log_a.exp()
-    terms = torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a))
+    terms = torch.where(a > 0, a * (log_a - log_b), 0.0)
     return terms.sum(-1)
 
 
