@@ -410,3 +410,28 @@ def test_models_that_post_process_logits_are_refused():
     model.forward = lambda *a, **k: SimpleNamespace(logits=0.5 * forward(*a, **k).logits)  # a logit scale
     with pytest.raises(DistillError, match="post-processes logits"):
         check_head(model, "teacher", ids)
+
+
+def test_two_processes_equal_one(tmp_path):
+    """torchrun with 2 gloo processes trains the same LM as 1 process. Rows are prompt/completion
+    pairs of different lengths, so the two shards of a batch count different numbers of tokens:
+    only a loss normalised by the whole batch's token count (all-reduced) matches."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}?", "completion": " yes" * (1 + i % 5)})
+                              for i in range(60)))
+    args = [*TINY, "data.name=jsonl", f"data.path={path}", "data.batch_size=8", "train.epochs=2",
+            "train.threads=1", "--quiet", "--no-report"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", *args, "--out", str(one)]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           "-m", "distill", "run", *args, "--out", str(two)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    a, b = load_file(str(one / "distill-last.safetensors")), load_file(str(two / "distill-last.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
