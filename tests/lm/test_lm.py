@@ -344,6 +344,8 @@ def test_end_to_end_offline_and_on_policy(tmp_path):
     (["data.max_length=64"], "exceeds the student's 32 positions"),
     (["loss.kd.weight=1"], "Unknown token loss 'kd'"),
     (["data.name=digits"], "must be one of pydoc, text, jsonl"),
+    (["lm.shared_vocab=200", "cache=disk", "cache_topk=4"], "with lm.shared_vocab use the online teacher"),
+    (["lm.on_policy.fraction=0.5", "lm.on_policy.max_new_tokens=32"], "leaves no room for a prompt"),
 ])
 def test_bad_lm_configs_exit_2(tmp_path, capsys, overrides, message):
     out = tmp_path / "run"
@@ -416,6 +418,7 @@ def test_two_processes_equal_one(tmp_path):
     """torchrun with 2 gloo processes trains the same LM as 1 process. Rows are prompt/completion
     pairs of different lengths, so the two shards of a batch count different numbers of tokens:
     only a loss normalised by the whole batch's token count (all-reduced) matches."""
+    import socket
     import subprocess
     import sys
 
@@ -428,10 +431,37 @@ def test_two_processes_equal_one(tmp_path):
             "train.threads=1", "--quiet", "--no-report"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["run", *args, "--out", str(one)]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+    with socket.socket() as sock:  # a free port: a fixed one collides with concurrent runs
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "distill", "run", *args, "--out", str(two)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
     a, b = load_file(str(one / "distill-last.safetensors")), load_file(str(two / "distill-last.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+def test_topk_store_fill_in_position_slices(monkeypatch):
+    """Filling runs the output layer on slices of positions (never a batch's full logits);
+    the stored values are the same as from one slice."""
+    import distill.lm.chunked as chunked
+
+    teacher = gpt(seed=1)
+    ids, mask, _ = batch(rows=4)
+    loader = TensorLoader(ids, mask, 4)
+    whole, _ = open_topk_store(teacher, loader, k=3, T=1.0, storage="memory", path=None, device="cpu")
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 2 * V)  # 2 rows per chunk: 1 position per slice
+    sliced, _ = open_topk_store(teacher, loader, k=3, T=1.0, storage="memory", path=None, device="cpu")
+    assert torch.equal(whole.ids, sliced.ids) and torch.equal(whole.logp, sliced.logp)
+    assert sliced.filled.all()
+
+
+def test_on_policy_prompts_leave_room_for_the_sample():
+    sampler = OnPolicy(1.0, 1.0, max_new_tokens=5, prompt_tokens=4, eos_id=0, pad_id=1, max_positions=8)
+    ids = torch.arange(12)[None]
+    mask = torch.zeros(1, 12, dtype=torch.long)
+    mask[0, 10:] = 1  # a 10-token prompt
+    (prompt,) = sampler.prompts(ids, mask)
+    assert prompt.tolist() == [7, 8, 9]  # its last 8 - 5 tokens

@@ -25,7 +25,7 @@ import torch
 from ..cache import FORMAT, data_hash, open_arrays, teacher_hash
 from ..errors import DistillError
 from ..progress import progress_bar
-from .chunked import Head
+from .chunked import Head, chunk_rows
 from .models import hidden_states
 
 BYTES_PER_ENTRY = 2 + 4  # fp16 log-probability + int32 token id
@@ -54,14 +54,14 @@ class TopKStore:
             arrays = {n: torch.zeros((rows, *s), dtype=d) for n, (s, d) in specs.items()}
         self.filled, self.logp, self.ids = arrays["filled"], arrays["logp"], arrays["ids"]
 
-    def put(self, index: torch.Tensor, logits: torch.Tensor) -> None:
-        """Store the top-k of log_softmax(logits / T) for rows `index`; logits [B, P, V]."""
+    def put(self, index: torch.Tensor, logits: torch.Tensor, positions: slice = slice(None)) -> None:
+        """Store the top-k of log_softmax(logits / T) at `positions` of rows `index`;
+        logits [B, P, V]. Rows are marked filled by `fill` once all their positions are in."""
         logp = torch.log_softmax(logits.float() / self.T, -1)
         top, ids = logp.topk(self.k, dim=-1)
         index = index.cpu()
-        self.logp[index] = top.to("cpu", torch.float16)
-        self.ids[index] = ids.to("cpu", torch.int32)
-        self.filled[index] = True  # last: a row counts only once its values are in
+        self.logp[index, positions] = top.to("cpu", torch.float16)
+        self.ids[index, positions] = ids.to("cpu", torch.int32)
 
     def rows(self, index: torch.Tensor, target: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs [M, k] fp32, ids [M, k] int64) of the counted positions (`target`, [B, P])."""
@@ -78,11 +78,18 @@ class TopKStore:
         """Run the teacher over every row not yet stored; return how many rows it computed."""
         todo = (~self.filled).nonzero().flatten()
         head = Head.of(teacher)
+        positions = self.logp.shape[1]
+        # the output layer runs on slices of positions, like the chunked loss: a batch's full
+        # [rows, positions, vocab] logits are never formed
+        step = max(1, chunk_rows(head.weight.shape[0]) // batch_size)
         with progress_bar("teacher top-k", total=len(todo), quiet=quiet) as advance:
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
-                ids = loader.x[idx.to(loader.x.device)].to(device)
-                self.put(idx, head.logits(hidden_states(teacher, ids)[:, :-1]))
+                hidden = hidden_states(teacher, loader.x[idx.to(loader.x.device)].to(device))
+                for p in range(0, positions, step):
+                    sl = slice(p, min(p + step, positions))
+                    self.put(idx, head.logits(hidden[:, sl]), sl)
+                self.filled[idx] = True  # last: a row counts only once all its positions are in
                 advance(len(idx))
         self.flush()
         return len(todo)

@@ -24,8 +24,12 @@ import torch
 
 class OnPolicy:
     def __init__(self, fraction: float, temperature: float, max_new_tokens: int,
-                 prompt_tokens: int, eos_id: int, pad_id: int, seed: int = 0):
+                 prompt_tokens: int, eos_id: int, pad_id: int, seed: int = 0,
+                 max_positions: int | None = None):
         self.fraction, self.temperature = float(fraction), float(temperature)
+        # prompts keep their last (max_positions - max_new_tokens) tokens, so prompt + sample
+        # never runs past the student's position embeddings
+        self.max_prompt = max_positions - max_new_tokens if max_positions else None
         self.max_new_tokens, self.prompt_tokens = int(max_new_tokens), int(prompt_tokens)
         self.eos_id, self.pad_id, self.seed = int(eos_id), int(pad_id), int(seed)
 
@@ -35,12 +39,13 @@ class OnPolicy:
         return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
 
     def prompts(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Each row's prompt: tokens before its first target, or the first `prompt_tokens`."""
+        """Each row's prompt: tokens before its first target, or the first `prompt_tokens`
+        (at most the last `max_prompt` of them)."""
         first = (mask > 0).int().argmax(1).tolist()  # position 0 is never a target
         out = []
         for row, f in zip(ids, first, strict=True):
             n = f if f > 1 else min(self.prompt_tokens, len(row) - 1)
-            out.append(row[:n])
+            out.append(row[:n][-self.max_prompt:] if self.max_prompt else row[:n])
         return out
 
     @torch.no_grad()

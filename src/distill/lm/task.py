@@ -46,8 +46,11 @@ class LanguageModelTask:
         return create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer)
 
     def pretrained_teacher(self) -> str | None:
+        """teacher.checkpoint, or a teacher folder when no teacher stage is asked for (with
+        one, the teacher stage fine-tunes the folder's model on the data first)."""
         t = self.cfg.teacher
-        return t.checkpoint or (t.model if Path(t.model).is_dir() else None)
+        folder = Path(t.model).is_dir() and "teacher" not in self.cfg.stages
+        return t.checkpoint or (t.model if folder else None)
 
     def preflight(self, data: LMData, terms: dict, has_teacher: bool) -> None:
         cfg = self.cfg
@@ -58,18 +61,26 @@ class LanguageModelTask:
         if cfg.cache_topk and cfg.cache not in ("memory", "disk"):
             raise DistillError(f"cache_topk stores an offline teacher: set cache: disk (or memory); "
                                f"cache is {cfg.cache!r}.")
+        if cfg.cache_topk and cfg.lm.shared_vocab:
+            raise DistillError("An offline top-k teacher stores probabilities over the teacher's "
+                               "whole vocabulary; with lm.shared_vocab use the online teacher "
+                               "(cache_topk=null).")
         temps = {term.T for term, _ in terms.values()}
         if cfg.cache_topk and len(temps) > 1:
             raise DistillError(f"An offline top-k teacher is stored at one temperature; the loss "
                                f"terms use several ({sorted(temps)}). Give them the same T.")
         roles = ["student"] + (["teacher"] if has_teacher else [])
         models = {role: self.create_model(role, data) for role in roles}
-        probe = next(iter(data.val))[0][:2]
+        probe = data.val.x[:2]  # unsharded: a process's share of a batch can be empty
         for role, model in models.items():
             self._check_tokens(role, model, data)
             check_head(model, role, probe)
         if "teacher" in models and "distill" in cfg.stages:
             check_vocab(models["teacher"], models["student"], cfg.lm.shared_vocab)
+        policy, positions = cfg.lm.on_policy, self._positions(models["student"])
+        if policy.fraction > 0 and positions and policy.max_new_tokens >= positions:
+            raise DistillError(f"lm.on_policy.max_new_tokens={policy.max_new_tokens} leaves no room "
+                               f"for a prompt in the student's {positions} positions.")
 
     def _check_tokens(self, role: str, model: nn.Module, data: LMData) -> None:
         spec = getattr(self.cfg, role).model
@@ -85,10 +96,15 @@ class LanguageModelTask:
         if rows < data.tokenizer.vocab_size:
             raise DistillError(f"The {role} has {rows} output tokens but the tokenizer "
                                f"'{data.tokenizer.name}' has {data.tokenizer.vocab_size}.")
-        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        positions = self._positions(model)
         if positions is not None and positions < self.cfg.data.max_length:
             raise DistillError(f"data.max_length={self.cfg.data.max_length} exceeds the {role}'s "
                                f"{positions} positions; lower it or build the model with more.")
+
+    @staticmethod
+    def _positions(model: nn.Module) -> int | None:
+        config = model.config
+        return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
     def distiller(self, teacher, student, terms: dict, ce_weight: float) -> LMDistiller:
         cfg = self.cfg
@@ -97,7 +113,8 @@ class LanguageModelTask:
         if terms and policy.fraction > 0:
             tok = self.tokenizer
             distiller.on_policy = OnPolicy(policy.fraction, policy.temperature, policy.max_new_tokens,
-                                           policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed)
+                                           policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed,
+                                           max_positions=self._positions(student))
         return distiller
 
     @property
