@@ -121,25 +121,29 @@ def accumulate_step(model, distiller, batch, cfg, scaler, device, epoch: int, st
     units, across processes too (DDP averages gradients over processes, hence the factor
     world_size). Returns the batch's loss terms (detached) and its correct/counted sums."""
     parts = max(1, min(cfg.accumulate, len(batch[0])))
-    micros = list(zip(*(t.tensor_split(parts) for t in batch), strict=True))
-    counts = [torch.as_tensor(distiller.count(m), dtype=torch.float32, device=device) for m in micros]
-    local = torch.stack(counts).sum()
-    total = all_reduce_sum(local.clone()) if distributed() else local
+    micros = [batch] if parts == 1 else list(zip(*(t.tensor_split(parts) for t in batch), strict=True))
+    if parts == 1 and not distributed():
+        shares = local_shares = [1.0]  # one batch, one process: nothing to re-weight
+    else:
+        counts = torch.stack([torch.as_tensor(distiller.count(m), dtype=torch.float32, device=device)
+                              for m in micros])
+        local = counts.sum().clamp(min=1)
+        total = all_reduce_sum(counts.sum()).clamp(min=1) if distributed() else local
+        shares, local_shares = counts / total * world_size(), counts / local
     totals: dict[str, torch.Tensor] = {}
-    for i, (micro, count) in enumerate(zip(micros, counts, strict=True)):
+    for i, micro in enumerate(micros):
         # DDP: synchronise gradients once, on the last micro-batch
         sync = model.no_sync() if distributed() and i < parts - 1 else contextlib.nullcontext()
         with sync:
             with autocast(device, cfg.precision):
                 out = model(list(micro))
             _check_finite(out, epoch, step)
-            share = count / total.clamp(min=1)
-            scaler.scale(out["loss"] * share * world_size()).backward()
+            scaler.scale(out["loss"] * shares[i]).backward()
         for name, value in out.items():
             if name in ("correct", "counted"):
                 totals[name] = totals.get(name, 0) + value.detach()
             elif name != "logits":  # this process's mean over the batch
-                totals[name] = totals.get(name, 0) + value.detach().float() * count / local.clamp(min=1)
+                totals[name] = totals.get(name, 0) + value.detach().float() * local_shares[i]
     return totals
 
 

@@ -49,7 +49,6 @@ class LMData:
     test: TensorLoader
     tokenizer: object
     counts: dict[str, int]
-    augment: None = None
 
 
 def read_examples(name: str, path: str | None) -> list[Example]:

@@ -33,10 +33,13 @@ class LanguageModelTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.tokenizer = None  # the data's, once built: on-policy sampling needs its special ids
         transformers()  # a clear error now if the extra is not installed
 
     def build_data(self, seed: int) -> LMData:
-        return build_lm_data(self.cfg.data, seed=seed)
+        data = build_lm_data(self.cfg.data, seed=seed)
+        self.tokenizer = data.tokenizer
+        return data
 
     def build_terms(self) -> tuple[dict, float]:
         return build_terms(self.cfg, resolve_token_loss)
@@ -116,10 +119,6 @@ class LanguageModelTask:
                                            policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed,
                                            max_positions=self._positions(student))
         return distiller
-
-    @property
-    def tokenizer(self):
-        return load_tokenizer(self.cfg.data.tokenizer)
 
     def evaluate(self, model: nn.Module, loader, device) -> dict:
         return evaluate_lm(model, loader, device, self.cfg.lm.chunk)
