@@ -14,23 +14,23 @@ import torch
 from torch import nn
 
 from .cache import open_cache
+from .config import build_loss_term, term_spec
 from .data import Data, build_data
 from .distiller import Distiller
 from .engine import evaluate
 from .errors import DistillError
-from .losses import resolve_loss
 from .models import create_model
 from .runtime import DTYPES
 
 
-def build_terms(cfg, resolve=resolve_loss) -> tuple[dict, float]:
-    """{name: (loss_module, weight)} for every non-CE term, and the CE weight."""
+def build_terms(cfg) -> tuple[dict, float]:
+    """{name: (loss_module, weight)} for every non-CE term, and the CE weight. Code paths
+    named as a term's type are imported here, when a run starts, not when a config is read."""
     terms = {}
     for name, params in cfg.loss.items():
-        if name == "ce":
-            continue
-        args = {k: v for k, v in params.items() if k != "weight"}
-        terms[name] = (resolve(name)(**args), params.get("weight", 1.0))
+        kind, args, weight = term_spec(name, params)
+        if kind != "ce":
+            terms[name] = (build_loss_term(name, kind, args, cfg.task), weight)
     return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import DistillError
-from ..losses.lm import resolve_token_loss
 from ..runtime import DTYPES, barrier, is_main
 from ..tasks import build_terms
 from .data import LMData, build_lm_data
@@ -42,7 +41,7 @@ class LanguageModelTask:
         return data
 
     def build_terms(self) -> tuple[dict, float]:
-        return build_terms(self.cfg, resolve_token_loss)
+        return build_terms(self.cfg)
 
     def create_model(self, role: str, data: LMData) -> nn.Module:
         spec = getattr(self.cfg, role)
