@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import FeatureCapture
+from .models.outputs import logits_of
 
 UNLABELLED = -1  # label value of transfer-set samples that have no label
 
@@ -110,10 +111,12 @@ class Distiller(nn.Module):
         dtype = next(self.teacher.parameters(), inputs).dtype
         if inputs.is_floating_point() and dtype != inputs.dtype:
             inputs = inputs.to(dtype)
-        return self.teacher_capture.run(self.teacher, inputs)
+        logits, features = self.teacher_capture.run(self.teacher, inputs)
+        return logits_of(logits, "teacher"), features
 
     def student_outputs(self, inputs: torch.Tensor) -> Outputs:
-        return Outputs(*self.student_capture.run(self.student, inputs))
+        logits, features = self.student_capture.run(self.student, inputs)
+        return Outputs(logits_of(logits, "student"), features)
 
     @torch.no_grad()
     def setup(self, inputs: torch.Tensor) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .checkpoint import Checkpointer, TrainState, set_rng_state
 from .distiller import UNLABELLED, Distiller
 from .errors import DistillError
+from .models.outputs import logits_of
 from .runtime import (
     Interrupted,
     all_reduce_sum,
@@ -72,7 +73,7 @@ def evaluate(model: torch.nn.Module, loader, device) -> dict[str, float]:
     for batch in loader:
         x, y = batch[0].to(device), batch[1].to(device)
         mask = y != UNLABELLED
-        logits = model(x)[mask].float()
+        logits = logits_of(model(x))[mask].float()
         y = y[mask]
         totals[0] += F.cross_entropy(logits, y, reduction="sum")
         totals[1] += (logits.argmax(-1) == y).sum()

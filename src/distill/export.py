@@ -14,6 +14,7 @@ from .data import build_data
 from .errors import DistillError
 from .io import load_weights
 from .models import create_model
+from .models.outputs import LogitsOnly
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 PARITY_TOLERANCE = 1e-4
@@ -49,6 +50,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: 
         shutil.copyfile(run_dir / f"{stage}.safetensors", out)
         return {"path": str(out), "format": fmt}
     model, x = load_student(run_dir, stage)
+    model = LogitsOnly(model).eval()  # one graph output, whatever the forward returns
     with torch.no_grad():
         expected = model(x)
     if fmt == "torchscript":

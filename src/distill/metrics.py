@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .distiller import UNLABELLED
+from .models.outputs import logits_of
 
 N_BINS = 15  # Guo et al. 2017
 
@@ -47,8 +48,7 @@ def collect_logits(model: torch.nn.Module, loader, device="cpu") -> Predictions:
     try:
         for batch in loader:
             x, y = batch[0].to(device), batch[1]
-            out = model(x)
-            out = out.logits if hasattr(out, "logits") else out
+            out = logits_of(model(x))
             logits.append(out.float().cpu())
             labels.append(y.cpu().long())
             idx = batch[2].cpu().long() if len(batch) > 2 else torch.arange(seen, seen + len(y))

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def did_you_mean(key: str, options: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest option, or '' when none is close."""
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _search_current_directory() -> None:
+    """`python -m` searches the current directory, the `distill` console script does not:
+    put it last on sys.path so both find the user's code the same way (and installed
+    packages still win over a stray file of the same name)."""
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
 
 
 def resolve(name: str, registry: dict, kind: str, form: str, error: type[Exception]):
@@ -23,12 +34,14 @@ def resolve(name: str, registry: dict, kind: str, form: str, error: type[Excepti
         return registry[name]
     if ":" in name:
         module_name, _, attr = name.partition(":")
+        _search_current_directory()
         try:
             return getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise error(
-                f"Could not import {kind} '{name}' ({e}). Give it as {form}, "
-                "importable from the current directory or the installed packages."
+                f"Could not import {kind} '{name}' ({e}). Give it as {form}, importable from "
+                f"the current directory ({Path.cwd()}), a folder on PYTHONPATH, or the "
+                "installed packages."
             ) from e
     raise error(
         f"Unknown {kind} '{name}'.{did_you_mean(name, registry)} Known {kind}s: "

@@ -20,6 +20,7 @@ from .distiller import Distiller
 from .engine import evaluate
 from .errors import DistillError
 from .models import create_model
+from .models.outputs import logits_of
 from .runtime import DTYPES
 
 
@@ -38,7 +39,7 @@ def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
     x = next(iter(data.val))[0][:2].to(device)
     try:
         with torch.no_grad():
-            out = model.eval()(x)
+            out = logits_of(model.eval()(x), role)
     except RuntimeError as e:
         raise DistillError(
             f"The {role} cannot take this data's inputs of shape {tuple(data.in_shape)}: {e}"

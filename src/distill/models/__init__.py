@@ -35,9 +35,15 @@ def create_model(name: str, num_classes: int, in_shape, **kwargs) -> nn.Module:
             f"Model '{name}' has no argument(s) {unknown}. Its arguments: {', '.join(valid)}."
         )
     try:
-        return builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+        model = builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:
         raise DistillError(f"Could not build model '{name}' with {kwargs}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise DistillError(
+            f"Model '{name}' returned a {type(model).__name__}, not a torch.nn.Module. A model "
+            "function must return the model it builds (an nn.Module)."
+        )
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
