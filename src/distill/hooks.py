@@ -5,6 +5,21 @@ capture a module's input instead of its output. User models need no edits. Paths
 through wrappers, so "layer2" also finds DDP's "module.layer2" and torch.compile's
 "_orig_mod.layer2". A module that runs twice in one forward pass would make "its output"
 ambiguous, so that is an error.
+
+In-place ops. A hook stores a reference to the tensor, so an op later in the same forward that
+changes it in place (`ReLU(inplace=True)` after a BatchNorm, `x += shortcut`, an in-place
+dropout) would silently turn the stored value into the post-op one. Such a change bumps the
+tensor's version counter (`t._version`, shared with its views), so `FeatureCapture.run` checks
+it once `model(inputs)` has returned. To be right from the first batch without running the
+forward twice (which would update BatchNorm statistics and redraw dropout), the first run of
+each path stores a clone (`.clone()` keeps autograd) and watches the original: if that changed,
+the path is cloned on every run from then on; if not, it is never cloned again (no copy at all).
+What was learned holds per path and per train/eval mode of the model, because in-place dropout
+changes its input only in train mode. If a path learned as untouched is changed in place on a
+later run (data-dependent control flow), `run` raises a DistillError instead of returning a
+wrong value. ":input" paths are read by a forward pre-hook, before the module runs, so a module
+that changes its own input (`ReLU(inplace=True)`'s ":input") gives the value it was given.
+Inference-mode tensors have no version counter, so they are always cloned.
 """
 
 from __future__ import annotations
@@ -44,6 +59,10 @@ def resolve_module(model: nn.Module, path: str, role: str = "model") -> nn.Modul
     )
 
 
+_FIX = ("set inplace=False on the op after it (e.g. nn.ReLU(inplace=False)), or hook the module "
+        "after the in-place op (e.g. the ReLU) instead")
+
+
 class FeatureCapture:
     """Forward hooks on `paths` of `model`; `features` holds this forward pass's tensors."""
 
@@ -52,33 +71,69 @@ class FeatureCapture:
         self.features: dict[str, torch.Tensor] = {}
         self.active = False
         self.handles = []
+        # (path, training) -> whether the path's tensor gets changed in place later in the
+        # forward; absent: not learned yet, so clone and watch.
+        self.mutated: dict[tuple[str, bool], bool] = {}
+        self._training = False
+        self._watched: dict[str, tuple[torch.Tensor, int, bool]] = {}  # path -> (tensor, version, cloned)
         for path in dict.fromkeys(paths):  # unique, in order
             name, _, kind = path.partition(":")
             if kind not in ("", "input", "output"):
                 raise DistillError(f"Feature path '{path}': the suffix must be ':input' or ':output'.")
             module = resolve_module(model, name, role)
-            self.handles.append(module.register_forward_hook(self._hook(path, kind == "input")))
+            if kind == "input":
+                # Before the module runs: a module may change its own input in place.
+                handle = module.register_forward_pre_hook(lambda m, args, p=path: self._record(p, args[0]))
+            else:
+                handle = module.register_forward_hook(lambda m, args, out, p=path: self._record(p, out))
+            self.handles.append(handle)
 
-    def _hook(self, path: str, want_input: bool):
-        def hook(module, inputs, output):
-            if not self.active:  # e.g. evaluation calls the model directly: record nothing
-                return
-            if path in self.features:
+    def _record(self, path: str, value) -> None:
+        if not self.active:  # e.g. evaluation calls the model directly: record nothing
+            return
+        if path in self.features:
+            raise DistillError(
+                f"The {self.role}'s module '{path}' ran twice in one forward pass, so its "
+                "feature is ambiguous. Hook a module that runs once (e.g. its parent block)."
+            )
+        self.features[path] = self._keep(path, value)
+
+    def _keep(self, path: str, value):
+        """The value to store: a clone where a later in-place op may (or does) change it."""
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.is_inference():  # no version counter to watch: always copy
+            return value.clone()
+        mutated = self.mutated.get((path, self._training))
+        if mutated:
+            return value.clone()
+        self._watched[path] = (value, value._version, mutated is None)
+        return value.clone() if mutated is None else value
+
+    def _check(self) -> None:
+        """After the forward: learn which paths were changed in place; refuse a wrong value."""
+        for path, (tensor, version, cloned) in self._watched.items():
+            changed = tensor._version != version
+            if cloned:
+                self.mutated[(path, self._training)] = changed
+            elif changed:
+                self.mutated[(path, self._training)] = True  # clone from now on, if run again
                 raise DistillError(
-                    f"The {self.role}'s module '{path}' ran twice in one forward pass, so its "
-                    "feature is ambiguous. Hook a module that runs once (e.g. its parent block)."
+                    f"The {self.role}'s module '{path}' gave a feature that an op later in the "
+                    "forward changed in place, so the captured value would be wrong. On earlier "
+                    "batches it was left alone (data-dependent control flow?), so it was not "
+                    f"copied. To fix it, {_FIX}."
                 )
-            self.features[path] = inputs[0] if want_input else output
-
-        return hook
 
     def run(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Call `model(inputs)`; return its output and the captured features."""
-        self.features, self.active = {}, True
+        """Call `model(inputs)`; return its output and the captured features (their values as
+        the hooked modules gave them, even if an in-place op changed them afterwards)."""
+        self.features, self._watched, self._training, self.active = {}, {}, model.training, True
         try:
             out = model(inputs)
+            self._check()
         finally:
-            self.active = False
+            self.active, self._watched = False, {}
         features, self.features = self.features, {}
         return out, features
 
