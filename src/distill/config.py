@@ -235,11 +235,46 @@ def validate(raw: dict) -> RunConfig:
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
     check_loss(cfg.loss, cfg.task)
+    check_unused(cfg)
     if cfg.student.train:
         raise ConfigError("student.train is not used: the students train with `train`. Move "
                           f"{sorted(cfg.student.train)} there.")
     stage_train(cfg, "teacher")  # validates teacher.train
     return cfg
+
+
+# Keys only one kind of run reads. A run that does not read a key must not accept it silently:
+# the user would believe it took effect. (A key at its default is fine: saved configs hold all.)
+CLASSIFIER_ONLY = ("data.augment", "data.size", "data.crop", "data.label_column", "data.label_fraction",
+                   "data.unlabelled_path", "cache_dtype", "train.channels_last")
+LM_ONLY = ("data.tokenizer", "data.max_length", "data.packing", "data.mask_prompt", "lm")
+BUILT_IN_DATA = {"classification": "digits", "language_model": "pydoc"}  # ship with a package
+
+
+def _value(model: BaseModel, dotted: str) -> Any:
+    for part in dotted.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def check_unused(cfg: RunConfig) -> None:
+    """A ConfigError for every key set away from its default that this run would ignore."""
+    default = RunConfig()
+    lm = cfg.task == "language_model"
+    ignored = [(key, f"task={cfg.task} runs do not read it") for key in (CLASSIFIER_ONLY if lm else LM_ONLY)]
+    if cfg.data.name == BUILT_IN_DATA[cfg.task]:
+        ignored.append(("data.path", f"data.name={cfg.data.name} is built in and reads no files"))
+    if not lm and cfg.data.name != "folder":
+        ignored += [(k, "only data.name=folder resizes and crops") for k in ("data.size", "data.crop")]
+    if not lm and cfg.data.name != "csv":
+        ignored.append(("data.label_column", "only data.name=csv has columns"))
+    for key, why in ignored:
+        if _value(cfg, key) != _value(default, key):
+            setting = "The lm section" if key == "lm" else f"{key}={_value(cfg, key)!r}"
+            raise ConfigError(
+                f"{setting} would be ignored: {why}. Remove it, or change the setting that makes "
+                "it unused."
+            )
 
 
 def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:

@@ -60,7 +60,11 @@ def _environment() -> dict:
     }
 
 
-def _summary_writer(folder: Path):
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def _summary_writer_class():
     """TensorBoard is optional: metrics.jsonl always holds the same numbers."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -69,7 +73,7 @@ def _summary_writer(folder: Path):
             "log.tensorboard=true needs the tensorboard package: pip install 'distill[tensorboard]' "
             "(or set log.tensorboard=false; metrics.jsonl holds the same numbers)."
         ) from None
-    return SummaryWriter(log_dir=str(folder))
+    return SummaryWriter
 
 
 class Run:
@@ -106,7 +110,8 @@ class Run:
             state = resume["state"]
             self.log(f"Resuming {stage} after epoch {state.epoch}, step {state.step}.")
         train = stage_train(self.cfg, stage)
-        with StageProgress(stage, train.epochs, len(loader), self.quiet) as bar:
+        done = resume["state"].epoch * len(loader) + resume["state"].step if resume else 0
+        with StageProgress(stage, train.epochs, len(loader), self.quiet, start=done) as bar:
 
             def on_epoch(record):
                 if self.main:
@@ -207,12 +212,15 @@ class Run:
             loader.shard(rank(), world_size())
         terms, ce_weight = task.build_terms()
         self._preflight(data, terms)
-        if cfg.log.tensorboard and self.main:
-            self.tensorboard = _summary_writer(self.dir / "tensorboard")
+        # the writer's class is checked before the folder exists; the writer (which creates
+        # its log folder) only after the folder checks, so a refused run writes nothing
+        writer = _summary_writer_class() if cfg.log.tensorboard and self.main else None
         self._prepare_folder()
+        if writer is not None:
+            self.tensorboard = writer(log_dir=str(self.dir / "tensorboard"))
         lines = task.describe(data)
         lines[0] += f" Device {self.device}. Run folder {self.dir}"
-        for line in lines:
+        for line in [*lines, self._schedule()]:
             self.log(line)
         teacher = self.teacher_stage(data)
         for stage in ("scratch", "distill"):
@@ -220,6 +228,8 @@ class Run:
                 continue
             seed_everything(cfg.seed)  # same initial weights for scratch and distilled students
             student = task.create_model("student", data)
+            if cfg.student.checkpoint:  # both students start from it, so the pair stays paired
+                self._load_checkpoint(student, "student")
             if stage == "scratch":
                 distiller = task.distiller(None, student, {}, 1.0)
             else:
@@ -236,6 +246,24 @@ class Run:
             write_json(self.dir / "summary.json", summary)
         return summary
 
+    def _schedule(self) -> str:
+        """Each stage's resolved epochs and learning rate: `teacher.train` overrides `train` for
+        the teacher, which a user who set train.epochs alone should see."""
+        cfg, parts = self.cfg, []
+        if "teacher" in cfg.stages and not self.task.pretrained_teacher():
+            t = stage_train(cfg, "teacher")
+            own = f" (teacher.train sets {', '.join(sorted(cfg.teacher.train))})" if cfg.teacher.train else ""
+            parts.append(f"teacher {_epochs(t.epochs)}, {t.optimizer} lr {t.lr:g}{own}")
+        students = [s for s in ("scratch", "distill") if s in cfg.stages]
+        if students:
+            t = cfg.train
+            parts.append(f"{' and '.join(students)} {_epochs(t.epochs)}, {t.optimizer} lr {t.lr:g}")
+        return f"Schedule: {'; '.join(parts)}."
+
+    def _load_checkpoint(self, model: nn.Module, role: str) -> None:
+        note = load_weights(model, getattr(self.cfg, role).checkpoint, trust=self.trust)
+        self.log(f"{role.capitalize()} checkpoint: {note}")
+
     def _seed_training(self) -> None:
         """The same dropout draws for every stage's training; each DDP process its own."""
         seed_everything(self.cfg.seed + 1 + 7919 * rank())
@@ -243,6 +271,11 @@ class Run:
     def _preflight(self, data, terms: dict) -> None:
         """Catch config, model and layer-path mistakes before any training time is spent."""
         cfg = self.cfg
+        for role in ("teacher", "student"):
+            path = getattr(cfg, role).checkpoint
+            if path and not Path(path).is_file():
+                raise DistillError(f"{role}.checkpoint '{path}' is not a file. Give the path of "
+                                   f"saved weights (.safetensors, .pt, .pth), or {role}.checkpoint=null.")
         has_teacher = "teacher" in cfg.stages or bool(self.task.pretrained_teacher())
         if "distill" in cfg.stages and not has_teacher:
             raise DistillError(
@@ -264,7 +297,7 @@ class Run:
             load_weights(teacher, self.dir / "teacher.safetensors")
         elif pretrained:
             if cfg.teacher.checkpoint:
-                load_weights(teacher, cfg.teacher.checkpoint, trust=self.trust)
+                self._load_checkpoint(teacher, "teacher")
             teacher.to(self.device)
             val, test = (task.evaluate(teacher, loader, self.device) for loader in (data.val, data.test))
             self.results["teacher"] = {"params": count_parameters(teacher), "checkpoint": pretrained}
