@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -64,15 +65,25 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
-def read_state_dict(path: str | Path, trust: bool = False) -> dict:
-    """A state dict from safetensors, or `.pt`/`.pth` via torch.load(weights_only=True).
+# Where other toolkits nest the weights: RepDistiller and mdistiller save {'model': ...,
+# 'epoch': ..., 'accuracy': ..., 'optimizer': ...}; others use the remaining names.
+STATE_KEYS = ("model", "state_dict", "net", "model_state_dict")
+# Prefixes a wrapper adds to every key: DataParallel / DDP, torch.compile, Lightning-style
+# modules that hold the network as `self.model`.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
-    A pickle that needs arbitrary code to load is refused unless `trust` is set (the user's
-    explicit --trust-checkpoint): unpickling can run any code the file's author chose.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"Checkpoint file '{path}' does not exist. Check the path you gave.")
+
+def _is_state(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _quoted(keys) -> str:
+    keys = [repr(str(k)) for k in keys]
+    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def _read_file(path: Path, trust: bool) -> object:
+    """What the file holds, read with torch.load(weights_only=True) unless `trust`."""
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -82,50 +93,117 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict:
                 "or truncated. Save it again, or point to another file."
             ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not trust:
+            # torch's message is a page of advice; the line naming the refused global is the news
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            why = f"it pickles {found.group(1)}" if found else str(e).splitlines()[0][:160]
+            if found and found.group(1).startswith("numpy"):
+                why += ", a numpy value such as a saved accuracy; only tensors and plain numbers load safely"
             raise DistillError(
-                f"Checkpoint '{path}' needs arbitrary code to load (it pickles more than tensors: "
-                f"{str(e).splitlines()[0][:160]}). Save a state_dict or safetensors instead, or pass "
-                "--trust-checkpoint if you trust the file's author."
+                f"Checkpoint '{path}' needs arbitrary code to load ({why}). Save a state_dict or "
+                "safetensors instead, or pass --trust-checkpoint if you trust the file's author."
             ) from None
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # corrupt, truncated, not a torch file
         raise DistillError(
             f"Checkpoint '{path}' cannot be read ({e}); it may be corrupt or truncated. Use a "
             "safetensors file or a state_dict saved with torch.save."
         ) from None
-    if isinstance(state, torch.nn.Module):
-        state = state.state_dict()
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DistillError(f"Checkpoint '{path}' holds no state dict of tensors.")
-    return state
 
 
-def load_weights(module: torch.nn.Module, path: str | Path, trust: bool = False) -> None:
-    """Load weights into `module`; a mismatch lists the differing keys and shapes."""
-    state = read_state_dict(path, trust)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+def _find_state(obj: object, path: Path) -> tuple[dict, str]:
+    """The state dict in what a file holds: the file itself, a pickled module (trusted files
+    only), or one nested under a STATE_KEYS name; and a note saying which."""
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict(), f"read the state dict of a pickled {type(obj).__name__}"
+    if _is_state(obj):
+        return obj, f"read a plain state dict ({len(obj)} tensors)"
+    if isinstance(obj, dict):
+        for key in STATE_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, torch.nn.Module):
+                inner = inner.state_dict()
+            if _is_state(inner):
+                rest = [k for k in obj if k != key]
+                ignored = f"; ignored {_quoted(rest)}" if rest else ""
+                return inner, f"read the state dict under '{key}' ({len(inner)} tensors{ignored})"
+    held = f"a dict with keys {_quoted(obj)}" if isinstance(obj, dict) and obj else f"{type(obj).__name__}: {str(obj)[:40]}"
+    raise DistillError(
+        f"Checkpoint '{path}' holds no state dict of tensors, at its top level or under "
+        f"{_quoted(STATE_KEYS)}: it holds {held}. Save the weights with "
+        "torch.save(model.state_dict(), path), or point to the file that holds them."
+    )
+
+
+def read_state_dict(path: str | Path, trust: bool = False) -> dict:
+    """A state dict from safetensors, or `.pt`/`.pth` via torch.load(weights_only=True): bare,
+    or nested under one of STATE_KEYS beside non-tensor entries (epoch, accuracy, optimizer).
+
+    A pickle that needs arbitrary code to load is refused unless `trust` is set (the user's
+    explicit --trust-checkpoint): unpickling can run any code the file's author chose.
+    """
+    return _read_state(Path(path), trust)[0]
+
+
+def _read_state(path: Path, trust: bool) -> tuple[dict, str]:
+    if not path.is_file():
+        raise DistillError(f"Checkpoint file '{path}' does not exist. Check the path you gave.")
+    return _find_state(_read_file(path, trust), path)
+
+
+def _strip_prefixes(state: dict, own: set[str]) -> tuple[dict, str]:
+    """Strip wrapper prefixes that every key carries, one at a time (`module._orig_mod.`), while
+    the stripped keys match the model's at least as well; `model.` only when strictly better,
+    since a model may name its own parameters `model.*`."""
+    stripped = ""
+    while True:
+        for prefix in WRAPPER_PREFIXES:
+            if not all(k.startswith(prefix) and len(k) > len(prefix) for k in state):
+                continue
+            new = {k[len(prefix):]: v for k, v in state.items()}
+            gain = len(own.intersection(new)) - len(own.intersection(state))
+            if gain > 0 or (gain == 0 and prefix != "model."):
+                state, stripped = new, stripped + prefix
+                break
+        else:
+            return state, stripped
+
+
+def _mismatch(state: dict, own: dict) -> str:
+    """'' when `state` fits `own`; otherwise the first few missing / unexpected keys and shapes."""
+    missing = [k for k in own if k not in state]  # in the model's order: the first layer first
+    unexpected = [k for k in state if k not in own]
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}")
-        if wrong:
-            parts.append(f"shape mismatches {wrong[:8]}")
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+        if items:
+            more = f" and {len(items) - 8} more" if len(items) > 8 else ""
+            parts.append(f"{len(items)} {label} {items[:8]}{more}")
+    return "; ".join(parts)
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, trust: bool = False) -> str:
+    """Load weights into `module` and return one line saying what was read (e.g. "teacher.pth:
+    read the state dict under 'model' (...); stripped prefix 'module.'"), for the caller to
+    log. A mismatch lists the differing keys and shapes."""
+    path = Path(path)
+    state, note = _read_state(path, trust)
+    own = module.state_dict()
+    state, stripped = _strip_prefixes(state, set(own))
+    if stripped:
+        note += f"; stripped prefix '{stripped}'"
+    problems = _mismatch(state, own)
+    if problems:
         raise DistillError(
-            f"Checkpoint '{path}' does not fit the model ({'; '.join(parts)}). "
-            "Check that the config's model name and kwargs match the architecture that was saved."
+            f"Checkpoint '{path}' does not fit the model ({problems}; the loader {note}). Check that "
+            "the config's model name and kwargs (teacher.model and teacher.kwargs for a teacher "
+            "checkpoint) match the architecture that was saved."
         )
     module.load_state_dict(state)
+    return f"{path.name}: {note}"
