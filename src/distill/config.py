@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
 from .errors import ConfigError
-from .naming import did_you_mean
+from .naming import unknown_key
+from .terms import check_loss
 
 
 class Strict(BaseModel):
@@ -277,6 +276,30 @@ def check_unused(cfg: RunConfig) -> None:
             )
 
 
+PATH_KEYS = ("data.path", "data.unlabelled_path", "teacher.checkpoint", "student.checkpoint", "cache_dir")
+LOCAL_OR_NAMED = ("data.tokenizer", "teacher.model", "student.model")  # a name, or a local folder
+
+
+def absolute_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
+    """`cfg` with every relative file path made absolute against `base` (the current
+    directory), so a run folder's config.yaml reads the same data from any directory."""
+    base = base or Path.cwd()
+    raw = cfg.model_dump()
+    named = LOCAL_OR_NAMED if cfg.task == "language_model" else ()  # zoo names are no paths
+    for key in (*PATH_KEYS, *named):
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        value = node[leaf]
+        if not isinstance(value, str) or not value or ":" in value:
+            continue
+        path = base / Path(value).expanduser()
+        if key in PATH_KEYS or path.is_dir():
+            node[leaf] = str(path.absolute())
+    return RunConfig.model_validate(raw)
+
+
 def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:
     """The training settings of a stage: `train`, with `teacher.train` on top for the teacher
     (a teacher usually wants its own epochs and learning rate)."""
@@ -292,113 +315,7 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-# ---------------------------------------------------------------- loss terms
-
-# A term's name becomes an nn.ModuleDict key and a metrics column (train_<name>): a plain
-# identifier, so it survives dotted overrides, YAML and state-dict keys.
-TERM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-CODE_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
-RESERVED_TERM_NAMES = frozenset(dir(nn.ModuleDict()))  # "train", "to", "keys", ...
-
-
-def term_spec(name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
-    """(type, constructor kwargs, weight) of one loss term; type defaults to its name."""
-    args = {k: v for k, v in params.items() if k not in ("weight", "type")}
-    return params.get("type", name), args, params.get("weight", 1.0)
-
-
-def is_code_path(kind: str) -> bool:
-    """`package.module:Class` names user code, imported only when a run builds its terms."""
-    return ":" in kind
-
-
-def check_loss(loss: dict[str, dict[str, Any]], task: str = "classification") -> None:
-    """Check every loss term: a plain name, a known type or a well-formed code path, a numeric
-    non-negative weight, valid arguments. A code path is not imported here: validating or
-    printing a config runs no code (`build_loss_term` imports it when a run starts)."""
-    if not loss:
-        raise ConfigError("The config has no loss terms. Add at least `loss: {ce: {weight: 1.0}}`.")
-    total = 0.0
-    for name, params in loss.items():
-        if not isinstance(params, dict):
-            raise ConfigError(f"loss.{name} must be a mapping such as {{weight: 1.0}}; got {params!r}.")
-        _check_term_name(name, params)
-        kind, args, weight = term_spec(name, params)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-            raise ConfigError(f"loss.{name}.weight must be a number >= 0; got {weight!r}.")
-        total += weight
-        if kind == "ce":
-            if args:
-                raise ConfigError(f"loss.{name} is the label term and takes only a weight; remove {sorted(args)}.")
-            continue
-        if is_code_path(kind):
-            if not CODE_PATH.fullmatch(kind):
-                raise ConfigError(
-                    f"loss.{name}.type '{kind}' is not a code path: write package.module:Class, "
-                    "e.g. mypkg.losses:LogitMSE."
-                )
-            continue
-        build_loss_term(name, kind, args, task)  # our own classes: building checks the values
-    if total == 0:
-        raise ConfigError("All loss weights are zero, so nothing would train. Give at least one term a weight > 0.")
-
-
-def _check_term_name(name: str, params: dict[str, Any]) -> None:
-    kind = params.get("type", name)
-    if not isinstance(kind, str) or not kind:
-        raise ConfigError(f"loss.{name}.type must be a loss name or package.module:Class; got {kind!r}.")
-    if not TERM_NAME.fullmatch(name):
-        example = "mine" if is_code_path(name) else "term1"
-        typed = f" with type: '{name}'" if is_code_path(name) else ""
-        raise ConfigError(
-            f"Loss term name '{name}' must be a plain identifier (letters, digits, _). Give the "
-            f"term a free name{typed}, e.g. `loss: {{{example}: {{type: '{kind}', weight: 1.0}}}}` "
-            f"(on the command line: loss.{example}.type={kind} loss.{example}.weight=1.0)."
-        )
-    if name in RESERVED_TERM_NAMES:
-        raise ConfigError(f"Loss term name '{name}' is reserved by torch.nn.ModuleDict; rename the term.")
-    if (name == "ce") != (kind == "ce"):
-        raise ConfigError(
-            "The label (cross-entropy) term is named `ce` and has no type; "
-            f"loss.{name} has type '{kind}'. Name the label term ce, and give other terms other names."
-        )
-
-
-def build_loss_term(name: str, kind: str, args: dict[str, Any], task: str = "classification"):
-    """The loss module of one term: its class resolved (a code path is imported here), its
-    arguments checked against the constructor's signature, then built."""
-    from .losses import resolve_loss
-    from .losses.lm import resolve_token_loss
-
-    cls = (resolve_token_loss if task == "language_model" else resolve_loss)(kind)
-    if not inspect.isclass(cls):
-        raise ConfigError(f"loss.{name}: '{kind}' is not a class (got {type(cls).__name__}).")
-    params = inspect.signature(cls.__init__).parameters
-    valid = [p for p, v in params.items() if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
-    takes_any = any(v.kind is v.VAR_KEYWORD for v in params.values())
-    for key in args:
-        if key not in valid and not takes_any:
-            raise ConfigError(_unknown(f"loss.{name}", ["type", "weight", *valid], key))
-    missing = [p for p in valid if params[p].default is inspect.Parameter.empty and p not in args]
-    if missing:
-        example = " ".join(f"loss.{name}.{p}=..." for p in missing)
-        raise ConfigError(
-            f"loss.{name} needs {', '.join(missing)} (for feature methods: module paths as "
-            f"named_modules() gives them, e.g. layer1). Set them: {example}"
-        )
-    try:
-        return cls(**args)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"loss.{name}: {e}.") from None
-
-
 # ---------------------------------------------------------------- error messages
-
-
-def _unknown(where: str, valid: list[str], key: str) -> str:
-    hint = did_you_mean(key, valid)
-    place = f"under '{where}'" if where else "at the top level"
-    return f"Unknown key '{key}' {place}.{hint} Valid keys there: {', '.join(valid)}."
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -420,7 +337,7 @@ def _explain(error: ValidationError, prefix: str = "") -> str:
         dotted = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             where = ".".join(str(p) for p in loc[:-1])
-            msgs.append(_unknown(where, _fields_at(loc[:-1]), str(loc[-1])))
+            msgs.append(unknown_key(where, _fields_at(loc[:-1]), str(loc[-1])))
         else:
             msg = err["msg"][0].lower() + err["msg"][1:]
             msgs.append(f"Invalid value for '{dotted}': {msg} (got {err.get('input')!r}).")

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
-from .data import build_data
 from .errors import DistillError
 from .io import load_weights
 from .models import create_model
 from .models.outputs import LogitsOnly
+from .report import rebuild
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 PARITY_TOLERANCE = 1e-4
@@ -29,8 +28,7 @@ def load_student(run_dir: Path, stage: str = "distill"):
             f"'{run_dir}' has no finished '{stage}' stage (config.yaml and {weights.name} are "
             "needed). Give a run folder written by `distill run`, or pick --stage."
         )
-    cfg = load_config(run_dir / "config.yaml")
-    data = build_data(cfg.data, seed=cfg.seed)
+    cfg, data = rebuild(run_dir)
     spec = cfg.teacher if stage == "teacher" else cfg.student
     model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
     load_weights(model, weights)

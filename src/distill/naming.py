@@ -24,6 +24,11 @@ def _search_current_directory() -> None:
         sys.path.append(cwd)
 
 
+def plural(noun: str) -> str:
+    """'model' -> 'models', 'loss' -> 'losses', 'token loss' -> 'token losses'."""
+    return noun + ("es" if noun.endswith(("s", "x", "z", "ch", "sh")) else "s")
+
+
 def resolve(name: str, registry: dict, kind: str, form: str, error: type[Exception]):
     """registry[name], or the attribute a `package.module:attr` path names.
 
@@ -44,6 +49,13 @@ def resolve(name: str, registry: dict, kind: str, form: str, error: type[Excepti
                 "installed packages."
             ) from e
     raise error(
-        f"Unknown {kind} '{name}'.{did_you_mean(name, registry)} Known {kind}s: "
+        f"Unknown {kind} '{name}'.{did_you_mean(name, registry)} Known {plural(kind)}: "
         f"{', '.join(sorted(registry))}, or a {form} path."
     )
+
+
+def unknown_key(where: str, valid: list[str], key: str) -> str:
+    """The message for a key that is not valid at `where`, with the closest valid one."""
+    hint = did_you_mean(key, valid)
+    place = f"under '{where}'" if where else "at the top level"
+    return f"Unknown key '{key}' {place}.{hint} Valid keys there: {', '.join(valid)}."

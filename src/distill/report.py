@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,7 +85,21 @@ def rebuild(run_dir: str | Path, overrides: Sequence[str] = ()):
     if not path.is_file():
         raise DistillError(f"'{run_dir}' has no config.yaml; give a run folder written by `distill run`.")
     cfg = load_config(path, list(overrides))
-    return cfg, build_data(cfg.data, seed=cfg.seed)
+    data = build_data(cfg.data, seed=cfg.seed)
+    _check_same_data(Path(run_dir), cfg, data, overrides)
+    return cfg, data
+
+
+def _check_same_data(run_dir: Path, cfg: RunConfig, data, overrides: Sequence[str]) -> None:
+    """Warn when the files behind a run's data changed since it trained (unless the caller
+    asked for other data): its numbers would no longer describe the run."""
+    from .data import fingerprint
+
+    summary = run_dir / "summary.json"
+    recorded = json.loads(summary.read_text()).get("data", {}).get("sha256") if summary.is_file() else None
+    if recorded and not any(o.startswith("data.") for o in overrides) and fingerprint(data) != recorded:
+        print(f"warning: the data of '{run_dir}' ({cfg.data.name} at {cfg.data.path}) differ from "
+              "what the run trained on; the results describe the data as they are now.", file=sys.stderr)
 
 
 def evaluate_run(
@@ -173,11 +188,12 @@ def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, bui
 
 
 def evaluation_table(evaluation: dict):
-    """A rich Table of `evaluate_run`/`evaluate_target` output, for `distill eval`."""
-    from rich.table import Table
+    """A rich Table of `evaluate_run`/`evaluate_target` output, for `distill eval`: the units
+    are in the title so the headers stay as narrow as the numbers (80 columns)."""
+    from .cli import narrow_table
 
-    t = Table(title=f"evaluation on {evaluation['split']} data")
-    for col in ("model", "weights", "acc %", "top-5 %", "NLL", "ECE %", "agreement %", "KL(t‖s)"):
+    t = narrow_table(f"evaluation on {evaluation['split']} data (acc, top-5, ECE, agreement with the teacher: %)")
+    for col in ("model", "weights", "acc", "top-5", "NLL", "ECE", "agree", "KL(t‖s)"):
         t.add_column(col, justify="left" if col in ("model", "weights") else "right")
     for stage, entries in evaluation["stages"].items():
         for key, m in entries.items():

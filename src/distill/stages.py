@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import Checkpointer
-from .config import RunConfig, stage_train, to_yaml
+from .config import RunConfig, absolute_paths, stage_train, to_yaml
 from .engine import fit
 from .errors import DistillError
 from .io import append_line, load_weights, save_weights, write_json, write_text
@@ -85,6 +85,8 @@ class Run:
 
     def __init__(self, cfg: RunConfig, out_dir: Path, quiet: bool = False, resume: bool = False,
                  trust_checkpoint: bool = False):
+        # config.yaml must read the same files from any directory (eval, export, report)
+        cfg = absolute_paths(cfg)
         self.cfg, self.dir, self.quiet = cfg, Path(out_dir), quiet
         self.resume, self.trust = resume, trust_checkpoint
         self.device = resolve_device(cfg.train.device)

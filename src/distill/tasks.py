@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from .cache import open_cache
-from .config import build_loss_term, term_spec
-from .data import Data, build_data
+from .data import Data, build_data, fingerprint
 from .distiller import Distiller
 from .engine import evaluate
 from .errors import DistillError
 from .models import create_model
 from .models.outputs import logits_of
 from .runtime import DTYPES
+from .terms import build_loss_term, term_spec
 
 
 def build_terms(cfg) -> tuple[dict, float]:
@@ -117,7 +117,7 @@ class ClassificationTask:
         return lines
 
     def data_summary(self, data: Data) -> dict:
-        return {"num_classes": data.num_classes, **data.counts}
+        return {"num_classes": data.num_classes, **data.counts, "sha256": fingerprint(data)}
 
 
 def make_task(cfg):

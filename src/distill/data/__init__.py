@@ -13,6 +13,7 @@ are standardized per feature once.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,18 @@ def _transforms(cfg, x_train: np.ndarray, seed: int):
         return augment(x, seed, epoch, index)
 
     return torch.from_numpy, train, evaluate, augment
+
+
+def fingerprint(data: Data) -> str:
+    """sha256 over every split's inputs and labels (after decoding, before the per-batch
+    transform): a run folder records it so that eval/export notice data that changed since."""
+    h = hashlib.sha256()
+    for loader in (data.train, data.val, data.test):
+        for t in (loader.x, loader.y):
+            t = t.contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(memoryview(t.numpy()).cast("B"))
+    return h.hexdigest()
 
 
 def build_data(cfg, seed: int = 0) -> Data:
