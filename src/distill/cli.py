@@ -10,21 +10,30 @@ import argparse
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from . import __version__
 from .config import load_config, to_yaml
-from .errors import DistillError
-from .runtime import Interrupted, is_main
+from .errors import DistillError, plain
+from .runtime import Interrupted, is_main, resolve_device, stop_requested
 
-METRIC_NAMES = {"acc": "acc %", "ppl": "perplexity"}
+# short, so that a table's headers fit on one line of an 80-column terminal
+METRIC_NAMES = {"acc": "acc %", "ppl": "ppl"}
+
+
+def narrow_table(title: str) -> Table:
+    """A rich Table without side borders or column rules (columns two spaces apart), so the
+    summary and evaluation tables fit in 80 columns without wrapping a header."""
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
 
 
 def summary_table(summary: dict) -> Table:
     primary = summary.get("primary", {"metric": "acc", "lower_is_better": False})
     m = primary["metric"]
     name = METRIC_NAMES.get(m, m)
-    table = Table(title=f"{summary['name']} (seed {summary['seed']}): did distillation help?")
+    table = narrow_table(f"{summary['name']} (seed {summary['seed']}): did distillation help?")
     for col in ("stage", "params", "best epoch", f"val {name}", f"test {name}", f"last-epoch test {name}"):
         table.add_column(col, justify="right" if col != "stage" else "left")
     for stage, r in summary["stages"].items():
@@ -44,6 +53,7 @@ def summary_table(summary: dict) -> Table:
 
 def cmd_run(args) -> int:
     from .report import write_report
+    from .seeds import read_record
     from .stages import default_run_dir, run
 
     if args.resume:
@@ -53,20 +63,31 @@ def cmd_run(args) -> int:
                 "file, the overrides and --out."
             )
         out = Path(args.resume)
-        cfg = load_config(out / "config.yaml") if (out / "config.yaml").exists() else None
-        if cfg is None:
-            raise DistillError(f"'{out}' holds no run to resume (no config.yaml there).")
+        record = read_record(out)  # a --seeds folder: its base config and N
+        if record is not None:
+            cfg, n, done = record
+            if args.seeds not in (1, n):
+                raise DistillError(f"'{out}' is a --seeds {n} run; resume it with --seeds {n} or "
+                                   "without --seeds.")
+            if done:
+                raise DistillError(f"'{out}' already holds a finished --seeds run ({n} seeds). "
+                                   f"Choose another --out, or delete it; `distill report {out}` "
+                                   "writes its report again.")
+        else:
+            _check_single_resume(out, args.seeds)
+            cfg, n = load_config(out / "config.yaml"), 1
     else:
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out) if args.out else default_run_dir(cfg)
+        n = args.seeds
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if args.seeds > 1:
+    if n > 1:
         if cfg.task != "classification":
             raise DistillError("--seeds aggregates classifier accuracy; for language models run "
                                "each seed (seed=K --out DIR/seed-K), or benchmarks/lm_pydoc.py.")
-        return _run_seeds(cfg, out, args)
+        return _run_seeds(cfg, n, out, args)
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume),
                       trust_checkpoint=args.trust_checkpoint)
@@ -86,26 +107,82 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _run_seeds(cfg, out: Path, args) -> int:
-    """Every stage for seeds seed..seed+N-1 into out/seed-<k>/, then mean +- std and the paired gain."""
-    from .seeds import aggregate, write_folder_report
+def _check_single_resume(out: Path, seeds: int) -> None:
+    """`--resume out` without a seeds record: out must hold one run's config.yaml."""
+    if not (out / "config.yaml").exists():
+        hint = "" if not any(out.glob("seed-*/config.yaml")) else (
+            f" It holds seed-<k>/ runs but no seeds-run.json (written since --seeds folders "
+            f"resume as one): continue each unfinished one with `distill run --resume "
+            f"{out}/seed-<k>`, then `distill report {out}`.")
+        raise DistillError(f"'{out}' holds no run to resume (no config.yaml there).{hint}")
+    if seeds > 1:
+        raise DistillError(f"'{out}' holds one run, not a --seeds run: resume it without --seeds.")
+
+
+def _run_seeds(cfg, n: int, out: Path, args) -> int:
+    """Every stage for seeds seed..seed+N-1 into out/seed-<k>/, then mean +- std and the paired gain.
+
+    out/seeds-run.json (the base config and N) is written before the first seed starts, so an
+    interrupted folder resumes like one run: `--resume out` skips finished seeds, continues the
+    interrupted one from its checkpoint, runs the rest, then writes the aggregate report."""
+    from .seeds import aggregate, check_new_folder, load_summary, write_folder_report, write_record
     from .stages import run
 
-    if args.resume:
-        raise DistillError("--resume continues one run: give it the seed-<k> folder, without --seeds.")
+    seeds = list(range(cfg.seed, cfg.seed + n))
+    created = False
+    if not args.resume and is_main():  # rank 0 checks and writes; under torchrun the others follow its runs
+        check_new_folder(out, seeds)
+        resolve_device(cfg.train.device)  # a device this machine lacks: refused before any file
+        created = not out.exists()
+        write_record(out, cfg, n)
+    # Which seeds finished or started, read once before any process writes a seed folder.
+    finished = {s for s in seeds if (out / f"seed-{s}" / "summary.json").is_file()}
+    started = {s for s in seeds if (out / f"seed-{s}" / "config.yaml").is_file()}
     summaries = []
-    for seed in range(cfg.seed, cfg.seed + args.seeds):
-        summaries.append(run(cfg.model_copy(update={"seed": seed}), out / f"seed-{seed}", quiet=args.quiet,
-                             trust_checkpoint=args.trust_checkpoint))
-    report = None if args.no_report else write_folder_report(out)
-    if not args.quiet:
+    try:
+        for seed in seeds:
+            run_dir = out / f"seed-{seed}"
+            if seed in finished:
+                summaries.append(load_summary(run_dir))
+                continue
+            resume = seed in started  # interrupted: continue from its checkpoint
+            seed_cfg = load_config(run_dir / "config.yaml") if resume else cfg.model_copy(update={"seed": seed})
+            try:
+                summaries.append(run(seed_cfg, run_dir, quiet=args.quiet, resume=resume,
+                                     trust_checkpoint=args.trust_checkpoint))
+            except DistillError:
+                if seed == seeds[0] and not args.resume and not (run_dir / "config.yaml").exists():
+                    _forget_record(out, created)  # refused before it started: leave no folder
+                raise
+            if stop_requested():  # Ctrl-C after the seed's last step: stop before the next one
+                raise KeyboardInterrupt
+        report = None if args.no_report or not is_main() else write_folder_report(out)
+        if is_main():
+            write_record(out, cfg, n, finished=True)
+    except (Interrupted, KeyboardInterrupt) as stop:
+        done = sum((out / f"seed-{s}" / "summary.json").is_file() for s in seeds)
+        saved = "A checkpoint was written. " if isinstance(stop, Interrupted) and stop.checkpointed else ""
+        print(f"Stopped with {done} of {n} seeds finished. {saved}Continue with: distill run "
+              f"--resume {out}", file=sys.stderr)
+        return 130
+    if not args.quiet and is_main():
         Console().print(seeds_table(aggregate(summaries)))
         print(f"Runs: {out}/seed-*" + (f"; report: {report}" if report else ""))
     return 0
 
 
+def _forget_record(out: Path, created: bool) -> None:
+    """Undo write_record when the first seed was refused before its folder existed."""
+    from .seeds import RECORD
+
+    if is_main():
+        (out / RECORD).unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
 def seeds_table(agg: dict) -> Table:
-    table = Table(title=f"{agg['name']}: {agg['n']} seeds, mean +- std")
+    table = narrow_table(f"{agg['name']}: {agg['n']} seeds, mean +- std")
     for col in ("stage", "val acc %", "test acc % (val-selected)", "test acc % (last epoch)"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for stage, r in agg["stages"].items():
@@ -194,20 +271,23 @@ def cmd_losses(args) -> int:
 
 
 def cmd_models(args) -> int:
-    """List the model zoo with parameters and FLOPs at each model's usual input shape."""
-    from .models import MODELS, count_flops, count_parameters, create_model, default_shape
+    """List the model zoo with parameters (and, with --flops, FLOPs) at each model's usual input
+    shape. Models are built on the meta device without initialisation: shapes, not values."""
+    from .models import MODELS, count_flops, count_parameters, create_skeleton, default_shape
 
-    table = Table(title="models (teacher.model / student.model; or package.module:function)")
-    for col in ("name", "input", "classes", "params", "MFLOPs", "hookable paths"):
-        table.add_column(col, justify="right" if col in ("classes", "params", "MFLOPs") else "left")
+    table = Table(title="models (teacher.model / student.model; or package.module:function)",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    cols = ("name", "input", "classes", "params", *(("MFLOPs",) if args.flops else ()), "hookable paths")
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("classes", "params", "MFLOPs") else "left",
+                         no_wrap=col != "hookable paths")
     for name in MODELS:
         shape, classes = default_shape(name)
-        model = create_model(name, classes, shape)
+        model = create_skeleton(name, classes, shape)
         paths = getattr(model, "hook_paths", None) or [n for n, _ in model.named_children()]
-        table.add_row(
-            name, "x".join(map(str, shape)), str(classes), f"{count_parameters(model):,}",
-            f"{count_flops(model, shape) / 1e6:,.2f}", ", ".join(paths),
-        )
+        flops = (f"{count_flops(model, shape) / 1e6:,.2f}",) if args.flops else ()
+        table.add_row(name, "x".join(map(str, shape)), str(classes), f"{count_parameters(model):,}", *flops,
+                      ", ".join(paths))
     Console().print(table)
     return 0
 
@@ -215,7 +295,12 @@ def cmd_models(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
-    if args.format == "hf" or _is_lm(args.run_dir):
+    lm = _is_lm(args.run_dir)
+    if args.format == "hf" and not lm:
+        raise DistillError(f"--format hf writes a Hugging Face folder of a language-model run; "
+                           f"'{args.run_dir}' is a classification run. Use --format onnx, "
+                           "torchscript or safetensors.")
+    if lm:
         from .lm.tools import export_hf
 
         if args.format not in ("hf",):
@@ -231,6 +316,7 @@ def cmd_export(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train teacher, scratch and distilled students; report the gain")
     p.add_argument("config", nargs="?", help="YAML config (default: the built-in digits demo)")
@@ -261,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"])
     p.add_argument("--out", help="output file (default: RUN_DIR/<stage>-export.<ext>)")
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("models", help="list the model zoo with parameters and FLOPs")
+    p = sub.add_parser("models", help="list the model zoo with parameters and hookable paths")
+    p.add_argument("--flops", action="store_true",
+                   help="also count each model's FLOPs per sample (torch's flop counter; slower)")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("losses", help="list the distillation losses")
     p.set_defaults(func=cmd_losses)
@@ -284,15 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DistillError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(plain(f"error: {e}"), file=sys.stderr)
         return 2
     except OSError as e:  # an unwritable or full output folder, caught mid-run
-        print(
+        print(plain(
             f"error: could not write {e.filename or 'a file'}: {e.strerror or e}. Free some "
-            "space or choose a writable --out; files written so far are intact.",
-            file=sys.stderr,
-        )
+            "space or choose a writable --out; files written so far are intact."
+        ), file=sys.stderr)
         return 2
+    except Interrupted:  # a stop the command did not report itself: still no traceback
+        print("Stopped.", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -85,6 +85,13 @@ def rebuild(run_dir: str | Path, overrides: Sequence[str] = ()):
     if not path.is_file():
         raise DistillError(f"'{run_dir}' has no config.yaml; give a run folder written by `distill run`.")
     cfg = load_config(path, list(overrides))
+    if cfg.task != "classification":
+        raise DistillError(
+            f"'{run_dir}' is a task={cfg.task} run, and reports, cost tables and ONNX/TorchScript "
+            "exports are built for classifiers. For a language-model run use `distill eval RUN` "
+            "(perplexity of every saved model) and `distill export RUN --format hf`; its numbers "
+            "are in summary.json and metrics.jsonl."
+        )
     data = build_data(cfg.data, seed=cfg.seed)
     _check_same_data(Path(run_dir), cfg, data, overrides)
     return cfg, data
