@@ -94,8 +94,14 @@ def expected_hit_rate(num_views: int, epochs: int) -> float:
     return 1 - distinct / epochs
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+def format_bytes(n: float) -> str:
+    """A byte count in the largest binary unit it fills: '512 B', '3.00 KiB', '1.25 GiB'."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if round(n, 2) < 1024 or unit == "TiB":
+            return f"{n:.2f} {unit}"
 
 
 def _array_files(path: Path, names) -> dict[str, Path]:
@@ -133,8 +139,8 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
         path.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(path).free
         if nbytes > free:
-            warnings.warn(f"teacher cache files can grow to {_gib(nbytes)}; "
-                          f"{_gib(free)} free in '{path}'", stacklevel=4)
+            warnings.warn(f"teacher cache files can grow to {format_bytes(nbytes)}; "
+                          f"{format_bytes(free)} free in '{path}'", stacklevel=4)
     arrays, maps = {}, []
     for name, f in files.items():
         s, d = specs[name]
@@ -189,9 +195,9 @@ class TeacherCache:
             budget = memory_budget or default_memory_budget()
             if self.nbytes > budget:
                 raise DistillError(
-                    f"The teacher cache would need {_gib(self.nbytes)} of memory "
+                    f"The teacher cache would need {format_bytes(self.nbytes)} of memory "
                     f"({self.num_samples} samples x {self.num_views} views); the budget is "
-                    f"{_gib(budget)}. Use cache: disk, cache_dtype: fp16, fewer views, or cache: off."
+                    f"{format_bytes(budget)}. Use cache: disk, cache_dtype: fp16, fewer views, or cache: off."
                 )
             shape = (self.num_samples, self.num_views)
             self.filled = torch.zeros(shape, dtype=torch.bool)
@@ -441,4 +447,4 @@ def open_cache(mode: str, distiller, loader, *, augment=None, seed: int = 0, epo
             raise
         return None, f"off: {e}"
     distiller.attach_cache(cache)
-    return cache, f"{storage}, {views} view(s)/sample, up to {_gib(cache.nbytes)}"
+    return cache, f"{storage}, {views} view(s)/sample, up to {format_bytes(cache.nbytes)}"

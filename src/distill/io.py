@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,17 @@ from safetensors.torch import load_file, save_file
 from .errors import DistillError
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode open() would give `path`: its current mode when it exists, else 0o666 & ~umask
+    (mkstemp's temporary files are 0o600, whatever the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +39,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _new_file_mode(path))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -8,9 +8,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class StageProgress:
-    """Context manager; `step` and `epoch_done` are the engine's callbacks. Silent when quiet."""
+    """Context manager; `step` and `epoch_done` are the engine's callbacks. Silent when quiet.
 
-    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, quiet: bool = False):
+    `start` is the number of steps already done: a resumed stage continues at epoch k, step s,
+    so its bar starts at k * steps_per_epoch + s and still ends full."""
+
+    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, quiet: bool = False, start: int = 0):
         self.stage, self.epochs = stage, epochs
         self.bar = None if quiet else Progress(
             TextColumn("[bold]{task.description:<8}"),
@@ -21,13 +24,13 @@ class StageProgress:
             transient=False,
         )
         self.total = epochs * steps_per_epoch
-        self.steps = 0
+        self.steps = start
         self.val = ""
 
     def __enter__(self):
         if self.bar is not None:
             self.bar.start()
-            self.task = self.bar.add_task(self.stage, total=self.total, status="")
+            self.task = self.bar.add_task(self.stage, total=self.total, completed=self.steps, status="")
         return self
 
     def __exit__(self, *exc):
