@@ -13,14 +13,64 @@ import threading
 import numpy as np
 import torch
 
+from .errors import ConfigError
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present (this process's local GPU under torchrun), else the CPU."""
+
+def resolve_device(device: str = "auto", setting: str = "train.device") -> torch.device:
+    """'auto' picks CUDA when present (this process's local GPU under torchrun), else the CPU.
+
+    Anything else must name a device this torch and this machine have: a typo, a CUDA or MPS
+    device on a torch without it, or an index past the devices present raises a ConfigError
+    naming `setting`, before a run creates any file (not a traceback at the first .to())."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and world_size() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"{setting}={device} is not a device name. Use auto, cpu, cuda, cuda:N (N counts "
+            "from 0) or mps."
+        ) from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        return _cuda_device(dev, setting, device)
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            built = "is built with MPS but finds no usable Apple GPU" if torch.backends.mps.is_built() else "has no MPS"
+            raise ConfigError(
+                f"{setting}={device} but this torch {built} (torch.backends.mps.is_available() is "
+                f"False; MPS needs Apple silicon and macOS 12.3+); use {setting}=cpu or auto."
+            )
+        return dev
+    raise ConfigError(
+        f"{setting}={device}: distill runs on cpu, cuda[:N] or mps, not '{dev.type}'. Use "
+        f"{setting}=auto, cpu, cuda or mps."
+    )
+
+
+def _cuda_device(dev: torch.device, setting: str, given: str) -> torch.device:
+    """The CUDA device to use, checked against the GPUs present (and torchrun's LOCAL_RANK)."""
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{setting}={given} but this torch has no CUDA (torch.cuda.is_available() is False; "
+            f"torch {torch.__version__}); use {setting}=cpu or auto, or install a CUDA build of torch."
+        )
+    count = torch.cuda.device_count()
+    index = dev.index
+    if index is None and world_size() > 1:
+        index = int(os.environ.get("LOCAL_RANK", 0))
+        if index >= count:
+            raise ConfigError(
+                f"torchrun started local rank {index} but this machine has {count} CUDA device(s); "
+                "start at most one process per GPU (--nproc-per-node)."
+            )
+    if index is not None and index >= count:
+        raise ConfigError(
+            f"{setting}={given} but this machine has {count} CUDA device(s) (cuda:0 to "
+            f"cuda:{count - 1}); use {setting}=cuda, auto or one of those."
+        )
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")
 
 
 # ---------------------------------------------------------------- processes (torchrun)

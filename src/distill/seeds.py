@@ -14,6 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
+from .config import RunConfig, validate
 from .errors import DistillError
 from .io import write_json, write_text
 from .plots import COLORS, LABELS, STAGES, figure_grid, plot_accuracy_bars, save_png
@@ -119,6 +120,55 @@ def seed_run_dirs(out_dir: str | Path) -> list[Path]:
     in seed order."""
     dirs = [d for d in Path(out_dir).glob("seed-*") if (d / "summary.json").is_file()]
     return sorted(dirs, key=lambda d: (int(d.name[5:]) if d.name[5:].lstrip("-").isdigit() else math.inf, d.name))
+
+
+# ---------------------------------------------------------------- the --seeds folder's record
+
+RECORD = "seeds-run.json"  # what `distill run --seeds N` runs, so `--resume OUT` can finish it
+
+
+def write_record(out_dir: str | Path, cfg: RunConfig, n: int, finished: bool = False) -> None:
+    """out_dir/seeds-run.json: the base config (seed = the first seed) and N, written atomically
+    before seed-<first> starts; `finished` once every seed ran and the report is written."""
+    write_json(Path(out_dir) / RECORD, {
+        "schema": 1, "first_seed": cfg.seed, "n": n, "seeds": list(range(cfg.seed, cfg.seed + n)),
+        "finished": finished, "config": cfg.model_dump(mode="json"),
+    })
+
+
+def read_record(out_dir: str | Path) -> tuple[RunConfig, int, bool] | None:
+    """(base config, N, finished) from out_dir/seeds-run.json, or None when there is none."""
+    path = Path(out_dir) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        cfg, n = validate(record["config"]), int(record["n"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DistillError(
+            f"'{path}' is damaged ({e}); the seed-<k>/ runs beside it are intact. Resume each "
+            "with `distill run --resume DIR/seed-<k>` and aggregate with `distill report DIR`."
+        ) from None
+    return cfg, n, bool(record.get("finished"))
+
+
+def check_new_folder(out_dir: str | Path, seeds: list[int]) -> None:
+    """Refuse an --out that already holds a --seeds run (or any of these seeds' runs)."""
+    out_dir = Path(out_dir)
+    record = read_record(out_dir)
+    if record is not None:
+        if record[2]:
+            raise DistillError(f"'{out_dir}' already holds a finished --seeds run. Choose another "
+                               "--out, or delete it.")
+        raise DistillError(f"'{out_dir}' holds an unfinished --seeds run. Continue it with "
+                           f"`distill run --resume {out_dir}`, or choose another --out.")
+    taken = [f"seed-{s}" for s in seeds if (out_dir / f"seed-{s}" / "config.yaml").exists()]
+    if taken:
+        raise DistillError(
+            f"'{out_dir}' already holds {', '.join(taken)} (without {RECORD}, so not as one "
+            f"--seeds run to resume). Choose another --out; an unfinished seed-<k> run continues "
+            f"with `distill run --resume {out_dir}/seed-<k>`."
+        )
 
 
 def write_folder_report(path: str | Path, repeats: int = 10, device: str = "cpu") -> Path:
