@@ -76,3 +76,13 @@ def test_the_resolved_schedule_is_printed(tmp_path, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert ("Schedule: teacher 2 epochs, adam lr 0.01 (teacher.train sets epochs, lr); "
             "scratch and distill 1 epoch, adam lr 0.001.") in text
+
+
+@pytest.mark.parametrize("n", ["0", "-1", "two"])
+def test_seeds_must_be_at_least_one(n, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--seeds", n, "--out", str(out)])
+    assert e.value.code == 2
+    assert "N must be a whole number >= 1" in capsys.readouterr().err
+    assert not out.exists()

@@ -314,6 +314,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _seed_count(text: str) -> int:
+    """--seeds N: a whole number >= 1 (0 or -1 must not quietly mean one run)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"N must be a whole number >= 1, got {text!r} (1 is a single run)")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
     parser.add_argument("--version", action="version", version=f"distill {__version__}")
@@ -327,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow teacher checkpoints that need arbitrary code to unpickle")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
+    p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
                    help="run every stage for N seeds (seed, seed+1, ...) and report mean +- std")
     p.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
     p.set_defaults(func=cmd_run)
