@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from ..distiller import UNLABELLED
 from ..errors import DistillError
@@ -54,6 +53,8 @@ def _read(cfg) -> RawData:
 
 def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     """Split `idx` into (rest, part) with `fraction` of it in part, stratified by y[idx]."""
+    from sklearn.model_selection import train_test_split  # 1-4 s to import: only when splitting
+
     try:
         return train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
     except ValueError as e:
@@ -68,6 +69,8 @@ def _student_labels(y_train: np.ndarray, fraction: float, num_classes: int, seed
     n_keep = max(int(round(fraction * len(y_train))), num_classes)
     if fraction >= 1.0 or n_keep >= len(y_train):
         return y_train.copy()
+    from sklearn.model_selection import train_test_split
+
     keep, _ = train_test_split(
         np.arange(len(y_train)), train_size=n_keep, stratify=y_train, random_state=seed
     )
