@@ -86,3 +86,12 @@ def test_module_uses_its_hyperparameters_and_no_labels():
 def test_bad_hyperparameters(kwargs):
     with pytest.raises(ValueError):
         DIST(**kwargs)
+
+
+def test_pure_function_gives_the_teacher_logits_no_gradient():
+    # like every other pure loss: the teacher is a fixed target, even when its logits carry a graph
+    s = torch.randn(4, 5, requires_grad=True)
+    t = torch.randn(4, 5, requires_grad=True)
+    dist_loss(s, t, T=2.0).backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0

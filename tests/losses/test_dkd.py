@@ -130,3 +130,13 @@ def test_standardize_option():
 def test_bad_hyperparameters(kwargs):
     with pytest.raises(ValueError):
         DKD(**kwargs)
+
+
+def test_pure_function_gives_the_teacher_logits_no_gradient():
+    # like every other pure loss: the teacher is a fixed target, even when its logits carry a
+    # graph (labels -1 use the teacher's argmax, which must not open a path either)
+    s = torch.randn(4, 5, requires_grad=True)
+    t = torch.randn(4, 5, requires_grad=True)
+    dkd_loss(s, t, torch.tensor([0, 3, -1, 2])).backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0

@@ -14,10 +14,15 @@ Paper defaults: p = 2 (the paper also tries p = 1 and 4), beta = 1000.
 Paper vs. reference implementations:
 - The paper writes the term as beta/2 * || a_s - a_t ||_2 per layer (a norm, not squared, of the
   normalized maps), and says beta = 1000 is "divided by the number of elements in the attention
-  map and the batch size". The authors' code computes exactly our mean of squared differences
-  and multiplies by beta/2 = 500; RepDistiller and mdistiller use the same mean with weight
-  1000. We follow the code form (mean of squares) and leave the weight to the config: use 1000
-  to match RepDistiller/mdistiller, 500 to match the authors' code.
+  map and the batch size". The authors' code (szagoruyko/attention-transfer, cifar.py and
+  imagenet.py) computes exactly our mean of squared differences per layer pair,
+  `(at(x) - at(y)).pow(2).mean()`, and adds `beta * sum(...)` over the pairs, with no factor
+  1/2: beta is a command-line flag (default 0), set to 1e+3 in the README's AT commands. So the
+  weight is 1000 per layer pair in the authors' code, as in RepDistiller and mdistiller (their
+  AT weight is 1000 too). (Under the authors' multi-GPU `data_parallel` the per-GPU means are
+  summed, so there the effective weight on the mean is 1000 times the number of GPUs.) We
+  follow the code form (mean of squares) and leave the weight to the config: 1000 per term
+  (one term per layer pair) matches all three.
 - The paper sums |f|^p over channels; the code takes the mean. The two differ by a constant
   factor that the L2 normalization removes, so the value is the same.
 - The reference code raises f to the power p without the absolute value; for even p (the

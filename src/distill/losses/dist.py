@@ -46,9 +46,12 @@ def dist_loss(
     gamma: float = 1.0,
     T: float = 1.0,
 ) -> torch.Tensor:
-    """beta * T^2 * (1 - mean row correlation) + gamma * T^2 * (1 - mean column correlation)."""
+    """beta * T^2 * (1 - mean row correlation) + gamma * T^2 * (1 - mean column correlation).
+
+    The teacher's logits are a fixed target: no gradient flows into them.
+    """
     y_s = (student_logits.float() / T).softmax(dim=1)
-    y_t = (teacher_logits.float() / T).softmax(dim=1)
+    y_t = (teacher_logits.detach().float() / T).softmax(dim=1)
     inter = 1 - _pearson_rows(y_s, y_t).mean()
     intra = 1 - _pearson_rows(y_s.t(), y_t.t()).mean()
     return T**2 * (beta * inter + gamma * intra)

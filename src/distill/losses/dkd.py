@@ -59,7 +59,9 @@ def dkd_loss(
     """alpha * TCKD + beta * NCKD at temperature T, each batchmean and times T^2.
 
     `target` holds class indices; entries of -1 (unlabelled) are replaced by the teacher's argmax.
+    The teacher's logits are a fixed target: no gradient flows into them.
     """
+    teacher_logits = teacher_logits.detach()
     s = student_logits.float() / T
     t = teacher_logits.float() / T
     B, K = s.shape

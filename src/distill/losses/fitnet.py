@@ -3,9 +3,25 @@
     FitNet = mean over all elements of (r(f_s) - f_t)^2
 
 f_s is the student's "guided" layer, f_t the teacher's "hint" layer and r a trainable regressor
-that takes f_s to f_t's shape. Here r is `make_projector`: a 1x1 conv + BatchNorm for 4-D maps
-(adaptive average pooling first when the spatial sizes differ), a linear layer for vectors, and
-nothing at all when the two shapes already agree.
+that takes f_s to f_t's shape. Two regressors (config key `loss.<term>.regressor`):
+
+- "linear" (the default): `make_projector`, a 1x1 conv + BatchNorm for 4-D maps (adaptive
+  average pooling first when the spatial sizes differ), a linear layer for vectors, and nothing
+  at all when the two shapes already agree. No activation, so r(f_s) can take any value.
+- "reference": RepDistiller's and mdistiller's `ConvReg`, `reference_regressor`: conv (with
+  bias) + BatchNorm + ReLU, built even for equal shapes; a stride-2 3x3 conv when the student
+  map is twice the teacher's, a stride-2 4x4 transposed conv when it is half, else a conv with
+  kernel (1 + H_s - H_t, 1 + W_s - W_t). 4-D maps only.
+
+The two are not interchangeable: with the same conv weights the ReLU alone changes the value
+(tests/losses/test_fitnet.py works one case by hand). Why "linear" is the default: a ReLU on the
+projection makes r(f_s) >= 0, so it cannot match the negative values of pre-activation teacher
+features (a BatchNorm output, a residual sum before its ReLU, a transformer's hidden state);
+on those the MSE keeps a floor that no student can remove. RepDistiller and mdistiller take
+the hint from post-ReLU features (their models return pre-activation features only on
+request), which are >= 0, so there the ReLU costs nothing. Here any module's output can be the
+hint, and the default makes no assumption about its sign. Choose "reference" to reproduce
+RepDistiller/mdistiller, on post-activation features.
 
 Paper vs. reference implementations:
 - Normalization. The paper writes the hint loss as 1/2 * ||f_t - r(f_s)||^2 (a sum over
@@ -15,8 +31,10 @@ Paper vs. reference implementations:
   layers and batch sizes. To recover the paper's scale multiply the weight by numel / 2.
 - Regressor. The paper's regressor is a convolution whose kernel size is chosen so that its
   output has the teacher's spatial size (or a fully connected layer), and the hint stage is
-  trained separately, before KD on the whole student. The references (and we) use a 1x1 conv
-  regressor (+ BN) and train the hint term jointly with the other terms in a single stage.
+  trained separately, before KD on the whole student. The references' regressor is the
+  "reference" option above (on equal sizes: 1x1 conv + BN + ReLU); ours by default drops the
+  ReLU and the conv bias (BN's shift replaces it) and pools for size changes. Either way the
+  hint term trains jointly with the other terms in a single stage, as in the references.
 
 Labels are not used; unlabelled rows (y == -1) count like any other.
 """
@@ -27,7 +45,9 @@ import torch
 from torch import nn
 
 from .common import LayerPair, feature_shape, teacher_mse
-from .projector import make_projector
+from .projector import make_projector, reference_regressor
+
+REGRESSORS = ("linear", "reference")
 
 
 def fitnet_loss(student_projected: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
@@ -46,12 +66,19 @@ class FitNet(LayerPair):
 
     cite = "Romero et al. 2015, FitNets: Hints for Thin Deep Nets (ICLR)"
 
-    def __init__(self, student: str, teacher: str):
+    def __init__(self, student: str, teacher: str, regressor: str = "linear"):
         super().__init__(student, teacher)
+        if regressor not in REGRESSORS:
+            raise ValueError(
+                f"regressor must be 'linear' or 'reference' (got {regressor!r}); 'linear' (the "
+                "default) is a 1x1 conv + BN, 'reference' RepDistiller's conv + BN + ReLU"
+            )
+        self.regressor = regressor
         self.projector: nn.Module | None = None
 
     def setup(self, student_shapes: dict[str, tuple], teacher_shapes: dict[str, tuple]) -> None:
-        self.projector = make_projector(
+        build = reference_regressor if self.regressor == "reference" else make_projector
+        self.projector = build(
             feature_shape(student_shapes, self.student, "student"),
             feature_shape(teacher_shapes, self.teacher, "teacher"),
         )
@@ -61,3 +88,6 @@ class FitNet(LayerPair):
             raise RuntimeError("FitNet.setup() was not called: the projector does not exist yet")
         f_s = student.features[self.student].float()
         return fitnet_loss(self.projector(f_s), teacher.features[self.teacher])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, regressor={self.regressor!r}"
