@@ -6,11 +6,14 @@ import gzip
 import json
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from distill.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # wherever pytest runs from
 
 
 def _write_cifar10(root, n=24, seed=0):
@@ -45,7 +48,7 @@ def test_cifar10_tutorial_config_runs_with_augmentation(tmp_path):
     _write_cifar10(tmp_path / "data")
     out = tmp_path / "run"
     code = main([
-        "run", "configs/cifar10_tutorial.yaml", f"data.path={tmp_path / 'data'}", "--out", str(out),
+        "run", str(CONFIGS / "cifar10_tutorial.yaml"), f"data.path={tmp_path / 'data'}", "--out", str(out),
         "--quiet", "train.epochs=1", "data.augment=crop_flip", "data.val_fraction=0.2",
         "data.batch_size=32",
     ])
@@ -61,7 +64,7 @@ def test_mnist_idx_config_runs(tmp_path):
     _write_mnist(tmp_path / "mnist")
     out = tmp_path / "run"
     code = main([
-        "run", "configs/mnist_hinton.yaml", f"data.path={tmp_path / 'mnist'}", "--out", str(out),
+        "run", str(CONFIGS / "mnist_hinton.yaml"), f"data.path={tmp_path / 'mnist'}", "--out", str(out),
         "--quiet", "train.epochs=1", "teacher.kwargs.hidden=[32]", "student.kwargs.hidden=[16]",
         "data.val_fraction=0.2",
     ])

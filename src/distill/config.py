@@ -186,7 +186,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if "loss" not in raw:
         raw["loss"] = copy.deepcopy(defaults["loss"])  # overrides of loss.* refine the default terms
     if task == "language_model":
-        raw.setdefault("name", "lm-pydoc")
+        # an unnamed run is named after its data (the last data.name override wins): lm-<data.name>
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        data_name = next((v for k, v in reversed(parsed) if k == ["data", "name"]),
+                         data.get("name", LM_DEFAULTS["data"]["name"]))
+        raw.setdefault("name", f"lm-{data_name}")
     if task == "language_model":
         for section in ("data", "train"):
             if isinstance(raw.setdefault(section, {}), dict):

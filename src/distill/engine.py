@@ -211,6 +211,8 @@ def fit(
             train_loader.set_epoch(epoch)
         partial = state.partial
         sums = {k: torch.tensor(v, device=device) for k, v in partial.get("sums", {}).items()}
+        # steps that reported each term: a term may skip steps (LM CE on on-policy batches)
+        reported = {k: partial.get("reported", {}).get(k, float(state.step)) for k in sums}
         correct = torch.tensor(partial.get("correct", 0.0), device=device)
         labelled = torch.tensor(partial.get("labelled", 0.0), device=device)
         lr = partial.get("lr", optimizer.param_groups[0]["lr"])
@@ -233,6 +235,7 @@ def fit(
             for name, value in out.items():
                 if name not in COUNTERS:
                     sums[name] = sums.get(name, 0) + value
+                    reported[name] = reported.get(name, 0.0) + 1.0
             correct += out["correct"]
             labelled += out["counted"]
             if on_step is not None:
@@ -240,13 +243,16 @@ def fit(
             if stop_requested():
                 state.step = step + 1
                 state.partial = {
-                    "sums": {k: float(v) for k, v in sums.items()}, "correct": float(correct),
+                    "sums": {k: float(v) for k, v in sums.items()}, "reported": dict(reported),
+                    "correct": float(correct),
                     "labelled": float(labelled), "lr": lr,
                 }
                 save()
                 raise Interrupted(checkpointer is not None)
         record = {"epoch": epoch + 1, "lr": lr}
-        record.update({f"train_{k}": (all_reduce_sum(v) / (steps * world_size())).item() for k, v in sums.items()})
+        for k, v in sums.items():  # each term's mean over the steps (and processes) that reported it
+            total, count = all_reduce_sum(torch.stack([v.float(), torch.tensor(reported[k], device=device)])).tolist()
+            record[f"train_{k}"] = total / max(count, 1.0)
         record["train_acc"] = (100 * all_reduce_sum(correct) / all_reduce_sum(labelled).clamp(min=1)).item()
         val = distiller.evaluate(val_loader, device)
         record.update({f"val_{k}": v for k, v in val.items() if k != "tokens"})

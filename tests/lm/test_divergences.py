@@ -291,6 +291,32 @@ def test_student_exact_zero_where_teacher_zero(name):
     torch.testing.assert_close(term(s4, t4), term(s3, t3))
 
 
+BOTH_ZERO = [2, 7]  # bins where both models give logit -inf (e.g. a banned or padding token)
+
+
+def minus_inf_at(logits: torch.Tensor, bins) -> torch.Tensor:
+    logits = logits.clone()
+    logits[..., bins] = -math.inf
+    return logits
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_minus_inf_in_both_models_gives_finite_gradients(name, dtype):
+    """Logits of -inf at the same bins in both models: those bins contribute nothing to the
+    value, and the gradient to either side stays finite (0 there), not NaN."""
+    s_logits = minus_inf_at(2 * torch.randn(6, 9, dtype=dtype), BOTH_ZERO).requires_grad_()
+    t_logits = minus_inf_at(2 * torch.randn(6, 9, dtype=dtype), BOTH_ZERO).requires_grad_()
+    term = make(name)
+    value = term(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1))
+    kept = [i for i in range(9) if i not in BOTH_ZERO]
+    without = term(F.log_softmax(s_logits[:, kept], -1), F.log_softmax(t_logits[:, kept], -1))
+    torch.testing.assert_close(value, without)
+    g_s, g_t = torch.autograd.grad(value.sum(), [s_logits, t_logits])
+    assert torch.isfinite(g_s).all() and torch.isfinite(g_t).all()
+    assert (g_s[:, BOTH_ZERO] == 0).all() and (g_t[:, BOTH_ZERO] == 0).all()
+
+
 def test_jsd_symmetric_at_half():
     s, t = random_pair()
     torch.testing.assert_close(generalized_jsd(s, t, 0.5), generalized_jsd(t, s, 0.5))
@@ -671,3 +697,22 @@ def test_token_sums_match_naive(chunk):
     assert sums["ce"].item() == pytest.approx(expected_nll.item(), rel=1e-5)
     assert sums["correct"].item() == 3
     assert not sums["ce"].requires_grad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_loss_finite_where_both_heads_give_minus_inf(name):
+    """The chunked path, online teacher: both output layers give -inf at the same vocabulary
+    entries (bias -inf); loss, sums and every gradient stay finite and match the naive loss."""
+    h, w, b, targets = student()
+    b = minus_inf_at(b.detach(), BOTH_ZERO).requires_grad_()
+    targets[(targets == BOTH_ZERO[0]) | (targets == BOTH_ZERO[1])] = 0  # targets have mass
+    teacher = online_teacher()
+    teacher.head.bias = minus_inf_at(teacher.head.bias, BOTH_ZERO)
+    kwargs = {"count": M, "terms": {name: make(name)}, "weights": {"ce": 1.0, name: 1.0},
+              "teacher": teacher}
+    loss, sums, grads = run_chunked(h, w, b, targets, 3, **kwargs)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in sums.values())
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[2][BOTH_ZERO] == 0).all()  # no gradient to the bias of the impossible tokens
+    kept = [i for i in range(V) if i not in BOTH_ZERO]
+    assert torch.allclose(grads[1][kept], run_naive(h, w, b, targets, **kwargs)[2][1][kept].float(), atol=1e-5)
