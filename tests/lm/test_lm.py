@@ -361,7 +361,7 @@ def test_end_to_end_run(tmp_path, capsys):
     assert {"train_forward_kl", "train_ce", "val_ppl"} <= set(metrics[-1])
     assert [m["stage"] for m in metrics] == ["teacher", "teacher", "scratch", "distill"]
     assert (out / "distill.safetensors").exists()
-    assert "perplexity" in capsys.readouterr().out
+    assert "ppl" in capsys.readouterr().out
     assert main(["eval", str(out), "--split", "val"]) == 0
     shown = capsys.readouterr().out
     assert "distill-last" in shown and f"{summary['stages']['distill']['last_val_ppl']:.3f}" in shown
