@@ -51,31 +51,48 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
-def cmd_run(args) -> int:
-    from .report import write_report
+def _resume_target(args):
+    """(config, folder, seeds) of `--resume RUN`: a single run (whose schedule overrides
+    restart the stages they change) or a --seeds folder."""
+    from .restart import restart
     from .seeds import read_record
+
+    if args.config or args.out:
+        raise DistillError(
+            "--resume continues a run with the config saved in its folder; drop the config "
+            "file and --out (overrides of train.* restart the stages they change)."
+        )
+    out = Path(args.resume)
+    record = read_record(out)  # a --seeds folder: its base config and N
+    if record is not None:
+        cfg, n, done = record
+        if args.seeds not in (1, n):
+            raise DistillError(f"'{out}' is a --seeds {n} run; resume it with --seeds {n} or "
+                               "without --seeds.")
+        if done:
+            raise DistillError(f"'{out}' already holds a finished --seeds run ({n} seeds). "
+                               f"Choose another --out, or delete it; `distill report {out}` "
+                               "writes its report again.")
+    else:
+        _check_single_resume(out, args.seeds)
+        cfg, n = load_config(out / "config.yaml"), 1
+        if args.overrides and not args.print_config:
+            cfg, redo = restart(out, args.overrides)
+            print(f"Restarting {', '.join(redo)} from epoch 0 with {' '.join(args.overrides)}.",
+                  file=sys.stderr)
+    if record is not None and args.overrides:
+        raise DistillError("--resume of a --seeds folder takes no overrides; resume each "
+                           f"seed's folder ({out}/seed-<k>) with them, or start a new run.")
+    return cfg, out, n
+
+
+def cmd_run(args) -> int:
+    from .engine import NonFiniteLoss
+    from .report import write_report
     from .stages import default_run_dir, run
 
     if args.resume:
-        if args.config or args.overrides or args.out:
-            raise DistillError(
-                "--resume continues a run with the config saved in its folder; drop the config "
-                "file, the overrides and --out."
-            )
-        out = Path(args.resume)
-        record = read_record(out)  # a --seeds folder: its base config and N
-        if record is not None:
-            cfg, n, done = record
-            if args.seeds not in (1, n):
-                raise DistillError(f"'{out}' is a --seeds {n} run; resume it with --seeds {n} or "
-                                   "without --seeds.")
-            if done:
-                raise DistillError(f"'{out}' already holds a finished --seeds run ({n} seeds). "
-                                   f"Choose another --out, or delete it; `distill report {out}` "
-                                   "writes its report again.")
-        else:
-            _check_single_resume(out, args.seeds)
-            cfg, n = load_config(out / "config.yaml"), 1
+        cfg, out, n = _resume_target(args)
     else:
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out) if args.out else default_run_dir(cfg)
@@ -91,6 +108,9 @@ def cmd_run(args) -> int:
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume),
                       trust_checkpoint=args.trust_checkpoint)
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(f"{e} To retry with other settings: distill run --resume {out} "
+                            "train.lr=<lower> (restarts the stages it changes).") from None
     except Interrupted as stop:
         saved = "A checkpoint was written. " if stop.checkpointed else ""
         print(f"Stopped. {saved}Continue with: distill run --resume {out}", file=sys.stderr)
