@@ -47,8 +47,11 @@ def test_two_processes_equal_one(tmp_path, data_file):
         a, b = load_file(str(one / f"{stem}.safetensors")), load_file(str(two / f"{stem}.safetensors"))
         assert a.keys() == b.keys()
         for key in a:
+            # not bit-exact: each process runs 24-row matmuls where one process runs 48 rows,
+            # and gloo sums the two halves' gradients in another order than one backward does
             assert (a[key] - b[key]).abs().max().item() <= 1e-5, (stem, key)
-    # metrics were reduced over both processes: the logged epoch losses agree too
+    # metrics were reduced over both processes: the logged epoch losses agree too (to rounding,
+    # for the reasons above)
     lines = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     lines2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == len(lines2)  # only rank 0 wrote
@@ -68,7 +71,11 @@ def test_ddp_run_stopped_by_sigterm_resumes_exactly(tmp_path, data_file):
     args = [a for a in _args(data_file, "X") if a not in ("train.epochs=2",)]
     args[args.index("--out") + 1:args.index("--out") + 2] = []
     args.remove("--out")
-    args += ["train.epochs=30", "train.deterministic=true"]
+    # cache=off: resumed and uninterrupted runs must compute every teacher target the same way.
+    # An in-memory cache starts empty after the restart, so the resumed run would recompute
+    # targets that the uninterrupted run reads from its cache, computed in other batches at other
+    # row positions: not the same computation on every CPU, so not comparable bit for bit.
+    args += ["train.epochs=30", "train.deterministic=true", "cache=off"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert subprocess.run(torchrun(29535, *args, "--out", str(whole)), capture_output=True, timeout=600).returncode == 0
     proc = subprocess.Popen(torchrun(29536, *args, "--out", str(stopped)), stdout=subprocess.DEVNULL,

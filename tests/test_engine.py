@@ -282,5 +282,7 @@ def test_channels_last_trains_the_same_model_closely():
         results.append(model)
     plain, nhwc = results
     assert nhwc.layer1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # not bit-exact: NHWC convolutions are other kernels with another summation order; over
+    # 2 epochs of Adam they stay ~3e-8 here; 1e-4 leaves room for other CPUs and Adam's growth
     for a, b in zip(plain.parameters(), nhwc.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-4)

@@ -124,6 +124,8 @@ def test_same_student_and_losses_as_the_tutorial():
     ours = _run(train_knowledge_distillation, teacher, distill_student, _loader(), epochs=4)
 
     assert _max_param_diff(student0, classic_student) > 1e-3  # training did change the weights
+    # another implementation of the same loss (kd_loss masks p = 0 terms, the epoch loss is summed
+    # as a tensor), so only the same to rounding; equal bit for bit on the CPUs tried so far
     assert _max_param_diff(classic_student, distill_student) <= 1e-6
     assert len(ours) == len(classic) == 4
     assert ours == pytest.approx(classic, rel=1e-6, abs=1e-9)
@@ -161,7 +163,8 @@ def test_underflowing_teacher_gives_nan_in_tutorial_but_finite_in_distill():
     assert _params_finite(distill_student)
     assert _max_param_diff(student0, distill_student) > 1e-3  # and it did train
     # The NaN is in the tutorial's reported loss only: d/d(log p_s) of p * (log p - log p_s) is
-    # -p = 0, so its gradients (and weights) stay finite, and the fix must not change training.
+    # -p = 0, so its gradients (and weights) stay finite, and the fix must not change training
+    # (to rounding: another implementation of the loss, as above).
     assert _max_param_diff(classic_student, distill_student) <= 1e-6
 
 
@@ -176,9 +179,10 @@ def test_accepts_inputs_labels_index_batches():
     ours_plain = _run(train_knowledge_distillation, teacher, a, plain, epochs=3)
     ours_triples = _run(train_knowledge_distillation, teacher, b, triples, epochs=3)
     classic = _run(classic_train_knowledge_distillation, teacher, copy.deepcopy(student0), plain, epochs=3)
-    assert ours_triples == pytest.approx(ours_plain, rel=1e-6)
-    assert ours_triples == pytest.approx(classic, rel=1e-6)
-    assert _max_param_diff(a, b) <= 1e-6
+    # the same function on the same batches (only the loader's type differs): bit for bit
+    assert ours_triples == ours_plain
+    assert _max_param_diff(a, b) == 0.0
+    assert ours_triples == pytest.approx(classic, rel=1e-6)  # another implementation: rounding
 
 
 def test_prints_one_line_per_epoch(capsys):
