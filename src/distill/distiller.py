@@ -10,12 +10,14 @@ one DDP wrapper cover exactly what trains.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import DistillError
 from .hooks import FeatureCapture
 from .models.outputs import logits_of
 
@@ -40,6 +42,42 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / labelled.sum().clamp(min=1)
 
 
+def _check_args(teacher, student, terms, ce_weight) -> None:
+    """Distiller's arguments, checked before anything is built from them."""
+    for role, model in (("teacher", teacher), ("student", student)):
+        if not isinstance(model, nn.Module) and not (role == "teacher" and model is None):
+            raise DistillError(f"Distiller's {role} must be a torch.nn.Module, not a "
+                               f"{type(model).__name__}.")
+    if not isinstance(terms, dict):
+        raise DistillError(f"Distiller's terms must be a dict {{name: (loss_module, weight)}}, not "
+                           f"a {type(terms).__name__}.")
+    weights = {"ce_weight": ce_weight}
+    for name, entry in terms.items():
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], nn.Module)):
+            raise DistillError(f"Distiller's term {name!r} must be a (loss_module, weight) pair, e.g. "
+                               f"{{{name!r}: (KD(T=4.0), 0.9)}}; got a {type(entry).__name__}.")
+        weights[f"term {name!r}'s weight"] = entry[1]
+    for what, w in weights.items():
+        try:
+            finite = math.isfinite(float(w))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise DistillError(f"Distiller's {what} must be a finite number (got {w!r}); use 0 to "
+                               "switch a term off.")
+
+
+def _check_captured(role: str, paths: list[str], shapes: dict) -> None:
+    """Every hooked path gave a feature in the probe's forward pass."""
+    missing = [p for p in dict.fromkeys(paths) if p not in shapes]
+    if missing:
+        raise DistillError(
+            f"The {role}'s module(s) {', '.join(repr(p) for p in missing)} did not run in its "
+            f"forward pass, so no feature was captured there. Hook a module that forward calls "
+            f"(captured: {', '.join(shapes) or 'none'})."
+        )
+
+
 class Distiller(nn.Module):
     """Student + loss terms trained against a frozen teacher.
 
@@ -62,6 +100,7 @@ class Distiller(nn.Module):
     ):
         super().__init__()
         terms = terms or {}
+        _check_args(teacher, student, terms, ce_weight)
         if terms and teacher is None:
             raise ValueError("distillation terms need a teacher")
         self.__dict__["teacher"] = teacher  # not registered: see module docstring
@@ -76,6 +115,7 @@ class Distiller(nn.Module):
         teacher_layers = [p for m in self.terms.values() for p in getattr(m, "teacher_layers", [])]
         self.student_capture = FeatureCapture(student, student_layers, "student")
         self.teacher_capture = FeatureCapture(teacher, teacher_layers, "teacher") if teacher else None
+        self.layers = {"student": student_layers, "teacher": teacher_layers}  # checked by setup
         self.needs_setup = any(hasattr(m, "setup") for m in self.terms.values())
         self.cache = None  # a cache.TeacherCache, set by attach_cache
 
@@ -132,6 +172,8 @@ class Distiller(nn.Module):
         self.student.train(was_training)
         s_shapes = {k: tuple(v.shape) for k, v in student.features.items()}
         t_shapes = {k: tuple(v.shape) for k, v in teacher.features.items()}
+        for role, shapes in (("student", s_shapes), ("teacher", t_shapes)):
+            _check_captured(role, self.layers[role], shapes)
         for term in self.terms.values():
             if hasattr(term, "setup"):
                 term.setup(s_shapes, t_shapes)

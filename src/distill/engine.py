@@ -11,7 +11,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -64,6 +64,33 @@ def lr_factor(cfg, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def check_batch(batch, name: str = "train_loader") -> None:
+    """A loader's batch must be (inputs, labels) or (inputs, labels, index) tensors, as
+    distill's datasets and a TensorDataset's DataLoader yield."""
+    if isinstance(batch, tuple | list) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch):
+        return
+    if isinstance(batch, Mapping):
+        got = f"a {type(batch).__name__} with keys {sorted(map(str, batch))[:6]}"
+    elif isinstance(batch, tuple | list):
+        got = f"a {type(batch).__name__} of {', '.join(type(t).__name__ for t in batch[:4]) or 'nothing'}"
+    else:
+        got = f"a {type(batch).__name__}"
+    raise DistillError(
+        f"{name} must yield (inputs, labels) or (inputs, labels, index) tensors; it yielded {got}. "
+        "Return a tuple from the Dataset's __getitem__, or wrap the loader, e.g. "
+        "[(b['x'], b['y']) for b in loader]."
+    )
+
+
+def check_length(loader, name: str) -> int:
+    """len(loader), which must be at least one batch."""
+    n = len(loader)
+    if n == 0:
+        raise DistillError(f"{name} is empty (no batches): give it at least one sample, or "
+                           "drop_last=False when the dataset is smaller than one batch.")
+    return n
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device) -> dict[str, float]:
     """Top-1 accuracy (%) and mean cross-entropy over the labelled samples of `loader`."""
@@ -71,6 +98,7 @@ def evaluate(model: torch.nn.Module, loader, device) -> dict[str, float]:
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
     for batch in loader:
+        check_batch(batch, "the evaluation loader")
         x, y = batch[0].to(device), batch[1].to(device)
         mask = y != UNLABELLED
         logits = logits_of(model(x))[mask].float()
@@ -95,16 +123,43 @@ class NonFiniteLoss(DistillError):
     """A loss term became NaN or Inf."""
 
 
-def _check_finite(out: dict, epoch: int, step: int) -> None:
+def _check_finite(out: dict, epoch: int, step: int, distiller, batch) -> None:
     if torch.isfinite(out["loss"]):
         return
-    bad = [name for name, v in out.items() if name not in COUNTERS and not torch.isfinite(v)]
+    bad = [name for name, v in out.items() if name not in COUNTERS and not torch.isfinite(v).all()]
+    terms = [b for b in bad if b != "loss"] or ["loss"]
     raise NonFiniteLoss(
         f"The loss became non-finite at epoch {epoch + 1}, step {step + 1}: term(s) "
-        f"{', '.join(repr(b) for b in bad if b != 'loss') or repr('loss')} = "
-        f"{out[bad[0]].item()}. Lower train.lr, set train.grad_clip (e.g. 1.0), or check the "
-        "inputs for NaN; the last good checkpoint is kept."
+        f"{', '.join(repr(b) for b in terms)} = {out[terms[0]].item()}. "
+        f"{_blame(out, distiller, batch, epoch == step == 0)} The last good checkpoint is kept."
     )
+
+
+def _blame(out: dict, distiller, batch, first: bool) -> str:
+    """Which of the inputs, the teacher, the student or a loss term made the loss non-finite
+    (run only once it is, so it costs nothing on good steps)."""
+    x = batch[0]
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        return ("This batch's inputs contain NaN/Inf: check the data (missing values in a table, "
+                "a division by zero in normalisation); lowering the learning rate will not help.")
+    if isinstance(distiller, Distiller) and distiller.teacher is not None:
+        with torch.no_grad():
+            teacher = distiller.teacher_outputs(x).logits  # live, whatever a cache holds
+        if not torch.isfinite(teacher).all():
+            return ("The teacher's logits contain NaN/Inf for this batch: check the teacher "
+                    "checkpoint (its weights, or a half-precision train.teacher_dtype that "
+                    "overflows); lowering the learning rate will not help.")
+    logits = out.get("logits")
+    if logits is not None and not torch.isfinite(logits).all():
+        if first:  # before any update: the student's forward itself
+            return ("The student's logits are NaN/Inf before any update, on finite inputs: check "
+                    "the student's forward (log of a non-positive value, 0/0, fp16 overflow) and "
+                    "its initial weights.")
+        return ("The student's logits became NaN/Inf: training diverged. Lower train.lr, or set "
+                "train.grad_clip (e.g. 1.0).")
+    return ("The inputs and both models' logits are finite, so the loss term itself overflowed: "
+            "lower train.lr, set train.grad_clip (e.g. 1.0), or check the term's settings (T, "
+            "layers).")
 
 
 COUNTERS = ("logits", "correct", "counted")  # forward outputs that are not loss terms
@@ -138,7 +193,7 @@ def accumulate_step(model, distiller, batch, cfg, scaler, device, epoch: int, st
         with sync:
             with autocast(device, cfg.precision):
                 out = model(list(micro))
-            _check_finite(out, epoch, step)
+            _check_finite(out, epoch, step, distiller, micro)
             scaler.scale(out["loss"] * shares[i]).backward()
         for name, value in out.items():
             if name in ("correct", "counted"):
@@ -171,8 +226,11 @@ def fit(
     distiller.to(device)
     if cfg.channels_last:  # NHWC conv weights (the teacher's too), before DDP sees the parameters
         distiller.to(memory_format=torch.channels_last)
+    steps = check_length(train_loader, "train_loader")
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
-        distiller.setup(next(iter(train_loader))[0].to(device))
+        first = next(iter(train_loader))
+        check_batch(first)
+        distiller.setup(first[0].to(device))
     # DDP wraps the student and its trainable loss modules together; the teacher is outside
     # the module tree, so it is never wrapped, broadcast or synchronised.
     model = distiller
@@ -182,7 +240,6 @@ def fit(
         model = DistributedDataParallel(distiller, device_ids=[device] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     optimizer = build_optimizer(distiller.parameters(), cfg)
-    steps = len(train_loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     prepare = getattr(distiller, "prepare_batch", None)
@@ -219,6 +276,7 @@ def fit(
         for step, batch in enumerate(train_loader):
             if step < state.step:  # resuming mid-epoch: these steps were done before the stop
                 continue
+            check_batch(batch)
             batch = [t.to(device, non_blocking=True) for t in batch]
             if cfg.channels_last and batch[0].dim() == 4:
                 batch[0] = batch[0].contiguous(memory_format=torch.channels_last)

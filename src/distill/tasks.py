@@ -8,6 +8,7 @@ distilled-minus-scratch gain report, where higher is better unless `lower_is_bet
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -35,20 +36,64 @@ def build_terms(cfg) -> tuple[dict, float]:
     return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)
 
 
-def _check_classes(model: nn.Module, role: str, data: Data, device) -> None:
-    x = next(iter(data.val))[0][:2].to(device)
+def _check_classes(model: nn.Module, role: str, data: Data, x: torch.Tensor) -> None:
     try:
         with torch.no_grad():
             out = logits_of(model.eval()(x), role)
-    except RuntimeError as e:
+    except DistillError:
+        raise
+    except Exception as e:  # a user model's forward may raise anything
         raise DistillError(
-            f"The {role} cannot take this data's inputs of shape {tuple(data.in_shape)}: {e}"
+            f"The {role} cannot take this data's inputs of shape {tuple(data.in_shape)}: its "
+            f"forward raised {type(e).__name__}: {e}. Fix the {role}'s forward, or use a {role} "
+            f"built for inputs of shape {tuple(data.in_shape)}."
         ) from None
     if out.shape[-1] != data.num_classes:
         raise DistillError(
             f"The {role} outputs {out.shape[-1]} classes but the data has {data.num_classes}. "
             f"Use a {role} built for {data.num_classes} classes."
         )
+
+
+def _shapes(outputs) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.features.items()) or "none"
+
+
+def _probe_term(teacher, student, name: str, term: nn.Module, batch: list) -> None:
+    """One distill step with term `name` alone on `batch`, as training would run it: the
+    Distiller's setup probe (projector sizes), then its forward and loss; eval mode (BatchNorm
+    statistics and dropout untouched), no gradient, on a copy of the term (a CRD queue stays
+    empty). A mistake in the term's layers is a DistillError naming the term and the shapes."""
+    what = f"loss.{name} ({type(term).__name__}: {term.extra_repr()})"
+    distiller = Distiller(teacher, student, {name: (copy.deepcopy(term), 1.0)})
+    distiller.eval()
+    role, x = "student", batch[0]
+    try:
+        with torch.no_grad():
+            s_out = distiller.student_outputs(x)
+            role = "teacher"
+            t_out = distiller.teacher_outputs(x)
+            role = None
+            distiller.setup(x)
+            distiller(batch)
+    except DistillError as e:  # e.g. a hooked module that never runs, or runs twice
+        raise DistillError(f"{what}: {e}") from None
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        if role is not None:  # the bare forward ran (_check_classes): the hooks broke it
+            hint = (" A ':input' path reads the module's first positional input, so the module "
+                    "must be called with one (not keywords only); hook its output or another "
+                    "module instead." if ":input" in what else " Hook another module.")
+            raise DistillError(f"{what}: the {role}'s forward raised {error} once this term's "
+                               f"layers were hooked (it runs without them).{hint}") from None
+        raise DistillError(
+            f"{what} cannot be computed on these layers: {error}. Captured features (2 samples): "
+            f"student {_shapes(s_out)}; teacher {_shapes(t_out)}. Choose a student/teacher layer "
+            "pair whose shapes this method takes (`distill models` lists module paths)."
+        ) from None
+    finally:
+        distiller.student_capture.remove()
+        distiller.teacher_capture.remove()
 
 
 class ClassificationTask:
@@ -74,14 +119,18 @@ class ClassificationTask:
         return self.cfg.teacher.checkpoint
 
     def preflight(self, data: Data, terms: dict, has_teacher: bool) -> None:
-        cpu = torch.device("cpu")
+        """Before any stage trains: each model's forward on 2 samples (CPU), and with a distill
+        stage one distill step per term on fresh models (discarded), so a layer mistake is
+        not found after the teacher and scratch stages have trained."""
+        batch = [t[:2] for t in next(iter(data.val))]  # val: no shuffle, no augmentation draw
         student = self.create_model("student", data)
-        _check_classes(student, "student", data, cpu)
+        _check_classes(student, "student", data, batch[0])
         if has_teacher:
             teacher = self.create_model("teacher", data)
-            _check_classes(teacher, "teacher", data, cpu)
+            _check_classes(teacher, "teacher", data, batch[0])
             if "distill" in self.cfg.stages:
-                Distiller(teacher, student, terms)  # resolves every hooked layer path
+                for name, (term, _) in terms.items():  # each resolves its layer paths
+                    _probe_term(teacher, student, name, term, batch)
 
     def distiller(self, teacher, student, terms: dict, ce_weight: float) -> Distiller:
         return Distiller(teacher, student, terms, ce_weight)

@@ -15,15 +15,48 @@ The sum is taken in fp32 whatever the input precision.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DistillError
 from .standardize import standardize_logits
+
+
+def _positive(T) -> bool:
+    """T is a finite number > 0 (a Python or NumPy number, or a one-element tensor)."""
+    try:
+        T = float(T)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return math.isfinite(T) and T > 0
+
+
+def check_pair(student_logits, teacher_logits, T) -> None:
+    """kd_loss's arguments: two float logit tensors of one shape and a temperature T > 0
+    (a cheap check on shapes and Python numbers: no device synchronisation)."""
+    if not _positive(T):
+        raise DistillError(f"kd_loss: T must be > 0 and finite (got {T!r}); typical values are 1 "
+                           "to 20 (4 is the common CIFAR choice).")
+    for role, t in (("student", student_logits), ("teacher", teacher_logits)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise DistillError(f"kd_loss: the {role} logits must be a floating-point tensor (got "
+                               f"{got}); pass the model's output, not a class index.")
+    if student_logits.shape != teacher_logits.shape:
+        raise DistillError(
+            f"kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape; the two models must output the same "
+            "number of classes for the same batch (build the student with the teacher's "
+            "num_classes)."
+        )
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 4.0) -> torch.Tensor:
     """Soft-target KL(teacher || student) at temperature T, batchmean, times T^2."""
+    check_pair(student_logits, teacher_logits, T)
     student_logits = student_logits.float()
     teacher_logits = teacher_logits.detach().float()  # targets: no gradient to the teacher
     p_t = F.softmax(teacher_logits / T, dim=-1)
@@ -45,8 +78,8 @@ class KD(nn.Module):
 
     def __init__(self, T: float = 4.0, standardize: bool = False):
         super().__init__()
-        if not T > 0:
-            raise ValueError(f"T must be > 0 (got {T}); typical values are 1 to 20")
+        if not _positive(T):
+            raise ValueError(f"T must be > 0 and finite (got {T!r}); typical values are 1 to 20")
         if not isinstance(standardize, bool):
             raise ValueError(f"standardize must be true or false (got {standardize!r})")
         self.T = float(T)
