@@ -69,8 +69,11 @@ def set_rng_state(state: dict) -> None:
 class Checkpointer:
     """Saves and loads the checkpoint of one stage of a run folder."""
 
-    def __init__(self, run_dir: Path, stage: str):
+    def __init__(self, run_dir: Path, stage: str, data: tuple[str, str] | None = None):
+        """`data`: (fingerprint, where the data come from) of the data this run trains on; a
+        checkpoint records the fingerprint and refuses to resume on different data."""
         self.dir, self.stage = Path(run_dir), stage
+        self.data_sha, self.data_name = data or (None, "")
 
     def save(self, distiller, optimizer, schedule, state: TrainState, best_state: dict) -> None:
         """Every process calls this; rank 0 writes (with every rank's RNG state)."""
@@ -88,6 +91,7 @@ class Checkpointer:
             "rng": rngs,  # one per process, in rank order
             "cache": distiller.cache.reference() if getattr(distiller, "cache", None) else None,
             "state": asdict(state),
+            "data_sha256": self.data_sha,
         }
         atomic_write(self.dir / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))
         write_json(self.dir / POINTER, {"stage": self.stage, "stem": stem})
@@ -99,20 +103,17 @@ class Checkpointer:
     def load(self) -> dict | None:
         """The stage's checkpoint as {"model", "best", "optimizer", "schedule", "rng",
         "state"}, or None when the run folder's checkpoint belongs to no or another stage."""
-        pointer = self.dir / POINTER
-        if not pointer.exists():
+        info = self._pointer()
+        if info is None or info.get("stage") != self.stage:
             return None
-        info = json.loads(pointer.read_text())
-        if info.get("stage") != self.stage:
-            return None
-        stem = self.dir / info["stem"]
+        stem = self.dir / str(info.get("stem"))
         try:
             weights = load_file(f"{stem}.safetensors")
             extra = torch.load(f"{stem}.pt", map_location="cpu", weights_only=True)
         except Exception as e:
             raise DistillError(
-                f"The checkpoint {stem}.* in '{self.dir}' cannot be read ({e}). It is damaged; "
-                "start the run again without --resume."
+                f"The checkpoint {stem}.* in '{self.dir}' cannot be read ({str(e).splitlines()[0][:200]}). "
+                f"{self._way_out()}"
             ) from None
         extra["model"] = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
         extra["best"] = {k[5:]: v for k, v in weights.items() if k.startswith("best.")}
@@ -122,8 +123,40 @@ class Checkpointer:
                 f"The checkpoint in '{self.dir}' was written by {len(extra['rng'])} process(es); "
                 f"resume it with the same number (now {world_size()})."
             )
+        self._check_data(extra.get("data_sha256"))
         extra["rng"] = extra["rng"][rank()]
         return extra
+
+    def _pointer(self) -> dict | None:
+        """checkpoint.json's record, None without one; a damaged one is an error naming the fix."""
+        pointer = self.dir / POINTER
+        if not pointer.exists():
+            return None
+        try:
+            info = json.loads(pointer.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            info, why = None, f"it is not valid JSON: {e}"
+        else:
+            why = "it names no checkpoint"
+        if not isinstance(info, dict) or not isinstance(info.get("stem"), str):
+            raise DistillError(f"'{pointer}' is damaged ({why}). {self._way_out()}")
+        return info
+
+    def _way_out(self) -> str:
+        return (
+            f"Delete exactly '{self.dir / POINTER}' and resume again (distill run --resume "
+            f"{self.dir}): the interrupted stage ({self.stage}) restarts from epoch 0, with the "
+            "same result; finished stages are kept."
+        )
+
+    def _check_data(self, recorded: str | None) -> None:
+        if recorded and self.data_sha and recorded != self.data_sha:
+            raise DistillError(
+                f"The data changed since '{self.dir}' was checkpointed: {self.data_name} is not the "
+                f"data the {self.stage} stage trained on (sha256 {recorded[:12]}..., now "
+                f"{self.data_sha[:12]}...). Put the original data back and resume, or start a new "
+                "run with another --out."
+            )
 
     @staticmethod
     def clear(run_dir: Path) -> None:

@@ -6,6 +6,7 @@ mid-write leaves either the old file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import DistillError
@@ -32,20 +34,60 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+class WriteFailed(DistillError, OSError):
+    """A file could not be written (a full disk, a read-only folder); what was written before is
+    intact. `path` and `reason` let a caller add its own way to continue (a run: --resume). An
+    OSError too, so code that handles an unwritable folder's OSError handles this one."""
+
+    def __init__(self, path: Path, reason: str, advice: str = ""):
+        advice = advice or ("free space and run the command again" if "space" in reason
+                            else "make the folder writable (or choose another) and run the command again")
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"could not write {path}: {reason}; files written so far are intact; {advice}.")
+        self.strerror, self.filename = reason, str(path)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+# What a full disk looks like when a library, not Python, writes: safetensors reports the OS
+# error in its message; torch.save's zip writer only notices the short write ("unexpected pos").
+_NO_SPACE = re.compile(r"no space left|os error 28|storagefull|quota exceeded|unexpected pos|file write failed", re.I)
+
+
+def write_failure(error: BaseException, path: Path) -> WriteFailed | None:
+    """The WriteFailed a failed write of `path` amounts to, or None for errors that are not about
+    the disk (a bug, an interrupt), which the caller re-raises unchanged."""
+    if isinstance(error, DistillError):
+        return None
+    if isinstance(error, OSError):
+        return WriteFailed(path, error.strerror or str(error))
+    if isinstance(error, (RuntimeError, SafetensorError)) and _NO_SPACE.search(str(error)):
+        return WriteFailed(path, "No space left on device")
+    return None
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through a temporary file, fsync and rename. A failed write (a full disk)
+    removes the temporary file, keeps the old `path`, and raises WriteFailed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, _new_file_mode(path))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        failed = write_failure(e, path)
+        if failed is None:
+            raise
+        raise failed from None
 
 
 def write_text(path: Path, text: str) -> None:
@@ -58,11 +100,49 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line and flush it to disk (metrics.jsonl grows by whole lines)."""
-    with open(path, "a") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one line and flush it to disk (metrics.jsonl grows by whole lines). A failed
+    append (a full disk) cuts the file back to its last whole line and raises WriteFailed; a
+    kill mid-append can still leave a torn last line, which read_lines drops."""
+    path = Path(path)
+    data = (line.rstrip("\n") + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise write_failure(e, path) from None
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:  # unbuffered: nothing is left to flush (and fail again) on close
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError as e:
+            _cut(fd, size)
+            raise write_failure(e, path) from None
+    finally:
+        os.close(fd)
+
+
+def _cut(fd: int, size: int) -> None:
+    """Cut a file back to `size` bytes (what a failed append added, which also frees the space
+    it took); a file that cannot even be cut keeps a torn line read_lines drops."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, size)
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The JSON records of a .jsonl file, in order, without a torn last line (one cut short by
+    a kill or a full disk: no trailing newline, or not valid JSON) or any other unreadable line."""
+    records = []
+    text = Path(path).read_text(errors="replace") if Path(path).is_file() else ""
+    lines = text.split("\n")
+    for line in lines[:-1]:  # the part after the last newline is torn (or empty)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def plain_state(state: dict) -> dict:
