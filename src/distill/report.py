@@ -18,7 +18,7 @@ import torch
 from .config import RunConfig, load_config
 from .cost import compare_cost
 from .errors import DistillError
-from .io import load_weights, write_json, write_text
+from .io import load_weights, read_lines, write_json, write_text
 from .metrics import N_BINS, collect_logits, compute_metrics
 from .models import create_model
 from .plots import (
@@ -52,7 +52,7 @@ def read_run(run_dir: str | Path) -> tuple[RunConfig, dict, list[dict]]:
     cfg = load_config(run_dir / "config.yaml")
     summary = json.loads((run_dir / "summary.json").read_text())
     path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    rows = read_lines(path)  # without a torn last line (a kill or a full disk mid-append)
     return cfg, summary, rows
 
 

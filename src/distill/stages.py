@@ -8,6 +8,7 @@ schedule; only the teacher's terms differ. Selection is on validation; test is o
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -26,6 +27,7 @@ from .errors import DistillError
 from .io import append_line, load_weights, save_weights, write_json, write_text
 from .models import count_parameters
 from .progress import StageProgress
+from .resume import lock_run, prune_metrics, read_stages, resumable
 from .runtime import (
     all_gather_objects,
     barrier,
@@ -96,6 +98,8 @@ class Run:
         self.metrics = self.dir / "metrics.jsonl"
         self.results: dict[str, dict] = {}
         self.task = make_task(cfg)
+        self.lock: int | None = None  # the run folder's lock (rank 0), held for the whole run
+        self.data_id: tuple[str, str] | None = None  # (fingerprint, source) checkpoints carry
 
     def log(self, text: str) -> None:
         if not self.quiet:
@@ -105,8 +109,10 @@ class Run:
 
     def train_stage(self, stage: str, distiller, loader, data) -> dict:
         model = distiller.student
-        checkpointer = Checkpointer(self.dir, stage)
+        checkpointer = Checkpointer(self.dir, stage, self.data_id)
         resume = checkpointer.load() if self.resume else None
+        # before the first epoch line: what a killed attempt of this stage wrote after its
+        # checkpoint goes, so no (stage, epoch) is ever written twice
         self._prune_metrics(stage, resume["state"].epoch if resume else 0)
         if resume:
             state = resume["state"]
@@ -148,15 +154,9 @@ class Run:
         return record
 
     def _prune_metrics(self, stage: str, epochs_kept: int) -> None:
-        """Drop metrics lines a resumed run will write again (epochs after its checkpoint)."""
-        if not self.main or not self.metrics.exists():
-            return
-        keep = []
-        for line in self.metrics.read_text().splitlines():
-            record = json.loads(line)
-            if record["stage"] in self.results or (record["stage"] == stage and record["epoch"] <= epochs_kept):
-                keep.append(line)
-        write_text(self.metrics, "".join(f"{line}\n" for line in keep))
+        """self.results already holds `stage` (created just before training it), unfinished."""
+        if self.main:
+            prune_metrics(self.metrics, stage, set(self.results) - {stage}, epochs_kept)
 
     def save(self, distiller, stem: str) -> None:
         """The student alone in <stem>.safetensors; trainable loss parts (projectors) beside it."""
@@ -178,7 +178,7 @@ class Run:
         if errors:
             raise DistillError(errors[0])
         if self.resume and (self.dir / "stages.json").exists():
-            self.results = json.loads((self.dir / "stages.json").read_text())
+            self.results = read_stages(self.dir)
 
     def _check_and_create_folder(self) -> None:
         finished = (self.dir / "summary.json").exists()
@@ -204,6 +204,11 @@ class Run:
                 "--out with free space."
             ) from None
 
+    def unlock(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
     def run(self) -> dict:
         cfg = self.cfg
         configure(cfg.seed, cfg.train.deterministic, cfg.train.threads)
@@ -218,6 +223,10 @@ class Run:
         # its log folder) only after the folder checks, so a refused run writes nothing
         writer = _summary_writer_class() if cfg.log.tensorboard and self.main else None
         self._prepare_folder()
+        self.lock = lock_run(self.dir)
+        sha = self.task.data_summary(data).get("sha256")
+        self.data_id = (sha, f"data.path '{cfg.data.path}'" if cfg.data.path else
+                        f"data.name={cfg.data.name}") if sha else None
         if writer is not None:
             self.tensorboard = writer(log_dir=str(self.dir / "tensorboard"))
         lines = task.describe(data)
@@ -342,9 +351,15 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False,
     summary. `resume=True` continues the unfinished run in `out_dir` exactly where it stopped."""
     start = time.perf_counter()
     out = Path(out_dir) if out_dir else default_run_dir(cfg)
-    with stop_handlers():
-        summary = Run(cfg, out, quiet, resume, trust_checkpoint).run()
-    summary["wall_seconds"] = time.perf_counter() - start
-    if is_main():
-        write_json(out / "summary.json", summary)
+    runner = Run(cfg, out, quiet, resume, trust_checkpoint)
+    try:
+        with stop_handlers():
+            summary = runner.run()
+        summary["wall_seconds"] = time.perf_counter() - start
+        if is_main():
+            write_json(out / "summary.json", summary)
+    except OSError as e:  # a full disk mid-run (WriteFailed, or an OSError from a library)
+        raise resumable(e, out) from None
+    finally:
+        runner.unlock()
     return summary
