@@ -249,6 +249,22 @@ def cmd_eval(args) -> int:
         Console().print(lm_evaluation_table(evaluate_lm_run(args.target, args.split)))
         return 0
 
+    if args.data:  # the built-in digits read no path: --data would be ignored
+        import yaml
+
+        from .config import BUILT_IN_DATA, parse_override
+
+        run_dir = Path(args.target) if Path(args.target).is_dir() else Path(args.target).parent
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+        name = (saved.get("data") or {}).get("name", "digits") if isinstance(saved, dict) else None
+        name = next((v for k, v in map(parse_override, args.overrides) if k == ["data", "name"]), name)
+        if name == BUILT_IN_DATA["classification"]:
+            raise DistillError(
+                f"This run's data is the built-in {name} (data.name={name}), which reads no files, so "
+                f"--data {args.data} would be ignored. To evaluate on other data, give its kind too: "
+                f"distill eval {args.target} --data {args.data} data.name=npz (or csv, folder, mnist, "
+                "cifar10, ...); its inputs must have the run's shape and classes."
+            )
     overrides = [f"data.path={args.data}"] if args.data else []
     overrides += args.overrides
     Console().print(evaluation_table(evaluate_target(args.target, overrides, args.split, device="auto")))

@@ -21,7 +21,13 @@ from .terms import check_loss
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: every float setting is finite (lr=inf, weight_decay=nan pass `gt`/`ge`
+    # checks, or fail them with a misleading message, and train nothing but NaN)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+SEED_LIMIT = 2**63  # torch.manual_seed takes < 2**64; --seeds N adds up to N - 1
+SPLIT_SEED_LIMIT = 2**32  # scikit-learn's random_state range
 
 
 class DataConfig(Strict):
@@ -35,7 +41,7 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     batch_size: int = Field(64, gt=0)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=SPLIT_SEED_LIMIT)
     unlabelled_path: str | None = None
     # language_model runs (data.name: pydoc | text | jsonl); see distill.lm.data
     tokenizer: str = "byte"  # byte (built in) or a local folder with a Hugging Face tokenizer
@@ -105,7 +111,7 @@ Stage = Literal["teacher", "scratch", "distill"]
 
 class RunConfig(Strict):
     name: str = "digits-transfer"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     task: Literal["classification", "language_model"] = "classification"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: ModelConfig = Field(
@@ -116,7 +122,7 @@ class RunConfig(Strict):
         default_factory=lambda: {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
-    stages: list[Stage] = Field(default_factory=lambda: ["teacher", "scratch", "distill"])
+    stages: list[Stage] = Field(default_factory=lambda: ["teacher", "scratch", "distill"], min_length=1)
     log: LogConfig = Field(default_factory=LogConfig)
     # Teacher-output cache (distill.cache): auto = in memory, fp32, only when exact and useful.
     cache: Literal["off", "auto", "memory", "disk"] = "auto"
@@ -238,12 +244,39 @@ def validate(raw: dict) -> RunConfig:
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
     check_loss(cfg.loss, cfg.task)
+    check_values(cfg)
     check_unused(cfg)
     if cfg.student.train:
         raise ConfigError("student.train is not used: the students train with `train`. Move "
                           f"{sorted(cfg.student.train)} there.")
     stage_train(cfg, "teacher")  # validates teacher.train
     return cfg
+
+
+WIDTH_KEYS = ("hidden", "channels")  # zoo kwargs that are layer widths: each must be >= 1
+
+
+def check_values(cfg: RunConfig) -> None:
+    """Values the schema's types accept but a run cannot use: repeated stages, and negative
+    numbers or zero widths in a built-in model's kwargs (torch fails on them with a traceback,
+    or builds a layer of width 0 that trains nothing)."""
+    repeated = sorted({s for s in cfg.stages if cfg.stages.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"stages lists {', '.join(repeated)} more than once ({cfg.stages}); "
+                          "each stage runs once. Remove the repeats, e.g. stages=[teacher,scratch,distill].")
+    for role in ("teacher", "student"):
+        model = getattr(cfg, role)
+        if ":" in model.model:
+            continue  # user code: its arguments mean what it says
+        for key, value in model.kwargs.items():
+            values = value if isinstance(value, list | tuple) else [value]
+            ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+            low = 1 if key in WIDTH_KEYS else 0
+            if any(v < low for v in ints):
+                raise ConfigError(
+                    f"{role}.kwargs.{key}={value!r} has a value below {low}: layer sizes and counts "
+                    f"must be positive. Set e.g. {role}.kwargs.{key}={[64] if key in WIDTH_KEYS else 1}."
+                )
 
 
 # Keys only one kind of run reads. A run that does not read a key must not accept it silently:

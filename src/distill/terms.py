@@ -8,6 +8,7 @@ run starts and builds its terms.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import Any
 
@@ -21,6 +22,11 @@ from .naming import unknown_key
 TERM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CODE_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 RESERVED_TERM_NAMES = frozenset(dir(nn.ModuleDict()))  # "train", "to", "keys", ...
+# Temperatures below this are refused: logits / T must stay finite in fp32 and fp16 (T=1e-40
+# turns every logit into +-inf and the loss into NaN), and at T=1e-3 a logit gap of 0.1 is
+# already e^100 in the softmax: the soft targets are one-hot, nothing softer is left to learn.
+MIN_TEMPERATURE = 1e-3
+TEMPERATURE_KEYS = ("T", "temperature", "tau")
 
 
 def term_spec(name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
@@ -46,8 +52,9 @@ def check_loss(loss: dict[str, dict[str, Any]], task: str = "classification") ->
             raise ConfigError(f"loss.{name} must be a mapping such as {{weight: 1.0}}; got {params!r}.")
         _check_term_name(name, params)
         kind, args, weight = term_spec(name, params)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-            raise ConfigError(f"loss.{name}.weight must be a number >= 0; got {weight!r}.")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"loss.{name}.weight must be a finite number >= 0; got {weight!r}.")
+        _check_values(name, params)
         total += weight
         if kind == "ce":
             if args:
@@ -63,6 +70,22 @@ def check_loss(loss: dict[str, dict[str, Any]], task: str = "classification") ->
         build_loss_term(name, kind, args, task)  # our own classes: building checks the values
     if total == 0:
         raise ConfigError("All loss weights are zero, so nothing would train. Give at least one term a weight > 0.")
+
+
+def _check_values(name: str, params: dict[str, Any]) -> None:
+    """Every number a term is given is finite (NaN/Inf pass `> 0` checks or fail them with a
+    misleading message), and a temperature is at least MIN_TEMPERATURE."""
+    for key, value in params.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"loss.{name}.{key} must be a finite number; got {value!r}.")
+        if key in TEMPERATURE_KEYS and isinstance(value, int | float) and not isinstance(value, bool) \
+                and 0 < value < MIN_TEMPERATURE:
+            raise ConfigError(
+                f"loss.{name}.{key}={value!r} is below {MIN_TEMPERATURE}: logits / {key} overflow to "
+                f"infinity and the loss to NaN, and the soft targets are one-hot long before that. "
+                f"Use {key} >= {MIN_TEMPERATURE} (typical values are 1 to 20)."
+            )
 
 
 def _check_term_name(name: str, params: dict[str, Any]) -> None:

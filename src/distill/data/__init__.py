@@ -25,7 +25,8 @@ from ..errors import DistillError
 from .augment import Augment, Normalize, build_augment, channel_stats
 from .digits import load_digits_arrays
 from .loader import TensorLoader
-from .readers import READERS, RawData, check_labels, read_dataset
+from .readers import READERS, RawData, check_inputs, check_labels, read_dataset
+from .tables import load_npz
 
 DATASETS = ["digits", *READERS]
 
@@ -85,16 +86,17 @@ def _load_unlabelled(path: str, in_shape: tuple[int, ...], dtype) -> np.ndarray:
             f"data.unlabelled_path '{path}' does not exist. It should be an .npz file with an "
             f"array 'x' of inputs shaped (N, {', '.join(map(str, in_shape))})."
         )
-    with np.load(p, allow_pickle=False) as f:
-        if "x" not in f:
-            raise DistillError(f"'{path}' has no array named 'x' (it has {list(f.keys())}).")
-        x = f["x"].astype(dtype)
+    layout = f"data.unlabelled_path should be an .npz file with an array 'x' of inputs shaped (N, {', '.join(map(str, in_shape))})"
+    arrays = load_npz(p, layout)
+    if "x" not in arrays:
+        raise DistillError(f"'{path}' has no array named 'x' (it has {list(arrays)}).")
+    x = check_inputs(arrays["x"], f"The unlabelled inputs in '{path}'")
     if tuple(x.shape[1:]) != in_shape:
         raise DistillError(
             f"Unlabelled inputs in '{path}' have shape {tuple(x.shape[1:])} per sample; "
             f"the dataset's inputs have {in_shape}."
         )
-    return x
+    return x.astype(dtype)
 
 
 def _transforms(cfg, x_train: np.ndarray, seed: int):

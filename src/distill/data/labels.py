@@ -53,6 +53,26 @@ def check_labels(y, num_classes: int | None = None, *, name: str = "labels") -> 
     return y
 
 
+def check_classes(y: np.ndarray, name: str) -> None:
+    """Labels a user wrote (npz, csv) name every class 0..K-1, and at least two: a class that
+    never occurs becomes an output the model cannot learn (labels {3, 7} would train 8 outputs),
+    and one class alone makes every prediction right."""
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DistillError(
+            f"{name} hold only one class ({int(classes[0])}); a classifier needs at least two. "
+            "Add samples of the other classes, or check the label column."
+        )
+    if classes[-1] != len(classes) - 1:
+        missing = sorted(set(range(int(classes[-1]) + 1)) - set(classes.tolist()))
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise DistillError(
+            f"{name} use {len(classes)} classes but not 0..{len(classes) - 1}: class(es) {shown} "
+            f"never occur, and each would be an output no sample teaches. Renumber the labels, "
+            f"e.g. y = np.unique(y, return_inverse=True)[1]."
+        )
+
+
 def _check_lengths(x: np.ndarray, y: np.ndarray, where: str) -> None:
     if len(x) != len(y):
         raise DistillError(f"{where}: {len(x)} inputs but {len(y)} labels; they must match.")

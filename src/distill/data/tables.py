@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,31 @@ _NPZ_LAYOUT = (
 )
 
 
+def load_npz(p: Path, layout: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz archive `p`, or a DistillError naming what the file is instead
+    (a single .npy array, not a zip at all, a truncated or foreign zip, pickled objects)."""
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DistillError(f"Could not read '{p}' ({e}). {layout}.") from None
+    if magic == b"\x93NUMPY":
+        raise DistillError(f"'{p}' is a single .npy array, not an .npz archive of named arrays. Save "
+                           f"the data with np.savez(path, x=..., y=...). {layout}.")
+    if not magic.startswith(b"PK"):
+        raise DistillError(f"Could not read '{p}' as an .npz file (a zip archive of .npy arrays): "
+                           f"it starts with {magic!r}. {layout}.")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        why = "pickled (object) arrays are not read" if "pickle" in str(e) else str(e).splitlines()[0]
+        raise DistillError(
+            f"Could not read '{p}' as an .npz file ({why}); it may be corrupt, truncated or another "
+            f"kind of file. {layout}."
+        ) from None
+
+
 def read_npz(path):
     """Read arrays `x`, `y` and optional `x_test`, `y_test` from an .npz file.
 
@@ -27,22 +55,12 @@ def read_npz(path):
     if not p.is_file():
         what = "does not exist" if not p.exists() else "is not a file"
         raise DistillError(f"Data path '{p}' {what}. {_NPZ_LAYOUT}.")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            keys = set(f.files)
-            if not {"x", "y"} <= keys:
-                raise DistillError(
-                    f"'{p}' has arrays {sorted(keys)}; it needs 'x' and 'y'. {_NPZ_LAYOUT}."
-                )
-            if ("x_test" in keys) != ("y_test" in keys):
-                raise DistillError(
-                    f"'{p}' has only one of 'x_test' and 'y_test'; give both or neither."
-                )
-            arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test") if k in keys}
-    except DistillError:
-        raise
-    except (OSError, ValueError, EOFError) as e:
-        raise DistillError(f"Could not read '{p}' as an .npz file ({e}). {_NPZ_LAYOUT}.") from e
+    arrays = load_npz(p, _NPZ_LAYOUT)
+    keys = set(arrays)
+    if not {"x", "y"} <= keys:
+        raise DistillError(f"'{p}' has arrays {sorted(keys)}; it needs 'x' and 'y'. {_NPZ_LAYOUT}.")
+    if ("x_test" in keys) != ("y_test" in keys):
+        raise DistillError(f"'{p}' has only one of 'x_test' and 'y_test'; give both or neither.")
     x, y = arrays["x"], arrays["y"]
     _check_lengths(x, y, f"'{p}' (x, y)")
     y = check_labels(y, name=f"'y' in '{p}'")
@@ -101,6 +119,11 @@ def read_csv(path, label_column: str = "label", delimiter: str = ","):
         for i in feat:
             try:
                 vals.append(float(row[i]))
+                if not math.isfinite(vals[-1]):
+                    raise DistillError(
+                        f"'{p}' line {line}, column '{header[i]}': {row[i]!r} is not a finite number "
+                        "(NaN and Inf train nothing but NaN). Fill in or drop the missing values."
+                    )
             except ValueError:
                 raise DistillError(
                     f"'{p}' line {line}, column '{header[i]}': {row[i]!r} is not a number. "

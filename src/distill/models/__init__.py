@@ -40,6 +40,11 @@ def create_model(name: str, num_classes: int, in_shape, **kwargs) -> nn.Module:
         model = builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:
         raise DistillError(f"Could not build model '{name}' with {kwargs}: {e}") from e
+    except RuntimeError as e:  # torch: a negative size, or more memory than there is
+        raise DistillError(
+            f"Could not build model '{name}' with {kwargs}: {str(e).splitlines()[0]}. "
+            "Check its sizes: a model this large does not fit in memory; use fewer or narrower layers."
+        ) from None
     if not isinstance(model, nn.Module):
         raise DistillError(
             f"Model '{name}' returned a {type(model).__name__}, not a torch.nn.Module. A model "
