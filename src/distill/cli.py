@@ -18,6 +18,7 @@ from . import __version__
 from .config import load_config, to_yaml
 from .errors import DistillError, plain
 from .runtime import Interrupted, is_main, resolve_device, stop_requested
+from .trust import Trust, code_paths
 
 # short, so that a table's headers fit on one line of an 80-column terminal
 METRIC_NAMES = {"acc": "acc %", "ppl": "ppl"}
@@ -89,9 +90,12 @@ def _resume_target(args):
 def cmd_run(args) -> int:
     from .engine import NonFiniteLoss
     from .report import write_report
+    from .seeds import check_resume_trust
     from .stages import default_run_dir, run
 
     if args.resume:
+        if not args.print_config:  # resuming runs the folder's code: refused before anything changes
+            check_resume_trust(Path(args.resume), args.trust_code)
         cfg, out, n = _resume_target(args)
     else:
         cfg = load_config(args.config, args.overrides)
@@ -113,18 +117,24 @@ def cmd_run(args) -> int:
                             "train.lr=<lower> (restarts the stages it changes).") from None
     except Interrupted as stop:
         saved = "A checkpoint was written. " if stop.checkpointed else ""
-        print(f"Stopped. {saved}Continue with: distill run --resume {out}", file=sys.stderr)
+        print(f"Stopped. {saved}Continue with: {_resume_command(cfg, out)}", file=sys.stderr)
         return 130
     if not is_main():  # under torchrun only rank 0 reports
         return 0
     # report.md's metrics (calibration, agreement, cost) are the classifiers'; an LM run's
     # numbers are in summary.json and metrics.jsonl
-    report = None if args.no_report or cfg.task != "classification" else write_report(out)
+    own = Trust(code=True, checkpoint=args.trust_checkpoint)  # the run just imported its code
+    report = None if args.no_report or cfg.task != "classification" else write_report(out, trust=own)
     if not args.quiet:
         console = Console()
         console.print(summary_table(summary))
         console.print(f"Run folder: {out}  ({summary['wall_seconds']:.1f} s)" + (f"; report: {report}" if report else ""))
     return 0
+
+
+def _resume_command(cfg, out: Path) -> str:
+    """The command that continues `out`, with --trust-code when its config names code."""
+    return f"distill run --resume {out}" + (" --trust-code" if code_paths(cfg) else "")
 
 
 def _check_single_resume(out: Path, seeds: int) -> None:
@@ -176,14 +186,15 @@ def _run_seeds(cfg, n: int, out: Path, args) -> int:
                 raise
             if stop_requested():  # Ctrl-C after the seed's last step: stop before the next one
                 raise KeyboardInterrupt
-        report = None if args.no_report or not is_main() else write_folder_report(out)
+        own = Trust(code=True, checkpoint=args.trust_checkpoint)  # the seeds just ran this code
+        report = None if args.no_report or not is_main() else write_folder_report(out, trust=own)
         if is_main():
             write_record(out, cfg, n, finished=True)
     except (Interrupted, KeyboardInterrupt) as stop:
         done = sum((out / f"seed-{s}" / "summary.json").is_file() for s in seeds)
         saved = "A checkpoint was written. " if isinstance(stop, Interrupted) and stop.checkpointed else ""
-        print(f"Stopped with {done} of {n} seeds finished. {saved}Continue with: distill run "
-              f"--resume {out}", file=sys.stderr)
+        print(f"Stopped with {done} of {n} seeds finished. {saved}Continue with: "
+              f"{_resume_command(cfg, out)}", file=sys.stderr)
         return 130
     if not args.quiet and is_main():
         Console().print(seeds_table(aggregate(summaries)))
@@ -225,10 +236,14 @@ def _mean_std(d: dict | None) -> str:
     return f"{d['mean']:.2f}" + (f" +- {d['std']:.2f}" if d["std"] is not None else "")
 
 
+def _trust(args) -> Trust:
+    return Trust(code=args.trust_code, checkpoint=args.trust_checkpoint)
+
+
 def cmd_report(args) -> int:
     from .seeds import write_folder_report
 
-    print(f"Wrote {write_folder_report(args.run_dir)}")
+    print(f"Wrote {write_folder_report(args.run_dir, trust=_trust(args))}")
     return 0
 
 
@@ -246,7 +261,7 @@ def cmd_eval(args) -> int:
 
         if args.data or args.overrides:
             raise DistillError("distill eval of a language-model run takes no --data or overrides.")
-        Console().print(lm_evaluation_table(evaluate_lm_run(args.target, args.split)))
+        Console().print(lm_evaluation_table(evaluate_lm_run(args.target, args.split, args.trust_code)))
         return 0
 
     if args.data:  # the built-in digits read no path: --data would be ignored
@@ -267,7 +282,8 @@ def cmd_eval(args) -> int:
             )
     overrides = [f"data.path={args.data}"] if args.data else []
     overrides += args.overrides
-    Console().print(evaluation_table(evaluate_target(args.target, overrides, args.split, device="auto")))
+    evaluation = evaluate_target(args.target, overrides, args.split, device="auto", trust=_trust(args))
+    Console().print(evaluation_table(evaluation))
     return 0
 
 
@@ -342,9 +358,9 @@ def cmd_export(args) -> int:
         if args.format not in ("hf",):
             raise DistillError(f"A language-model run exports as a Hugging Face folder: --format hf "
                                f"(not {args.format}).")
-        result = export_hf(args.run_dir, args.out, args.stage)
+        result = export_hf(args.run_dir, args.out, args.stage, trust_code=args.trust_code)
     else:
-        result = export(args.run_dir, args.format, args.out, args.stage)
+        result = export(args.run_dir, args.format, args.out, args.stage, trust=_trust(args))
     parity = f" (max |exported - torch| difference {result['max_abs_diff']:.2e})" if "max_abs_diff" in result else ""
     print(f"Wrote {result['path']}{parity}")
     return 0
@@ -361,6 +377,14 @@ def _seed_count(text: str) -> int:
     return n
 
 
+def _trust_flags(p: argparse.ArgumentParser,
+                 code: str = "read a run folder whose config names package.module:attr code") -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help=f"import the code to {code} (only if you trust its author)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow teacher checkpoints that need arbitrary code to unpickle")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
     parser.add_argument("--version", action="version", version=f"distill {__version__}")
@@ -372,20 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow teacher checkpoints that need arbitrary code to unpickle")
+    _trust_flags(p, "resume a run folder whose config names package.module:attr code")
     p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
                    help="run every stage for N seeds (seed, seed+1, ...) and report mean +- std")
     p.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="write report.md and plots for a run (or --seeds) folder")
     p.add_argument("run_dir")
+    _trust_flags(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("eval", help="evaluate a run folder or one of its weights files")
     p.add_argument("target", help="a run folder, or RUN_DIR/<stage>[-last].safetensors")
     p.add_argument("overrides", nargs="*", help="data.key=value overrides, e.g. data.name=npz")
     p.add_argument("--data", help="data.path to evaluate on (same dataset kind as the run's)")
     p.add_argument("--split", default="test", choices=["test", "val"])
+    _trust_flags(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="export a run's student (onnx, torchscript, safetensors)")
     p.add_argument("run_dir", help="a run folder written by distill run")
@@ -393,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hf: a Hugging Face folder, for language-model runs")
     p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"])
     p.add_argument("--out", help="output file (default: RUN_DIR/<stage>-export.<ext>)")
+    _trust_flags(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("models", help="list the model zoo with parameters and hookable paths")
     p.add_argument("--flops", action="store_true",

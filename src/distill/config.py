@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .naming import unknown_key
@@ -130,6 +131,21 @@ class RunConfig(Strict):
     cache_topk: int | None = Field(None, gt=0)
     cache_dir: str | None = None  # disk mode; default <run folder>/teacher_cache
     lm: LMConfig = Field(default_factory=LMConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str) -> str:
+        """The run folder is runs/<name>-<timestamp>: a name must not lead out of runs/."""
+        if not RUN_NAME.fullmatch(name):
+            raise ValueError(
+                "a run name must be a plain folder name, so that the run stays inside runs/: "
+                "letters, digits, '-', '_' and '.', not starting with '.', at most 100 characters "
+                "(no '/', '\\' or spaces); to write the run somewhere else, pass --out DIR"
+            )
+        return name
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 # ---------------------------------------------------------------- overrides and loading

@@ -14,13 +14,15 @@ from .io import load_weights
 from .models import create_model
 from .models.outputs import LogitsOnly
 from .report import rebuild
+from .trust import NO_TRUST, Trust
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 PARITY_TOLERANCE = 1e-4
 
 
-def load_student(run_dir: Path, stage: str = "distill"):
-    """(student model in eval mode, a sample input batch) rebuilt from a run folder."""
+def load_student(run_dir: Path, stage: str = "distill", trust: Trust = NO_TRUST):
+    """(student model in eval mode, a sample input batch) rebuilt from a run folder; a config
+    naming code needs `trust.code` (distill.trust)."""
     run_dir = Path(run_dir)
     weights = run_dir / f"{stage}.safetensors"
     if not (run_dir / "config.yaml").exists() or not weights.exists():
@@ -28,15 +30,16 @@ def load_student(run_dir: Path, stage: str = "distill"):
             f"'{run_dir}' has no finished '{stage}' stage (config.yaml and {weights.name} are "
             "needed). Give a run folder written by `distill run`, or pick --stage."
         )
-    cfg, data = rebuild(run_dir)
+    cfg, data = rebuild(run_dir, trust=trust)
     spec = cfg.teacher if stage == "teacher" else cfg.student
     model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
-    load_weights(model, weights)
+    load_weights(model, weights, trust=trust.checkpoint)
     sample = next(iter(data.test))[0][:8]
     return model.eval(), sample
 
 
-def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: str = "distill") -> dict:
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: str = "distill",
+           trust: Trust = NO_TRUST) -> dict:
     """Write the exported student; return {"path", "format", "max_abs_diff" (onnx/torchscript)}."""
     if fmt not in FORMATS:
         raise DistillError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
@@ -44,10 +47,10 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: 
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}[fmt]
     out = Path(out) if out else run_dir / f"{stage}-export{suffix}"
     if fmt == "safetensors":
-        load_student(run_dir, stage)  # checks the weights fit the configured architecture
+        load_student(run_dir, stage, trust)  # checks the weights fit the configured architecture
         shutil.copyfile(run_dir / f"{stage}.safetensors", out)
         return {"path": str(out), "format": fmt}
-    model, x = load_student(run_dir, stage)
+    model, x = load_student(run_dir, stage, trust)
     model = LogitsOnly(model).eval()  # one graph output, whatever the forward returns
     with torch.no_grad():
         expected = model(x)

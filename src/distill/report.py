@@ -33,6 +33,7 @@ from .plots import (
     save_png,
 )
 from .runtime import resolve_device
+from .trust import NO_TRUST, Trust, require_trust
 
 DETAIL_KEYS = ("per_class_acc", "confusion", "reliability")  # kept for val-selected weights only
 
@@ -66,25 +67,27 @@ def _weights(run_dir: Path, cfg: RunConfig, stage: str, last: bool) -> Path | No
     return None
 
 
-def _load(cfg: RunConfig, role: str, path: Path, data) -> torch.nn.Module:
+def _load(cfg: RunConfig, role: str, path: Path, data, trust: Trust) -> torch.nn.Module:
     spec = cfg.teacher if role == "teacher" else cfg.student
     model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
-    load_weights(model, path)
+    load_weights(model, path, trust=trust.checkpoint)  # teacher.checkpoint may be a pickle
     return model.eval()
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def rebuild(run_dir: str | Path, overrides: Sequence[str] = ()):
+def rebuild(run_dir: str | Path, overrides: Sequence[str] = (), trust: Trust = NO_TRUST):
     """(config, Data) of a run folder: config.yaml plus `overrides`, data rebuilt from it
-    (the same split: it depends on data.split_seed only)."""
+    (the same split: it depends on data.split_seed only). A config naming code is refused
+    unless `trust.code` (distill.trust), before anything is built."""
     from .data import build_data
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise DistillError(f"'{run_dir}' has no config.yaml; give a run folder written by `distill run`.")
     cfg = load_config(path, list(overrides))
+    require_trust(cfg, run_dir, trust.code)
     if cfg.task != "classification":
         raise DistillError(
             f"'{run_dir}' is a task={cfg.task} run, and reports, cost tables and ONNX/TorchScript "
@@ -118,11 +121,13 @@ def evaluate_run(
     only: tuple[str, str] | None = None,
     *,
     built: tuple | None = None,
+    trust: Trust = NO_TRUST,
 ) -> dict:
     """Evaluate every model a run saved (each stage's validation-selected "best" and "last"
     weights) on its `split` ("test" or "val"), the data rebuilt from config.yaml plus
     `overrides` (e.g. ["data.path=other.npz"]); `only=(stage, "best"|"last")` evaluates one;
-    `built` reuses a `rebuild(run_dir)` result.
+    `built` reuses a `rebuild(run_dir)` result; `trust` is what the user allowed (--trust-code,
+    --trust-checkpoint).
 
     Returns {"split", "num_classes", "in_shape", "stages": {stage: {"best": metrics,
     "last": metrics}}} with `distill.metrics.compute_metrics` dicts; students also get
@@ -132,20 +137,20 @@ def evaluate_run(
     if split not in ("test", "val"):
         raise DistillError(f"Unknown split '{split}'. Use 'test' or 'val'.")
     run_dir = Path(run_dir)
-    cfg, data = built or rebuild(run_dir, overrides)
+    cfg, data = built or rebuild(run_dir, overrides, trust)
     device = resolve_device(device)
     loader = getattr(data, split)
     teacher_path = _weights(run_dir, cfg, "teacher", last=False)
     teacher = None
     if teacher_path is not None and (only is None or only[0] != "teacher"):
-        teacher = collect_logits(_load(cfg, "teacher", teacher_path, data).to(device), loader, device)
+        teacher = collect_logits(_load(cfg, "teacher", teacher_path, data, trust).to(device), loader, device)
     stages: dict[str, dict] = {}
     for stage in STAGES:
         for key in ("best", "last"):
             path = _weights(run_dir, cfg, stage, last=key == "last")
             if path is None or (only is not None and only != (stage, key)):
                 continue
-            model = _load(cfg, "teacher" if stage == "teacher" else "student", path, data).to(device)
+            model = _load(cfg, "teacher" if stage == "teacher" else "student", path, data, trust).to(device)
             preds = collect_logits(model, loader, device)
             ref = teacher.logits if teacher is not None and stage != "teacher" else None
             metrics = compute_metrics(preds.logits, preds.labels, ref, n_bins)
@@ -162,13 +167,14 @@ def evaluate_target(
     overrides: Sequence[str] = (),
     split: str = "test",
     device: str = "cpu",
+    trust: Trust = NO_TRUST,
 ) -> dict:
     """`distill eval`: a run folder (every saved model) or one of its weights files
     (teacher/scratch/distill[-last].safetensors; the config.yaml beside it gives the
     architecture and the data). Returns `evaluate_run`'s dict."""
     target = Path(target)
     if target.is_dir():
-        return evaluate_run(target, overrides, split, device)
+        return evaluate_run(target, overrides, split, device, trust=trust)
     if not target.is_file():
         raise DistillError(f"'{target}' is neither a run folder nor a weights file.")
     stem = target.name.removesuffix(".safetensors")
@@ -178,19 +184,20 @@ def evaluate_target(
             f"Cannot tell which model '{target.name}' holds. Give a run folder, or one of its "
             "teacher/scratch/distill[-last].safetensors files (its config.yaml must sit beside it)."
         )
-    return evaluate_run(target.parent, overrides, split, device, only=(stage, key))
+    return evaluate_run(target.parent, overrides, split, device, only=(stage, key), trust=trust)
 
 
-def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, built: tuple | None = None) -> dict | None:
+def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, built: tuple | None = None,
+             trust: Trust = NO_TRUST) -> dict | None:
     """compare_cost(teacher, distilled student) of a run (validation-selected weights; the
     scratch student when there is no distilled one), or None without a teacher and a student."""
     run_dir = Path(run_dir)
-    cfg, data = built or rebuild(run_dir)
+    cfg, data = built or rebuild(run_dir, trust=trust)
     t_path = _weights(run_dir, cfg, "teacher", last=False)
     s_path = _weights(run_dir, cfg, "distill", last=False) or _weights(run_dir, cfg, "scratch", last=False)
     if t_path is None or s_path is None:
         return None
-    teacher, student = _load(cfg, "teacher", t_path, data), _load(cfg, "student", s_path, data)
+    teacher, student = _load(cfg, "teacher", t_path, data, trust), _load(cfg, "student", s_path, data, trust)
     return compare_cost(teacher, student, data.in_shape, device, repeats=repeats)
 
 
@@ -213,18 +220,19 @@ def evaluation_table(evaluation: dict):
 # ---------------------------------------------------------------- the report
 
 
-def write_report(run_dir: str | Path, repeats: int = 10, device: str = "cpu") -> Path:
+def write_report(run_dir: str | Path, repeats: int = 10, device: str = "cpu", trust: Trust = NO_TRUST) -> Path:
     """Evaluate a finished run on its test data and write, into the run folder, report.md,
     report.json (summary.json plus "evaluation" and "cost") and the PNGs curves.png,
     accuracy.png, reliability.png, confusion.png, cost.png. Returns the path of report.md.
 
-    `repeats` is the number of timed forward passes per latency/throughput measurement.
+    `repeats` is the number of timed forward passes per latency/throughput measurement;
+    `trust` is what the user allowed (a folder naming code needs `Trust(code=True)`).
     """
     run_dir = Path(run_dir)
     _, summary, rows = read_run(run_dir)
-    built = rebuild(run_dir)
-    evaluation = evaluate_run(run_dir, device=device, built=built)
-    cost = run_cost(run_dir, repeats=repeats, built=built)
+    built = rebuild(run_dir, trust=trust)
+    evaluation = evaluate_run(run_dir, device=device, built=built, trust=trust)
+    cost = run_cost(run_dir, repeats=repeats, built=built, trust=trust)
     report = {**summary, "evaluation": evaluation, "cost": cost}
     write_json(run_dir / "report.json", json_safe(report))
     figures = {

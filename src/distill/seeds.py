@@ -14,11 +14,12 @@ import math
 import statistics
 from pathlib import Path
 
-from .config import RunConfig, validate
+from .config import RunConfig, load_config, validate
 from .errors import DistillError
 from .io import write_json, write_text
 from .plots import COLORS, LABELS, STAGES, figure_grid, plot_accuracy_bars, save_png
 from .report import fmt, json_safe, table
+from .trust import NO_TRUST, Trust, require_trust
 
 ACC_KEYS = ("val_acc", "test_acc", "last_test_acc")
 GAIN_KEYS = ("test_acc", "last_test_acc")
@@ -152,6 +153,17 @@ def read_record(out_dir: str | Path) -> tuple[RunConfig, int, bool] | None:
     return cfg, n, bool(record.get("finished"))
 
 
+def check_resume_trust(out: Path, trusted: bool) -> None:
+    """`distill run --resume out` imports the code its configs name (a --seeds folder: the
+    record's and every seed's). A folder can be someone else's: that needs --trust-code."""
+    record = read_record(out)
+    if record is not None:
+        require_trust(record[0], out, trusted)
+    for path in [out / "config.yaml", *sorted(out.glob("seed-*/config.yaml"))]:
+        if path.is_file():
+            require_trust(load_config(path), path.parent, trusted)
+
+
 def check_new_folder(out_dir: str | Path, seeds: list[int]) -> None:
     """Refuse an --out that already holds a --seeds run (or any of these seeds' runs)."""
     out_dir = Path(out_dir)
@@ -171,23 +183,26 @@ def check_new_folder(out_dir: str | Path, seeds: list[int]) -> None:
         )
 
 
-def write_folder_report(path: str | Path, repeats: int = 10, device: str = "cpu") -> Path:
+def write_folder_report(path: str | Path, repeats: int = 10, device: str = "cpu", trust: Trust = NO_TRUST) -> Path:
     """`distill report PATH`: a run folder gets `write_report`; a --seeds folder (seed-<k>/
     runs inside) gets `write_report` for each run, then `write_seed_report`. Returns the
-    report.md written last (the seed report for a --seeds folder)."""
+    report.md written last (the seed report for a --seeds folder). `trust`: what the user
+    allowed (--trust-code, --trust-checkpoint); each run's config is checked before it is built."""
     from .report import write_report
 
     path = Path(path)
     if (path / "summary.json").is_file():
-        return write_report(path, repeats, device)
+        return write_report(path, repeats, device, trust)
     runs = seed_run_dirs(path)
     if not runs:
         raise DistillError(
             f"'{path}' holds neither a finished run (summary.json) nor seed-<k>/ runs. "
             "Give a folder written by `distill run` or `distill run --seeds N`."
         )
+    for run in runs:  # every seed's config checked before any report is written
+        require_trust(load_config(run / "config.yaml"), run, trust.code)
     for run in runs:
-        write_report(run, repeats, device)
+        write_report(run, repeats, device, trust)
     return write_seed_report(path, runs)
 
 

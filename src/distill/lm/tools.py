@@ -9,6 +9,7 @@ import torch
 from ..config import load_config
 from ..errors import DistillError
 from ..io import load_weights
+from ..trust import require_trust
 from .data import build_lm_data
 from .distiller import evaluate_lm
 from .models import create_lm
@@ -22,8 +23,9 @@ def is_lm_run(path: str | Path) -> bool:
     return config.is_file() and load_config(config).task == "language_model"
 
 
-def load_lm(run_dir: Path, weights: Path, stage: str, data=None):
+def load_lm(run_dir: Path, weights: Path, stage: str, data=None, trust_code: bool = False):
     cfg = load_config(run_dir / "config.yaml")
+    require_trust(cfg, run_dir, trust_code)  # refused before anything is built
     data = data or build_lm_data(cfg.data, seed=cfg.seed)
     spec = cfg.teacher if stage == "teacher" else cfg.student
     model = create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer)
@@ -31,7 +33,7 @@ def load_lm(run_dir: Path, weights: Path, stage: str, data=None):
     return cfg, model.eval(), data
 
 
-def evaluate_lm_run(target: str | Path, split: str = "test") -> dict:
+def evaluate_lm_run(target: str | Path, split: str = "test", trust_code: bool = False) -> dict:
     """Perplexity, NLL and next-token accuracy of every saved model of a run (or one file)."""
     target = Path(target)
     run_dir = target if target.is_dir() else target.parent
@@ -42,7 +44,7 @@ def evaluate_lm_run(target: str | Path, split: str = "test") -> dict:
         stage = stem.removesuffix("-last")
         if stage not in STAGES:
             continue
-        cfg, model, data = load_lm(run_dir, f, stage, data)
+        cfg, model, data = load_lm(run_dir, f, stage, data, trust_code)
         loader = {"test": data.test, "val": data.val, "train": data.train}[split]
         rows[stem] = evaluate_lm(model, loader, "cpu", cfg.lm.chunk)
     if not rows:
@@ -61,7 +63,8 @@ def lm_evaluation_table(evaluation: dict):
     return t
 
 
-def export_hf(run_dir: str | Path, out: str | Path | None = None, stage: str = "distill") -> dict:
+def export_hf(run_dir: str | Path, out: str | Path | None = None, stage: str = "distill",
+              trust_code: bool = False) -> dict:
     """Write a stage's model as a Hugging Face folder (config.json, model.safetensors and, for a
     local tokenizer, its files) and check that transformers loads it back to the same logits."""
     from transformers import AutoModelForCausalLM
@@ -70,7 +73,7 @@ def export_hf(run_dir: str | Path, out: str | Path | None = None, stage: str = "
     weights = run_dir / f"{stage}.safetensors"
     if not weights.is_file():
         raise DistillError(f"'{run_dir}' has no finished '{stage}' stage ({weights.name} is missing).")
-    _, model, data = load_lm(run_dir, weights, stage)
+    _, model, data = load_lm(run_dir, weights, stage, trust_code=trust_code)
     out = Path(out) if out else run_dir / f"{stage}-hf"
     model.save_pretrained(str(out))
     if hasattr(data.tokenizer, "tok"):
