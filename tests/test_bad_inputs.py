@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import save_file
 
 from distill.cli import main
+from distill.run_folder import claim
 
 FAST = ["--quiet", "train.epochs=1", "teacher.model=mlp", "teacher.kwargs.hidden=[16]"]
 
@@ -90,7 +91,7 @@ CASES = [
 @pytest.mark.parametrize("case, build, expect", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, build, expect, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    out.mkdir()
+    claim(out, "run", "--out")  # a folder distill made (a folder of the user's is refused first)
     keep = out / "earlier.txt"
     keep.write_text("written before")
     args = build(tmp_path, monkeypatch)

@@ -19,6 +19,7 @@ from distill.data import build_data
 from distill.engine import evaluate
 from distill.io import load_weights
 from distill.models import count_parameters, create_model
+from distill.run_folder import MARKER, claim
 
 TINY = ["train.epochs=2", "teacher.model=mlp", "teacher.kwargs.hidden=[32]", "data.batch_size=128"]
 STAGES = ("teacher", "scratch", "distill")
@@ -143,10 +144,11 @@ def test_refuses_a_folder_with_a_finished_run(tiny_run, capsys):
 
 
 def test_refuses_without_touching_anything(tmp_path, capsys):
+    claim(tmp_path, "run", "--out")  # distill's folder (a folder of the user's is refused before)
     (tmp_path / "summary.json").write_text('{"sentinel": 1}\n')
     assert main(["run", "--out", str(tmp_path), "--quiet", "train.epochs=1"]) == 2
     assert (tmp_path / "summary.json").read_text() == '{"sentinel": 1}\n'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER, "summary.json"]
     assert "already holds a finished run" in capsys.readouterr().err
 
 

@@ -8,6 +8,7 @@ import torch
 
 from distill.cli import main
 from distill.errors import ConfigError
+from distill.run_folder import MARKER, claim
 from distill.runtime import resolve_device
 
 FAST = ["--quiet", "train.epochs=1", "teacher.model=mlp", "teacher.kwargs.hidden=[16]"]
@@ -80,8 +81,8 @@ def test_resolve_device(cpu_only_torch, monkeypatch):
 def test_refused_run_writes_no_tensorboard_into_a_finished_folder(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     out = tmp_path / "done"
-    out.mkdir()
+    claim(out, "run", "--out")  # distill's folder (a folder of the user's is refused before)
     (out / "summary.json").write_text("{}\n")
     assert main(["run", "--out", str(out), "log.tensorboard=true", *FAST]) == 2
     assert "finished run" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "summary.json"]

@@ -28,7 +28,9 @@ BLAS picks different kernels for very small batches (on CPU: <= 11 rows at 2 thr
 set smaller than `min_rows` is therefore padded with hit rows of the same batch, so the teacher
 never runs on fewer rows than it would online (min(batch, min_rows)). Metadata (teacher weights,
 data, transform, seed, dtype, shapes) is checked when a disk cache is reopened: a mismatch
-rebuilds it (rebuild=True) or raises; stale targets are never reused.
+rebuilds it (rebuild=True) or raises; stale targets are never reused. A disk cache's folder
+holds distill's marker (distill.run_folder), listing the files the cache created: a rebuild
+deletes only those, and a folder with files but no marker is the user's and is refused.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import torch
 from . import __version__
 from .errors import DistillError
 from .io import write_json
+from .run_folder import claim, delete_owned_files, record_files
 from .runtime import all_gather_objects, distributed, rank
 
 FORMAT = 1
@@ -122,6 +125,10 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
     except (OSError, ValueError):
         old = {}  # unreadable: treat as stale
     ok = old == meta and all(f.is_file() for f in files.values())
+    # only a folder with distill's marker is ever rebuilt (run_folder); an unmarked cache of
+    # this very version and fingerprint is adopted, anything else unmarked is the user's
+    if claim(path, "cache", "cache_dir", adopt=ok) and ok:
+        record_files(path, [meta_file.name, *(f.name for f in files.values())])
     if old is not None and not ok:
         diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
         if not rebuild:
@@ -133,10 +140,12 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
         warnings.warn(f"teacher cache in '{path}' is stale ({', '.join(diff)}): rebuilding",
                       stacklevel=4)
     if not ok:
-        meta_file.unlink(missing_ok=True)  # no valid meta until every array exists
-        for f in path.glob("[0-9][0-9]-*.npy"):
-            f.unlink()
-        path.mkdir(parents=True, exist_ok=True)
+        delete_owned_files(path)  # only files the marker lists: never a file of the user's
+        theirs = [f.name for f in (meta_file, *files.values()) if f.exists()]
+        if theirs:
+            raise DistillError(f"cache_dir '{path}' holds {', '.join(theirs)}, which distill did "
+                               "not write; move them away or point cache_dir elsewhere.")
+        record_files(path, [meta_file.name, *(f.name for f in files.values())])
         free = shutil.disk_usage(path).free
         if nbytes > free:
             warnings.warn(f"teacher cache files can grow to {format_bytes(nbytes)}; "

@@ -155,16 +155,20 @@ def _run_seeds(cfg, n: int, out: Path, args) -> int:
     out/seeds-run.json (the base config and N) is written before the first seed starts, so an
     interrupted folder resumes like one run: `--resume out` skips finished seeds, continues the
     interrupted one from its checkpoint, runs the rest, then writes the aggregate report."""
+    from .run_folder import claim, legacy, sweep
     from .seeds import aggregate, check_new_folder, load_summary, write_folder_report, write_record
     from .stages import run
 
     seeds = list(range(cfg.seed, cfg.seed + n))
-    created = False
+    created = marked = False
     if not args.resume and is_main():  # rank 0 checks and writes; under torchrun the others follow its runs
         check_new_folder(out, seeds)
         resolve_device(cfg.train.device)  # a device this machine lacks: refused before any file
         created = not out.exists()
+        marked = claim(out, "seeds", "--out")  # distill's marker first; a folder of yours is refused
         write_record(out, cfg, n)
+    elif is_main():
+        claim(out, "seeds", "--resume", adopt=legacy(out, "seeds"))  # an older folder gets the marker
     # Which seeds finished or started, read once before any process writes a seed folder.
     finished = {s for s in seeds if (out / f"seed-{s}" / "summary.json").is_file()}
     started = {s for s in seeds if (out / f"seed-{s}" / "config.yaml").is_file()}
@@ -182,7 +186,7 @@ def _run_seeds(cfg, n: int, out: Path, args) -> int:
                                      trust_checkpoint=args.trust_checkpoint))
             except DistillError:
                 if seed == seeds[0] and not args.resume and not (run_dir / "config.yaml").exists():
-                    _forget_record(out, created)  # refused before it started: leave no folder
+                    _forget_record(out, created, marked)  # refused before it started: leave no folder
                 raise
             if stop_requested():  # Ctrl-C after the seed's last step: stop before the next one
                 raise KeyboardInterrupt
@@ -190,6 +194,7 @@ def _run_seeds(cfg, n: int, out: Path, args) -> int:
         report = None if args.no_report or not is_main() else write_folder_report(out, trust=own)
         if is_main():
             write_record(out, cfg, n, finished=True)
+            sweep(out)  # orphaned .tmp files of killed writes: only distill's own names
     except (Interrupted, KeyboardInterrupt) as stop:
         done = sum((out / f"seed-{s}" / "summary.json").is_file() for s in seeds)
         saved = "A checkpoint was written. " if isinstance(stop, Interrupted) and stop.checkpointed else ""
@@ -202,12 +207,15 @@ def _run_seeds(cfg, n: int, out: Path, args) -> int:
     return 0
 
 
-def _forget_record(out: Path, created: bool) -> None:
-    """Undo write_record when the first seed was refused before its folder existed."""
+def _forget_record(out: Path, created: bool, marked: bool) -> None:
+    """Undo write_record (and the marker) when the first seed was refused before its folder existed."""
+    from .run_folder import release
     from .seeds import RECORD
 
     if is_main():
         (out / RECORD).unlink(missing_ok=True)
+        if marked:
+            release(out)
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
@@ -358,6 +366,10 @@ def cmd_export(args) -> int:
         if args.format not in ("hf",):
             raise DistillError(f"A language-model run exports as a Hugging Face folder: --format hf "
                                f"(not {args.format}).")
+        if not args.out:  # the default <stage>-hf/ lands in the run folder: only one distill wrote
+            from .run_folder import require
+
+            require(args.run_dir, "run", "distill export")
         result = export_hf(args.run_dir, args.out, args.stage, trust_code=args.trust_code)
     else:
         result = export(args.run_dir, args.format, args.out, args.stage, trust=_trust(args))

@@ -14,6 +14,7 @@ from .io import load_weights
 from .models import create_model
 from .models.outputs import LogitsOnly
 from .report import rebuild
+from .run_folder import require
 from .trust import NO_TRUST, Trust
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -45,6 +46,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: 
         raise DistillError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
     run_dir = Path(run_dir)
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}[fmt]
+    if not out and (run_dir / "config.yaml").exists():  # (without it load_student says what is missing)
+        require(run_dir, "run", "distill export")  # the default file lands in the run folder
     out = Path(out) if out else run_dir / f"{stage}-export{suffix}"
     if fmt == "safetensors":
         load_student(run_dir, stage, trust)  # checks the weights fit the configured architecture

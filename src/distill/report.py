@@ -32,6 +32,7 @@ from .plots import (
     plot_training_curves,
     save_png,
 )
+from .run_folder import require
 from .runtime import resolve_device
 from .trust import NO_TRUST, Trust, require_trust
 
@@ -230,6 +231,7 @@ def write_report(run_dir: str | Path, repeats: int = 10, device: str = "cpu", tr
     """
     run_dir = Path(run_dir)
     _, summary, rows = read_run(run_dir)
+    require(run_dir, "run", "distill report")  # it overwrites report.md and PNGs: distill's folders only
     built = rebuild(run_dir, trust=trust)
     evaluation = evaluate_run(run_dir, device=device, built=built, trust=trust)
     cost = run_cost(run_dir, repeats=repeats, built=built, trust=trust)

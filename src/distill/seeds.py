@@ -19,6 +19,7 @@ from .errors import DistillError
 from .io import write_json, write_text
 from .plots import COLORS, LABELS, STAGES, figure_grid, plot_accuracy_bars, save_png
 from .report import fmt, json_safe, table
+from .run_folder import require
 from .trust import NO_TRUST, Trust, require_trust
 
 ACC_KEYS = ("val_acc", "test_acc", "last_test_acc")
@@ -199,6 +200,7 @@ def write_folder_report(path: str | Path, repeats: int = 10, device: str = "cpu"
             f"'{path}' holds neither a finished run (summary.json) nor seed-<k>/ runs. "
             "Give a folder written by `distill run` or `distill run --seeds N`."
         )
+    require(path, "seeds", "distill report")  # before any report: all or none are written
     for run in runs:  # every seed's config checked before any report is written
         require_trust(load_config(run / "config.yaml"), run, trust.code)
     for run in runs:
@@ -212,6 +214,7 @@ def write_seed_report(out_dir: str | Path, run_dirs: list[str | Path]) -> Path:
     out_dir/report.md (tables; links to each run's own report.md when present).
     Returns the path of report.md."""
     out_dir = Path(out_dir)
+    require(out_dir, "seeds", "distill report")  # it overwrites report.md, seeds.json and PNGs
     summaries = [load_summary(d) for d in run_dirs]
     agg = aggregate(summaries)
     write_json(out_dir / "seeds.json", json_safe(agg))

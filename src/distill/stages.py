@@ -28,6 +28,7 @@ from .io import append_line, load_weights, save_weights, write_json, write_text
 from .models import count_parameters
 from .progress import StageProgress
 from .resume import lock_run, prune_metrics, read_stages, resumable
+from .run_folder import check, claim, legacy, sweep
 from .runtime import (
     all_gather_objects,
     barrier,
@@ -181,14 +182,18 @@ class Run:
             self.results = read_stages(self.dir)
 
     def _check_and_create_folder(self) -> None:
+        if self.resume and not (self.dir / "config.yaml").exists():
+            raise DistillError(f"'{self.dir}' holds no run to resume (no config.yaml there).")
+        # distill's marker first: a folder of the user's (files, no marker) is refused before
+        # anything in it is read as a run or written; an older run folder is adopted on resume
+        claim(self.dir, "run", "--resume" if self.resume else "--out",
+              adopt=self.resume and legacy(self.dir, "run"))
         finished = (self.dir / "summary.json").exists()
         started = (self.dir / "config.yaml").exists()
         if finished:
             raise DistillError(
                 f"'{self.dir}' already holds a finished run. Choose another --out, or delete it."
             )
-        if self.resume and not started:
-            raise DistillError(f"'{self.dir}' holds no run to resume (no config.yaml there).")
         if started and not self.resume:
             raise DistillError(
                 f"'{self.dir}' holds an unfinished run. Continue it with `distill run --resume "
@@ -295,6 +300,8 @@ class Run:
             )
         if "distill" in cfg.stages and not terms:
             raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
+        if cfg.cache == "disk" and cfg.cache_dir and "distill" in cfg.stages:  # a folder of yours: now, not after training
+            check(cfg.cache_dir, "cache", "cache_dir", adopt=legacy(cfg.cache_dir, "cache"))
         self.task.preflight(data, terms, has_teacher)
 
     def teacher_stage(self, data) -> nn.Module | None:
@@ -358,6 +365,7 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False,
         summary["wall_seconds"] = time.perf_counter() - start
         if is_main():
             write_json(out / "summary.json", summary)
+            sweep(out)  # orphaned .tmp and ckpt-* files of killed writes: only distill's own names
     except OSError as e:  # a full disk mid-run (WriteFailed, or an OSError from a library)
         raise resumable(e, out) from None
     finally:
