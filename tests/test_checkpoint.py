@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from distill.checkpoint import POINTER, Checkpointer
 from distill.cli import main
 from distill.errors import DistillError
 from distill.io import load_weights, read_state_dict
+from distill.run_folder import claim
 
 # cache=disk: the resumed run must get the very teacher targets the uninterrupted run used. The
 # default in-memory cache starts empty after a restart, so the resumed run would recompute
@@ -162,7 +162,7 @@ def test_resume_refusals(tmp_path, reference_run, capsys):
     assert "finished run" in capsys.readouterr().err
     assert main(["run", "--quiet", "--resume", str(tmp_path)]) == 2
     assert "no run to resume" in capsys.readouterr().err
-    os.makedirs(tmp_path / "half")
+    claim(tmp_path / "half", "run", "--out")  # a folder distill made (a user's is refused first)
     (tmp_path / "half" / "config.yaml").write_text("name: x\n")
     assert main(["run", "--quiet", "--out", str(tmp_path / "half")]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -190,3 +190,13 @@ def test_older_run_folders_are_recognised_and_sweep_keeps_other_files(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(DistillError, match="is a file"):
         claim(tmp_path / "f", "run", "--out")
+
+
+def test_checkpoint_cleanup_deletes_only_checkpoint_files(tmp_path):
+    from distill.checkpoint import Checkpointer
+
+    (tmp_path / "ckpt-notes.txt").write_text("mine")
+    (tmp_path / "ckpt-distill-0003-000010.pt").write_bytes(b"x")
+    (tmp_path / "ckpt-distill-0003-000010.safetensors").write_bytes(b"x")
+    Checkpointer.clear(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-notes.txt"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,13 @@ from .io import atomic_write, plain_state, write_json
 from .runtime import all_gather_objects, barrier, is_main, rank, world_size
 
 POINTER = "checkpoint.json"
+CKPT_NAME = re.compile(r"ckpt-[A-Za-z0-9_]+-\d{4,}-\d{6,}\.(safetensors|pt)")  # the stems save() writes
+
+
+def own_checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoint files in `folder` that distill wrote (by name): a user's own
+    `ckpt-notes.txt` is never one of them, so it is never deleted."""
+    return [p for p in folder.glob("ckpt-*") if CKPT_NAME.fullmatch(p.name) and p.is_file()]
 
 
 @dataclass
@@ -95,7 +103,7 @@ class Checkpointer:
         }
         atomic_write(self.dir / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))
         write_json(self.dir / POINTER, {"stage": self.stage, "stem": stem})
-        for old in self.dir.glob("ckpt-*"):
+        for old in own_checkpoint_files(self.dir):
             if not old.name.startswith(stem + "."):
                 old.unlink(missing_ok=True)
         barrier()
@@ -161,6 +169,6 @@ class Checkpointer:
     @staticmethod
     def clear(run_dir: Path) -> None:
         """Remove the checkpoint once its stage is complete."""
-        for path in Path(run_dir).glob("ckpt-*"):
+        for path in own_checkpoint_files(Path(run_dir)):
             path.unlink(missing_ok=True)
         (Path(run_dir) / POINTER).unlink(missing_ok=True)

@@ -26,13 +26,13 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .checkpoint import CKPT_NAME
 from .errors import DistillError
 from .io import write_json
 
 MARKER = ".distill.json"
 KINDS = {"run": "run folder", "seeds": "--seeds folder", "cache": "teacher cache"}
 TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
-CKPT = re.compile(r"^ckpt-[A-Za-z0-9_]+-\d{4,}-\d{6,}\.(safetensors|pt)$")  # checkpoint.Checkpointer
 SEED_REPORT = {"report.md", "seeds.json", "accuracy.png", "gain.png", "seeds-run.json"}
 
 
@@ -171,7 +171,7 @@ def sweep(folder: str | Path) -> list[str]:
         return []
     gone = []
     for p in folder.iterdir():
-        if (TMP.match(p.name) or CKPT.match(p.name)) and p.is_file() and not p.is_symlink():
+        if (TMP.match(p.name) or CKPT_NAME.fullmatch(p.name)) and p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
             gone.append(p.name)
     return sorted(gone)
