@@ -151,7 +151,7 @@ def test_eval_table_fits_80_columns(resumed_run, monkeypatch, capsys):
 def test_lm_summary_headers_fit_80_columns():
     from rich.console import Console
 
-    from distill.cli import summary_table
+    from distill.tables import summary_table
 
     row = {"params": 124_439_808, "best_epoch": 3, "val_ppl": 12.34, "test_ppl": 12.56, "last_test_ppl": 12.9}
     summary = {"name": "lm", "seed": 0, "primary": {"metric": "ppl", "lower_is_better": True},

@@ -10,46 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from . import __version__
 from .config import load_config, to_yaml
-from .errors import DistillError, plain
+from .errors import DistillError, clip, plain, short
+from .listing import cmd_losses, cmd_models
 from .runtime import Interrupted, is_main, resolve_device, stop_requested
+from .tables import seeds_table, summary_table
 from .trust import Trust, code_paths
-
-# short, so that a table's headers fit on one line of an 80-column terminal
-METRIC_NAMES = {"acc": "acc %", "ppl": "ppl"}
-
-
-def narrow_table(title: str) -> Table:
-    """A rich Table without side borders or column rules (columns two spaces apart), so the
-    summary and evaluation tables fit in 80 columns without wrapping a header."""
-    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-
-
-def summary_table(summary: dict) -> Table:
-    primary = summary.get("primary", {"metric": "acc", "lower_is_better": False})
-    m = primary["metric"]
-    name = METRIC_NAMES.get(m, m)
-    table = narrow_table(f"{summary['name']} (seed {summary['seed']}): did distillation help?")
-    for col in ("stage", "params", "best epoch", f"val {name}", f"test {name}", f"last-epoch test {name}"):
-        table.add_column(col, justify="right" if col != "stage" else "left")
-    for stage, r in summary["stages"].items():
-        table.add_row(
-            stage, f"{r['params']:,}", str(r.get("best_epoch", "-")), f"{r[f'val_{m}']:.2f}",
-            f"{r[f'test_{m}']:.2f}", f"{r[f'last_test_{m}']:.2f}" if f"last_test_{m}" in r else "-",
-        )
-    gain = summary.get("gain")
-    if gain:
-        better = "lower is better" if primary["lower_is_better"] else "higher is better"
-        table.caption = (
-            f"distilled - scratch: {gain[f'test_{m}']:+.2f} test {name} "
-            f"(validation-selected), {gain[f'last_test_{m}']:+.2f} at the last epoch; {better}"
-        )
-    return table
 
 
 def _resume_target(args):
@@ -220,30 +189,6 @@ def _forget_record(out: Path, created: bool, marked: bool) -> None:
             out.rmdir()
 
 
-def seeds_table(agg: dict) -> Table:
-    table = narrow_table(f"{agg['name']}: {agg['n']} seeds, mean +- std")
-    for col in ("stage", "val acc %", "test acc % (val-selected)", "test acc % (last epoch)"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for stage, r in agg["stages"].items():
-        cells = [_mean_std(r.get(k)) for k in ("val_acc", "test_acc", "last_test_acc")]
-        table.add_row(stage, *cells)
-    gain = agg.get("gain") or {}
-    if "test_acc" in gain:
-        g = gain["test_acc"]
-        table.caption = (
-            f"distilled - scratch (paired): {g['mean']:+.2f} +- {g['std']:.2f} test points, "
-            f"95% interval [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}], positive in "
-            f"{g['positive']}/{agg['n']} seeds"
-        ) if g["ci95"] else f"distilled - scratch: {g['mean']:+.2f} test points"
-    return table
-
-
-def _mean_std(d: dict | None) -> str:
-    if not d or d["mean"] is None:
-        return "-"
-    return f"{d['mean']:.2f}" + (f" +- {d['std']:.2f}" if d["std"] is not None else "")
-
-
 def _trust(args) -> Trust:
     return Trust(code=args.trust_code, checkpoint=args.trust_checkpoint)
 
@@ -295,63 +240,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _defaults(cls) -> str:
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters.values()
-    return ", ".join(
-        f"{p.name}={p.default}" for p in params
-        if p.default is not inspect.Parameter.empty and p.name not in ("student", "teacher")
-    ) or "-"
-
-
-def cmd_losses(args) -> int:
-    """List every registered loss with its citation, defaults and the layers it needs."""
-    import inspect
-
-    from .losses import LOSSES
-    from .losses.lm import TOKEN_LOSSES
-
-    table = Table(title="distillation losses (use as loss.<name>.<key>=value)")
-    for col in ("name", "paper", "defaults", "layers"):
-        table.add_column(col)
-    table.add_row("ce", "cross-entropy on the labels", "weight", "-")
-    for name, cls in LOSSES.items():
-        layers = "student, teacher" if "student" in inspect.signature(cls.__init__).parameters else "-"
-        table.add_row(name, getattr(cls, "cite", ""), _defaults(cls), layers)
-    Console().print(table)
-    lm = Table(title="token losses for task: language_model (per counted target token)")
-    for col in ("name", "paper", "defaults"):
-        lm.add_column(col)
-    lm.add_row("ce", "next-token cross-entropy on the data", "weight")
-    for name, cls in TOKEN_LOSSES.items():
-        lm.add_row(name, getattr(cls, "cite", ""), _defaults(cls))
-    Console().print(lm)
-    return 0
-
-
-def cmd_models(args) -> int:
-    """List the model zoo with parameters (and, with --flops, FLOPs) at each model's usual input
-    shape. Models are built on the meta device without initialisation: shapes, not values."""
-    from .models import MODELS, count_flops, count_parameters, create_skeleton, default_shape
-
-    table = Table(title="models (teacher.model / student.model; or package.module:function)",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    cols = ("name", "input", "classes", "params", *(("MFLOPs",) if args.flops else ()), "hookable paths")
-    for col in cols:
-        table.add_column(col, justify="right" if col in ("classes", "params", "MFLOPs") else "left",
-                         no_wrap=col != "hookable paths")
-    for name in MODELS:
-        shape, classes = default_shape(name)
-        model = create_skeleton(name, classes, shape)
-        paths = getattr(model, "hook_paths", None) or [n for n, _ in model.named_children()]
-        flops = (f"{count_flops(model, shape) / 1e6:,.2f}",) if args.flops else ()
-        table.add_row(name, "x".join(map(str, shape)), str(classes), f"{count_parameters(model):,}", *flops,
-                      ", ".join(paths))
-    Console().print(table)
-    return 0
-
-
 def cmd_export(args) -> int:
     from .export import export
 
@@ -385,7 +273,7 @@ def _seed_count(text: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"N must be a whole number >= 1, got {text!r} (1 is a single run)")
+        raise argparse.ArgumentTypeError(f"N must be a whole number >= 1, got {short(text)} (1 is a single run)")
     return n
 
 
@@ -441,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 2000  # characters of an error message printed; the rest ends in "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -456,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return args.func(args)
-    except DistillError as e:
-        print(plain(f"error: {e}"), file=sys.stderr)
+    except DistillError as e:  # one paragraph, however much of the user's input it quotes
+        print(plain(f"error: {clip(str(e), MAX_MESSAGE)}"), file=sys.stderr)
         return 2
     except OSError as e:  # an unwritable or full output folder, caught mid-run
         print(plain(

@@ -34,6 +34,7 @@ from .plots import (
 )
 from .run_folder import require
 from .runtime import resolve_device
+from .tables import narrow_table
 from .trust import NO_TRUST, Trust, require_trust
 
 DETAIL_KEYS = ("per_class_acc", "confusion", "reliability")  # kept for val-selected weights only
@@ -205,8 +206,6 @@ def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, bui
 def evaluation_table(evaluation: dict):
     """A rich Table of `evaluate_run`/`evaluate_target` output, for `distill eval`: the units
     are in the title so the headers stay as narrow as the numbers (80 columns)."""
-    from .cli import narrow_table
-
     t = narrow_table(f"evaluation on {evaluation['split']} data (acc, top-5, ECE, agreement with the teacher: %)")
     for col in ("model", "weights", "acc", "top-5", "NLL", "ECE", "agree", "KL(t‖s)"):
         t.add_column(col, justify="left" if col in ("model", "weights") else "right")
