@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import DistillError
+from .errors import DistillError, short
 from .io import write_json
 from .run_folder import claim, delete_owned_files, record_files
 from .runtime import all_gather_objects, distributed, rank
@@ -422,7 +422,7 @@ def open_cache(mode: str, distiller, loader, *, augment=None, seed: int = 0, epo
     if mode == "off" or distiller.teacher is None or not distiller.terms:
         return None, "off" if mode == "off" else "off: no teacher terms"
     if mode not in ("auto", "memory", "disk"):
-        raise DistillError(f"cache must be off, auto, memory or disk; got {mode!r}.")
+        raise DistillError(f"cache must be off, auto, memory or disk; got {short(mode)}.")
     views = augment.num_views if augment is not None and augment.is_random else 1
     if views is None or mixup:
         what = "mixup" if mixup else "its augmentation (not enumerable, e.g. Cutout)"

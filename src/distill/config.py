@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from .config_yaml import AliasRefused, load_yaml, read_text
+from .errors import ConfigError, clip, short
 from .naming import unknown_key
 from .terms import check_loss
 
@@ -156,12 +157,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(
-            f"Cannot read override '{text}'. Write overrides as dotted.key=value, "
+            f"Cannot read override {short(text)}. Write overrides as dotted.key=value, "
             "e.g. train.epochs=5 or loss.kd.T=2."
         )
     try:
-        parsed = yaml.safe_load(value) if value else ""
-    except yaml.YAMLError:
+        parsed = load_yaml(value, f"Override {short(key, 100)}") if value else ""
+    except (yaml.YAMLError, AliasRefused):  # not YAML (or an alias): the text itself
         parsed = value
     return key.split("."), _number(parsed)
 
@@ -197,9 +198,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         if not p.is_file():
             raise ConfigError(f"Config file '{p}' does not exist. Check the path, or run without one for the built-in demo.")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = load_yaml(read_text(p), f"Config file '{p}'") or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"Config file '{p}' is not valid YAML: {e}") from e
+            raise ConfigError(f"Config file '{p}' is not valid YAML: {clip(str(e), 500)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"Config file '{p}' must be a YAML mapping of keys to values.")
     parsed = [parse_override(text) for text in overrides]
@@ -387,11 +388,11 @@ def _explain(error: ValidationError, prefix: str = "") -> str:
     msgs = []
     for err in error.errors()[:3]:
         loc = (*prefix.split("."), *err["loc"]) if prefix else tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
+        dotted = clip(".".join(str(p) for p in loc), 100)
         if err["type"] == "extra_forbidden":
             where = ".".join(str(p) for p in loc[:-1])
-            msgs.append(unknown_key(where, _fields_at(loc[:-1]), str(loc[-1])))
+            msgs.append(unknown_key(clip(where, 100), _fields_at(loc[:-1]), clip(str(loc[-1]), 100)))
         else:
-            msg = err["msg"][0].lower() + err["msg"][1:]
-            msgs.append(f"Invalid value for '{dotted}': {msg} (got {err.get('input')!r}).")
+            msg = clip(err["msg"][0].lower() + err["msg"][1:], 300)
+            msgs.append(f"Invalid value for '{dotted}': {msg} (got {short(err.get('input'))}).")
     return " ".join(msgs)

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import clip
+
 
 def did_you_mean(key: str, options: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest option, or '' when none is close."""
@@ -37,6 +39,7 @@ def resolve(name: str, registry: dict, kind: str, form: str, error: type[Excepti
     """
     if name in registry:
         return registry[name]
+    shown = clip(name, 100)  # a name quoted back in an error stays short, however long it was
     if ":" in name:
         module_name, _, attr = name.partition(":")
         _search_current_directory()
@@ -44,12 +47,12 @@ def resolve(name: str, registry: dict, kind: str, form: str, error: type[Excepti
             return getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise error(
-                f"Could not import {kind} '{name}' ({e}). Give it as {form}, importable from "
+                f"Could not import {kind} '{shown}' ({clip(str(e), 200)}). Give it as {form}, importable from "
                 f"the current directory ({Path.cwd()}), a folder on PYTHONPATH, or the "
                 "installed packages."
             ) from e
     raise error(
-        f"Unknown {kind} '{name}'.{did_you_mean(name, registry)} Known {plural(kind)}: "
+        f"Unknown {kind} '{shown}'.{did_you_mean(name, registry)} Known {plural(kind)}: "
         f"{', '.join(sorted(registry))}, or a {form} path."
     )
 
@@ -58,4 +61,4 @@ def unknown_key(where: str, valid: list[str], key: str) -> str:
     """The message for a key that is not valid at `where`, with the closest valid one."""
     hint = did_you_mean(key, valid)
     place = f"under '{where}'" if where else "at the top level"
-    return f"Unknown key '{key}' {place}.{hint} Valid keys there: {', '.join(valid)}."
+    return f"Unknown key '{clip(key, 100)}' {place}.{hint} Valid keys there: {', '.join(valid)}."

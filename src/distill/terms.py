@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, short
 from .naming import unknown_key
 
 # A term's name becomes an nn.ModuleDict key and a metrics column (train_<name>): a plain
@@ -49,11 +49,11 @@ def check_loss(loss: dict[str, dict[str, Any]], task: str = "classification") ->
     total = 0.0
     for name, params in loss.items():
         if not isinstance(params, dict):
-            raise ConfigError(f"loss.{name} must be a mapping such as {{weight: 1.0}}; got {params!r}.")
+            raise ConfigError(f"loss.{name} must be a mapping such as {{weight: 1.0}}; got {short(params)}.")
         _check_term_name(name, params)
         kind, args, weight = term_spec(name, params)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
-            raise ConfigError(f"loss.{name}.weight must be a finite number >= 0; got {weight!r}.")
+            raise ConfigError(f"loss.{name}.weight must be a finite number >= 0; got {short(weight)}.")
         _check_values(name, params)
         total += weight
         if kind == "ce":
@@ -78,11 +78,11 @@ def _check_values(name: str, params: dict[str, Any]) -> None:
     for key, value in params.items():
         values = value if isinstance(value, list | tuple) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ConfigError(f"loss.{name}.{key} must be a finite number; got {value!r}.")
+            raise ConfigError(f"loss.{name}.{key} must be a finite number; got {short(value)}.")
         if key in TEMPERATURE_KEYS and isinstance(value, int | float) and not isinstance(value, bool) \
                 and 0 < value < MIN_TEMPERATURE:
             raise ConfigError(
-                f"loss.{name}.{key}={value!r} is below {MIN_TEMPERATURE}: logits / {key} overflow to "
+                f"loss.{name}.{key}={short(value)} is below {MIN_TEMPERATURE}: logits / {key} overflow to "
                 f"infinity and the loss to NaN, and the soft targets are one-hot long before that. "
                 f"Use {key} >= {MIN_TEMPERATURE} (typical values are 1 to 20)."
             )
@@ -91,7 +91,7 @@ def _check_values(name: str, params: dict[str, Any]) -> None:
 def _check_term_name(name: str, params: dict[str, Any]) -> None:
     kind = params.get("type", name)
     if not isinstance(kind, str) or not kind:
-        raise ConfigError(f"loss.{name}.type must be a loss name or package.module:Class; got {kind!r}.")
+        raise ConfigError(f"loss.{name}.type must be a loss name or package.module:Class; got {short(kind)}.")
     if not TERM_NAME.fullmatch(name):
         example = "mine" if is_code_path(name) else "term1"
         typed = f" with type: '{name}'" if is_code_path(name) else ""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..distiller import UNLABELLED
-from ..errors import DistillError
+from ..errors import DistillError, short
 from .augment import Augment, Normalize, build_augment, channel_stats
 from .digits import load_digits_arrays
 from .loader import TensorLoader
@@ -105,7 +105,7 @@ def _transforms(cfg, x_train: np.ndarray, seed: int):
     if not is_image:
         if cfg.augment not in (None, "none"):
             raise DistillError(
-                f"data.augment={cfg.augment!r} needs images (uint8, N x C x H x W); "
+                f"data.augment={short(cfg.augment)} needs images (uint8, N x C x H x W); "
                 f"'{cfg.name}' has inputs of shape {x_train.shape[1:]}. Set data.augment=none."
             )
         mean = x_train.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..errors import DistillError
+from ..errors import DistillError, short
 from .draws import HASH, _Rand, counter_bits
 from .transforms import (
     TRANSFORMS,
@@ -186,7 +186,7 @@ class Augment:
     @classmethod
     def from_spec(cls, spec: dict) -> Augment:
         if spec.get("hash", HASH) != HASH:
-            raise DistillError(f"Augment spec uses hash {spec['hash']!r}; this build has {HASH}.")
+            raise DistillError(f"Augment spec uses hash {short(spec['hash'])}; this build has {HASH}.")
         return cls([_transform_from_dict(d) for d in spec["transforms"]], spec["image_size"])
 
     def __repr__(self) -> str:
@@ -199,7 +199,7 @@ def _transform_from_dict(d: dict, size=None) -> Transform:
     name = d.pop("name", None)
     if name not in TRANSFORMS:
         raise DistillError(
-            f"Unknown augmentation {name!r}. Available: {', '.join(TRANSFORMS)}."
+            f"Unknown augmentation {short(name)}. Available: {', '.join(TRANSFORMS)}."
         )
     if name == "random_crop" and "size" not in d and size is not None:
         d["size"] = list(size)
@@ -230,7 +230,7 @@ def build_augment(value, image_size, normalize: Normalize | None = None) -> Augm
         hw = size
         for d in value:
             if not isinstance(d, dict):
-                raise DistillError(f"Each augmentation must be a mapping with a 'name'; got {d!r}.")
+                raise DistillError(f"Each augmentation must be a mapping with a 'name'; got {short(d)}.")
             t = _transform_from_dict(d, size=hw)
             ts.append(t)
             if isinstance(t, RandomCrop):
@@ -238,31 +238,36 @@ def build_augment(value, image_size, normalize: Normalize | None = None) -> Augm
     else:
         raise DistillError(
             f"data.augment must be 'none', 'flip', 'crop_flip' or a list of transforms; "
-            f"got {value!r}."
+            f"got {short(value)}."
         )
     if normalize is not None:
         ts.append(normalize)
     return Augment(ts, size) if ts else None
 
 
-def channel_stats(x, scale: float = 1.0, chunk: int = 4096) -> tuple[list[float], list[float]]:
+def channel_stats(x, scale: float = 1.0, chunk: int = 4096,
+                  max_elements: int = 1 << 22) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of (N, C, ...) data (numpy or torch), times `scale`, computed
-    in float64 chunk by chunk (so uint8 datasets are never copied to float whole)."""
+    in float64 over chunks of at most `chunk` samples and `max_elements` values (32 MiB of
+    float64), squared in place: the peak is one chunk, not a float64 copy of the data."""
     n = len(x)
     if n == 0:
         raise DistillError("Cannot compute channel statistics of an empty dataset.")
     c = x.shape[1]
+    per_sample = max(int(np.prod(x.shape[1:])), 1)
+    rows = max(1, min(chunk, max_elements // per_sample))
     s = np.zeros(c)
     s2 = np.zeros(c)
-    count = 0
-    for i in range(0, n, chunk):
-        part = x[i : i + chunk]
+    for i in range(0, n, rows):
+        part = x[i : i + rows]
         if isinstance(part, torch.Tensor):
             part = part.detach().cpu().numpy()
-        part = np.asarray(part, dtype=np.float64).reshape(len(part), c, -1) * scale
+        part = np.array(part, dtype=np.float64).reshape(len(part), c, -1)
+        part *= scale
         s += part.sum(axis=(0, 2))
-        s2 += (part**2).sum(axis=(0, 2))
-        count += part.shape[0] * part.shape[2]
+        np.square(part, out=part)
+        s2 += part.sum(axis=(0, 2))
+    count = n * (per_sample // c)
     mean = s / count
     std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
     std[std == 0] = 1.0

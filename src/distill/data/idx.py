@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DistillError
 from .labels import _check_lengths, check_labels
+from .memory import check_fits
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -49,16 +51,28 @@ def _find_idx(path: Path, stem: str) -> Path | None:
     return None
 
 
+def _read_checked(f, file: Path) -> bytes:
+    """The bytes of an IDX stream, read only after the size its header declares was checked
+    against the memory budget (a small .gz can declare, and inflate to, gigabytes)."""
+    head = f.read(4)
+    if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES:
+        head += f.read(4 * head[3])
+        dims = np.frombuffer(head, dtype=">u4", count=(len(head) - 4) // 4, offset=4)
+        nbytes = math.prod(int(d) for d in dims) * _IDX_DTYPES[head[2]].itemsize
+        check_fits(nbytes, f"IDX file '{file}' (shape {tuple(int(d) for d in dims)})",
+                   "Check that it is the file you meant; MNIST's train images take 45 MiB.")
+        return head + f.read(nbytes + 1)  # one byte more, to notice trailing data
+    return head + f.read()
+
+
 def read_idx(file) -> np.ndarray:
     """Parse one IDX file (raw or .gz): magic 0x0000 | dtype byte | ndim byte, then big-endian
     uint32 dimensions, then the data in big-endian order. Returns a native-endian array."""
     file = Path(file)
     try:
-        if file.suffix == ".gz":
-            with gzip.open(file, "rb") as f:
-                raw = f.read()
-        else:
-            raw = file.read_bytes()
+        opener = gzip.open if file.suffix == ".gz" else open
+        with opener(file, "rb") as f:
+            raw = _read_checked(f, file)
     except (OSError, EOFError) as e:
         raise DistillError(f"Could not read IDX file '{file}' ({e}).") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:

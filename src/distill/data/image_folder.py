@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DistillError
+from .memory import check_fits, check_side
 from .transforms import _pair
 
 IMAGE_EXTENSIONS = (
@@ -32,10 +33,11 @@ def read_image_folder(path, size=None, crop=None):
     `size`: an int resizes the shorter side to `size` keeping the aspect ratio; (h, w) resizes
     to exactly that. `crop` (int or (h, w)) then takes a centre crop. Without either, every
     image must already have the same size. Returns (x uint8 (N, 3, H, W), y int64 (N,),
-    class_names list[str]).
+    class_names list[str]). The decoded size is worked out from the first file's header and
+    checked against the memory budget before any image is decoded.
     """
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is a dependency
         raise DistillError("Reading image folders needs Pillow: pip install pillow.") from e
 
@@ -43,37 +45,69 @@ def read_image_folder(path, size=None, crop=None):
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise DistillError(f"Data path '{root}' {what}. {_FOLDER_LAYOUT}.")
+    for value, name in ((size, "size"), (crop, "crop")):
+        if value is not None:
+            check_side(value, name)
     size_hw = None if size is None or isinstance(size, int) else _pair(size, "size")
     short_side = size if isinstance(size, int) else None
-    if short_side is not None and short_side < 1:
-        raise DistillError(f"size must be positive; got {size!r}.")
     crop_hw = None if crop is None else _pair(crop, "crop")
     classes, files = _class_files(root)
 
-    arrays, first = [], None
-    for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                im = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-                Image.DecompressionBombError) as e:
-            raise DistillError(f"Could not read image '{f}': {e}. Fix or remove the file.") from e
-        im = _resize(im, short_side, size_hw, Image.Resampling.BILINEAR)
-        if crop_hw is not None:
-            im = _centre_crop(im, crop_hw, f)
-        a = np.asarray(im, dtype=np.uint8)
-        if first is None:
-            first = (f, a.shape)
-        elif a.shape != first[1]:
+    geometry = (short_side, size_hw, crop_hw)
+    first = files[0][0]
+    h, w = _planned(_header_size(first, Image), geometry, first)
+    check_fits(len(files) * 3 * h * w, f"The {len(files)} images under '{root}' ({h}x{w} RGB)",
+               "Set a smaller data.size (and data.crop), or use a folder with fewer images.")
+    x = np.empty((len(files), 3, h, w), dtype=np.uint8)
+    for i, (f, _) in enumerate(files):
+        planned = _planned(_header_size(f, Image), geometry, f)
+        if planned != (h, w):
             raise DistillError(
-                f"Image '{f}' is {a.shape[0]}x{a.shape[1]} but '{first[0]}' is "
-                f"{first[1][0]}x{first[1][1]}; set data.size and/or data.crop so that every "
-                f"image ends up the same size."
+                f"Image '{f}' is {planned[0]}x{planned[1]} but '{first}' is {h}x{w}; set "
+                f"data.size and/or data.crop so that every image ends up the same size."
             )
-        arrays.append(a)
-    x = np.stack(arrays).transpose(0, 3, 1, 2).copy()
+        x[i] = _decode(f, geometry, Image).transpose(2, 0, 1)
     y = np.array([c for _, c in files], dtype=np.int64)
     return x, y, classes
+
+
+def _header_size(f: Path, Image) -> tuple[int, int]:
+    """(width, height) of image file `f`, read from its header: nothing is decoded."""
+    try:
+        with Image.open(f) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DistillError(f"Could not read image '{f}': {e}. Fix or remove the file.") from e
+
+
+def _planned(wh: tuple[int, int], geometry, f: Path) -> tuple[int, int]:
+    """(h, w) an image of size `wh` ends up at, checked against the memory budget first."""
+    short_side, size_hw, crop_hw = geometry
+    tw, th = _target(wh, short_side, size_hw)
+    check_fits(3 * tw * th, f"Image '{f}' resized to {th}x{tw}",
+               "Set a smaller data.size, or remove very elongated images.", copies=1)
+    if crop_hw is not None:
+        if crop_hw[0] > th or crop_hw[1] > tw:
+            raise DistillError(
+                f"crop {crop_hw[0]}x{crop_hw[1]} is larger than image '{f}' ({th}x{tw} after "
+                f"resizing); choose a smaller crop or a larger size."
+            )
+        return crop_hw
+    return th, tw
+
+
+def _decode(f: Path, geometry, Image) -> np.ndarray:
+    """Image `f` decoded to RGB, resized and centre-cropped: uint8 (H, W, 3)."""
+    short_side, size_hw, crop_hw = geometry
+    try:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DistillError(f"Could not read image '{f}': {e}. Fix or remove the file.") from e
+    im = _resize(im, short_side, size_hw, Image.Resampling.BILINEAR)
+    if crop_hw is not None:
+        im = _centre_crop(im, crop_hw, f)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _class_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -98,17 +132,22 @@ def _class_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
+def _target(wh: tuple[int, int], short_side: int | None, size_hw: tuple[int, int] | None):
+    """(width, height) after resizing an image of size `wh`: the shorter side scaled to
+    `short_side` (aspect kept), exactly `size_hw` (h, w), or unchanged."""
+    w, h = wh
+    if short_side is not None:
+        s = short_side / min(w, h)
+        return max(1, round(w * s)), max(1, round(h * s))
+    if size_hw is not None:
+        return size_hw[1], size_hw[0]
+    return w, h
+
+
 def _resize(im, short_side: int | None, size_hw: tuple[int, int] | None, resample):
     """The shorter side scaled to `short_side` (aspect kept), or exactly `size_hw` (h, w)."""
-    if short_side is not None:
-        w, h = im.size
-        s = short_side / min(w, h)
-        target = (max(1, round(w * s)), max(1, round(h * s)))
-        if target != im.size:
-            im = im.resize(target, resample)
-    elif size_hw is not None and im.size != (size_hw[1], size_hw[0]):
-        im = im.resize((size_hw[1], size_hw[0]), resample)
-    return im
+    target = _target(im.size, short_side, size_hw)
+    return im if target == im.size else im.resize(target, resample)
 
 
 def _centre_crop(im, crop_hw: tuple[int, int], f: Path):

@@ -22,6 +22,7 @@ from .cifar import read_cifar
 from .idx import read_idx, read_mnist
 from .image_folder import IMAGE_EXTENSIONS, read_image_folder
 from .labels import check_classes, check_labels
+from .memory import check_csv, check_npz
 from .tables import read_csv, read_npz
 
 __all__ = [
@@ -69,10 +70,14 @@ def _read_folder(path, size=None, crop=None, **_):
 
 
 def _read_npz(path, **_):
+    if Path(path).is_file():
+        check_npz(path)  # before anything is inflated
     return RawData(*read_npz(path))
 
 
 def _read_csv(path, label_column="label", **_):
+    if Path(path).is_file():
+        check_csv(path)  # before anything is parsed
     return RawData(*read_csv(path, label_column=label_column))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DistillError
+from ..errors import DistillError, clip, short
 from .labels import _check_lengths, check_labels
 
 _NPZ_LAYOUT = (
@@ -101,7 +101,7 @@ def read_csv(path, label_column: str = "label", delimiter: str = ","):
     header = [h.strip() for h in header]
     if label_column not in header:
         raise DistillError(
-            f"'{p}' has no column '{label_column}' in its header row ({', '.join(header)}). "
+            f"'{p}' has no column '{label_column}' in its header row ({clip(', '.join(header), 300)}). "
             f"{layout}; set data.label_column if the labels are in another column."
         )
     li = header.index(label_column)
@@ -126,7 +126,7 @@ def read_csv(path, label_column: str = "label", delimiter: str = ","):
                     )
             except ValueError:
                 raise DistillError(
-                    f"'{p}' line {line}, column '{header[i]}': {row[i]!r} is not a number. "
+                    f"'{p}' line {line}, column '{header[i]}': {short(row[i])} is not a number. "
                     f"{layout}."
                 ) from None
         try:
@@ -135,7 +135,7 @@ def read_csv(path, label_column: str = "label", delimiter: str = ","):
                 raise ValueError
         except ValueError:
             raise DistillError(
-                f"'{p}' line {line}, column '{label_column}': {row[li]!r} is not an integer "
+                f"'{p}' line {line}, column '{label_column}': {short(row[li])} is not an integer "
                 f"class label. {layout}."
             ) from None
         rows.append(vals)

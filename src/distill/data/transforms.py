@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DistillError
+from ..errors import DistillError, short
 from .draws import _Rand
 
 
@@ -23,9 +23,9 @@ def _pair(v, what: str) -> tuple[int, int]:
     else:
         t = tuple(int(a) for a in v)
         if len(t) != 2:
-            raise DistillError(f"{what} must be an int or (height, width); got {v!r}.")
+            raise DistillError(f"{what} must be an int or (height, width); got {short(v)}.")
     if min(t) < 1:
-        raise DistillError(f"{what} must be positive; got {v!r}.")
+        raise DistillError(f"{what} must be positive; got {short(v)}.")
     return t
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..data.loader import TensorLoader
-from ..errors import DistillError
+from ..errors import DistillError, short
 from .tokenizer import load_tokenizer
 
 SOURCES = ("pydoc", "text", "jsonl")
@@ -58,7 +58,7 @@ def read_examples(name: str, path: str | None) -> list[Example]:
         return [Example("", topics[k]) for k in sorted(topics)]
     if name not in SOURCES:
         raise DistillError(f"data.name for a language_model run must be one of {', '.join(SOURCES)}; "
-                           f"got {name!r}.")
+                           f"got {short(name)}.")
     if not path or not Path(path).exists():
         raise DistillError(f"data.name={name} reads data.path, which {'is not set' if not path else repr(path) + ' does not exist'}. "
                            f"Point data.path to a {'.txt file or folder' if name == 'text' else '.jsonl file'}.")

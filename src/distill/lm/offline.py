@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..cache import FORMAT, data_hash, open_arrays, teacher_hash
-from ..errors import DistillError
+from ..errors import DistillError, short
 from ..progress import progress_bar
 from .chunked import Head, chunk_rows
 from .models import hidden_states
@@ -111,7 +111,7 @@ def open_topk_store(teacher, loader, *, k: int, T: float, storage: str, path, de
                     rebuild: bool = True, quiet: bool = True) -> tuple[TopKStore, str]:
     """Open (reuse or build) the store for `loader`'s rows and fill what is missing."""
     if storage not in ("memory", "disk"):
-        raise DistillError(f"An offline top-k teacher needs cache: memory or disk; got {storage!r}.")
+        raise DistillError(f"An offline top-k teacher needs cache: memory or disk; got {short(storage)}.")
     vocab = int(teacher.get_output_embeddings().weight.shape[0])
     if not 0 < k < vocab:
         raise DistillError(f"cache_topk must be between 1 and the vocabulary size - 1 ({vocab - 1}); got {k}.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import DistillError
+from ..errors import DistillError, short
 from ..runtime import DTYPES, barrier, is_main
 from ..tasks import build_terms
 from .data import LMData, build_lm_data
@@ -62,7 +62,7 @@ class LanguageModelTask:
                                "samples; set lm.on_policy.fraction=0 or cache_topk=null.")
         if cfg.cache_topk and cfg.cache not in ("memory", "disk"):
             raise DistillError(f"cache_topk stores an offline teacher: set cache: disk (or memory); "
-                               f"cache is {cfg.cache!r}.")
+                               f"cache is {short(cfg.cache)}.")
         if cfg.cache_topk and cfg.lm.shared_vocab:
             raise DistillError("An offline top-k teacher stores probabilities over the teacher's "
                                "whole vocabulary; with lm.shared_vocab use the online teacher "
