@@ -218,12 +218,12 @@ def cmd_eval(args) -> int:
         return 0
 
     if args.data:  # the built-in digits read no path: --data would be ignored
-        import yaml
-
         from .config import BUILT_IN_DATA, parse_override
+        from .config_yaml import load_yaml, read_text
 
         run_dir = Path(args.target) if Path(args.target).is_dir() else Path(args.target).parent
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+        saved_path = run_dir / "config.yaml"  # read with the config limits (no aliases, <= 1 MiB)
+        saved = load_yaml(read_text(saved_path), f"Config file '{saved_path}'") if saved_path.is_file() else {}
         name = (saved.get("data") or {}).get("name", "digits") if isinstance(saved, dict) else None
         name = next((v for k, v in map(parse_override, args.overrides) if k == ["data", "name"]), name)
         if name == BUILT_IN_DATA["classification"]:
