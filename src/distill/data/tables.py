@@ -121,7 +121,7 @@ def read_csv(path, label_column: str = "label", delimiter: str = ","):
                 vals.append(float(row[i]))
                 if not math.isfinite(vals[-1]):
                     raise DistillError(
-                        f"'{p}' line {line}, column '{header[i]}': {row[i]!r} is not a finite number "
+                        f"'{p}' line {line}, column '{header[i]}': {short(row[i])} is not a finite number "
                         "(NaN and Inf train nothing but NaN). Fill in or drop the missing values."
                     )
             except ValueError:
