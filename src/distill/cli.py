@@ -82,7 +82,7 @@ def cmd_run(args) -> int:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume),
                       trust_checkpoint=args.trust_checkpoint)
     except NonFiniteLoss as e:
-        raise NonFiniteLoss(f"{e} To retry with other settings: distill run --resume {out} "
+        raise NonFiniteLoss(f"{e} To retry with other settings: {_resume_command(cfg, out)} "
                             "train.lr=<lower> (restarts the stages it changes).") from None
     except Interrupted as stop:
         saved = "A checkpoint was written. " if stop.checkpointed else ""
