@@ -192,7 +192,7 @@ def test_a_damaged_stages_record_names_the_file_to_delete(tmp_path, monkeypatch,
     (out / "stages.json").write_text('{"teacher": {"par')
     capsys.readouterr()
     assert main(["run", "--resume", str(out), *RESUME]) == 2
-    one_paragraph(capsys.readouterr().err, f"Delete exactly that file", str(out / "stages.json"))
+    one_paragraph(capsys.readouterr().err, "Delete exactly that file", str(out / "stages.json"))
     (out / "stages.json").unlink()
     assert main(["run", "--resume", str(out), *RESUME]) == 0, capsys.readouterr().err
     assert keys(out) == EXPECTED
