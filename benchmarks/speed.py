@@ -12,30 +12,41 @@ Four ways to train the same student from the same initial weights on the same da
   (d) plain: Distiller(None, student) through `fit`: the student alone on the labels, the floor
       that (c) can approach.
 
-Three teacher/student cost ratios: digits-sized MLPs (sklearn digits, 1,797 x 64; mlp [1200,
-1200] -> mlp [32]), a CNN teacher over an MLP student on MNIST-sized random data (10,000 x 1 x
-28 x 28; cnn [32, 64] -> mlp [64]) and resnet32x4 -> resnet8x4 on CIFAR-shaped random data (256
-x 3 x 32 x 32, 100 classes). Adam, lr 1e-3, T = 2, soft-target weight 0.75, CE weight 0.25, batch
-64, as in the tutorial.
+Four settings: digits-sized MLPs (sklearn digits, 1,797 x 64; mlp [1200, 1200] -> mlp [32]), a
+CNN teacher over an MLP student on MNIST-sized random data (10,000 x 1 x 28 x 28; cnn [32, 64]
+-> mlp [64]) and resnet32x4 -> resnet8x4 on CIFAR-shaped random data (256 x 3 x 32 x 32, 100
+classes), all with Adam, lr 1e-3, T = 2, soft-target weight 0.75, CE weight 0.25, batch 64, as in
+the tutorial; and resnet56 -> resnet20 on CIFAR-shaped random data (1,280 x 3 x 32 x 32, 20
+steps per epoch, 100 classes) with the CIFAR recipe's SGD (lr 0.05, momentum 0.9, weight decay
+5e-4) and T = 4, same weights and batch. The plain loop builds the same optimizer as distill's
+build_optimizer (its one change to the tutorial's code). The random resnet56 teacher's
+BatchNorm statistics are calibrated on 4 batches first (see calibrate_bn: with raw init its
+logits have a std near 1,650 and the tutorial's loss turns NaN).
 
-Timing. One thread (torch.set_num_threads(1)). The variants of a setting run interleaved in one
-process, one epoch each in turn (a, b, c, d, a, b, ...): each variant runs in its own Python
-thread and a baton lets exactly one of them run at a time, so the loops stay exactly as written
-(fit and the tutorial's function are called once each, for all epochs) while machine-load drifts
-hit every variant alike. What is timed is the training pass of an epoch: from the start of
+Timing. One thread (torch.set_num_threads(1)). The variants of a setting run interleaved, one
+epoch each in turn (a, b, c, d, a, b, ...): each variant runs in its own forked process (by
+default; --runner thread: a Python thread of this process, as it did before) and a baton lets
+exactly one of them run at a time, so the loops stay exactly as written (fit and the
+tutorial's function are called once each, for all epochs) while machine-load drifts hit every
+variant alike. A process per variant means each trains in a main thread and on a heap of its
+own, as a user's script does: in threads the variants share the process's allocator state,
+and allocator effects are part of what this measures (distill once lost 5-9% to page faults
+from the order of its teacher and student forwards; see the README). What is timed is the training pass of an epoch: from the start of
 iterating the training loader to its exhaustion (every step: batch, teacher, student, loss,
 backward, optimizer). fit's per-epoch validation (on 64 samples here) and the tutorial's print
 are outside it; fit's own whole-epoch seconds are kept in the JSON too. The steady state of every
 variant is the median of epochs 2..E; the first epoch is reported separately (for (c) it is the
 cache-filling epoch). The CPU time of each variant's thread in the same passes (time.thread_time;
-with one torch thread all of a step's work runs there) is reported beside the wall time: on a
-machine shared with other jobs it does not count the time spent waiting for a core.
+with one torch thread all of a step's work runs there) and of its process (time.process_time) is
+reported beside the wall time: on a machine shared with other jobs it does not count the time
+spent waiting for a core. Ratios are given of the steady states and, "paired", as the median
+over epochs 2..E of the ratio within each round.
 
 Also reported: teacher/student FLOPs (distill.models.count_flops), the final epoch's mean train
 loss and the train-set accuracy after training of every variant ((a) and (b) see different
 shuffles: equal within seed noise; (b) and (c) must train the identical student: checked
-bit for bit), and the targets (b)/(a) <= 1.05, (c)/(d) <= 1.10 and, where the teacher costs >= 10x
-the student's FLOPs, (a)/(c) >= 5.
+bit for bit), and the targets (b)/(a) <= 1.03 in CPU time, (b)/(a) <= 1.05, (c)/(d) <= 1.10
+and, where the teacher costs >= 10x the student's FLOPs, (a)/(c) >= 5 (wall time).
 
 With --levers it measures instead, on the CNN settings, speed levers against their baseline in
 the same interleaved way: the teacher forward under torch.inference_mode instead of no_grad
@@ -44,7 +55,7 @@ the loss, or needs a clone), channels_last memory format (teacher and student) a
 torch.compile of the student (compile time reported separately; inductor gets an empty cache
 directory unless --warm-compile-cache, so it is a first run's compile time).
 
-    python benchmarks/speed.py             # the four variants, three settings (~10 min)
+    python benchmarks/speed.py             # the four variants, four settings (~12 min)
     python benchmarks/speed.py --levers    # the levers (~10 min)
     python benchmarks/speed.py --settings digits --epochs 4   # a quick look
 
@@ -270,12 +281,12 @@ def _child(v: Variant, conn) -> None:
 def run_interleaved_processes(variants: list[Variant]) -> None:
     """Run every variant in its own forked process, one at a time, one epoch each in turn.
 
-    Each variant then trains in the main thread of its own process, as a user's script or
-    `distill run` does. That matters for what is measured: glibc's allocator gives each
-    thread other than the main one its own arena, which returns freed memory to the OS
-    differently, so a loop run in a helper thread does not see the page-fault cost a main
-    thread sees (resnet56 -> resnet20 with the teacher after the student: ~22k minor faults
-    per teacher forward in a main thread, ~6k in a helper thread).
+    Each variant then trains in the main thread of its own process and on its own heap, as a
+    user's script or `distill run` does. In threads of one process the variants share glibc's
+    allocator state (the main arena, per-thread arenas), and the allocator is part of what is
+    measured: two KD loops interleaved step by step in one process saw ~22k minor page faults
+    per teacher forward with the teacher after the student, where one loop alone in `fit` sees
+    3-8k (main thread or helper thread) and none with the teacher first.
     """
     import multiprocessing
 
