@@ -4,7 +4,6 @@ second --resume of a folder in use is refused; a resume on changed data is refus
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -18,13 +17,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-import distill.stages
 from distill.cli import main
 from distill.resume import lock_folder
+from full_disk import RESUME, TINY, interrupted
 
-TINY = ["train.epochs=3", "teacher.model=mlp", "teacher.kwargs.hidden=[16]", "data.batch_size=256",
-        "--quiet", "--no-report"]
-RESUME = ["--quiet", "--no-report"]
 EXPECTED = [(s, e) for s in ("teacher", "scratch", "distill") for e in (1, 2, 3)]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -74,20 +70,6 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
         assert keys(out) == EXPECTED  # no (stage, epoch) twice, none missing
         assert same(weights(out), expected)  # bit for bit the uninterrupted run
     print(f"{kills} kills over {rounds} run folder(s); uninterrupted run {duration:.1f} s")
-
-
-def interrupted(out: Path, monkeypatch, extra=()) -> None:
-    real = distill.stages.save_weights
-
-    def full(module, path):
-        if Path(path).name == "distill-last.safetensors":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(module, path)
-
-    with monkeypatch.context() as m:
-        m.setattr(distill.stages, "save_weights", full)
-        assert main(["run", "--out", str(out), *TINY, *extra]) == 2
-    assert (out / "checkpoint.json").is_file()
 
 
 def test_a_second_resume_of_a_folder_in_use_is_refused(tmp_path, monkeypatch, capsys):

@@ -20,10 +20,7 @@ import distill.io
 import distill.stages
 from distill.cli import main
 from distill.io import WriteFailed, append_line, read_lines
-
-TINY = ["train.epochs=3", "teacher.model=mlp", "teacher.kwargs.hidden=[16]", "data.batch_size=256",
-        "--quiet", "--no-report"]
-RESUME = ["--quiet", "--no-report"]
+from full_disk import RESUME, TINY, interrupted
 
 
 def keys(out: Path) -> list[tuple[str, int]]:
@@ -34,21 +31,6 @@ def keys(out: Path) -> list[tuple[str, int]]:
 
 
 EXPECTED = [(s, e) for s in ("teacher", "scratch", "distill") for e in (1, 2, 3)]
-
-
-def interrupted(out: Path, monkeypatch) -> None:
-    """A run stopped by a full disk after the distill stage's last checkpoint (exit 2)."""
-    real = distill.stages.save_weights
-
-    def full(module, path):
-        if Path(path).name == "distill-last.safetensors":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(module, path)
-
-    with monkeypatch.context() as m:
-        m.setattr(distill.stages, "save_weights", full)
-        assert main(["run", "--out", str(out), *TINY]) == 2
-    assert (out / "checkpoint.json").is_file()
 
 
 def one_paragraph(err: str, *words: str) -> None:
