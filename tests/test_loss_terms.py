@@ -14,7 +14,7 @@ from distill.cli import main
 from distill.config import load_config
 from distill.errors import ConfigError
 from distill.losses.fitnet import FitNet
-from distill.tasks import build_terms
+from distill.terms import build_terms
 
 CNNS = ["teacher.model=cnn", "teacher.kwargs.channels=[8,16]", "student.model=cnn",
         "student.kwargs.channels=[4,8]"]

@@ -47,11 +47,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
 from .errors import DistillError, short
 from .io import write_json
 from .run_folder import claim, delete_owned_files, record_files
 from .runtime import all_gather_objects, distributed, rank
+from .version import __version__
 
 FORMAT = 1
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import __version__
 from .config import load_config, to_yaml
 from .errors import DistillError, clip, plain, short
 from .listing import cmd_losses, cmd_models
 from .runtime import Interrupted, is_main, resolve_device, stop_requested
 from .tables import seeds_table, summary_table
 from .trust import Trust, code_paths
+from .version import __version__
 
 
 def _resume_target(args):

@@ -178,6 +178,6 @@ def sweep(folder: str | Path) -> list[str]:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .checkpoint import Checkpointer
 from .config import RunConfig, absolute_paths, stage_train, to_yaml
 from .engine import fit
@@ -42,6 +41,7 @@ from .runtime import (
     world_size,
 )
 from .tasks import make_task
+from .version import __version__
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -328,7 +328,7 @@ class Run:
         return task.ready_teacher(teacher, self.device)
 
     def summary(self, data) -> dict:
-        stages, p = self.results, self.task.primary
+        stages, p = self.results, self.task.selection.metric
         gain = None
         if "scratch" in stages and "distill" in stages:
             gain = {
@@ -344,7 +344,7 @@ class Run:
             "processes": world_size(),
             "precision": self.cfg.train.precision,
             "task": self.cfg.task,
-            "primary": {"metric": p, "lower_is_better": self.task.lower_is_better},
+            "primary": {"metric": p, "lower_is_better": self.task.selection.lower_is_better},
             "data": {"name": self.cfg.data.name, **self.task.data_summary(data)},
             "stages": stages,
             "gain": gain,

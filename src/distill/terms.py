@@ -135,3 +135,14 @@ def build_loss_term(name: str, kind: str, args: dict[str, Any], task: str = "cla
         return cls(**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"loss.{name}: {e}.") from None
+
+
+def build_terms(cfg) -> tuple[dict, float]:
+    """{name: (loss_module, weight)} for every non-CE term, and the CE weight. Code paths
+    named as a term's type are imported here, when a run starts, not when a config is read."""
+    terms = {}
+    for name, params in cfg.loss.items():
+        kind, args, weight = term_spec(name, params)
+        if kind != "ce":
+            terms[name] = (build_loss_term(name, kind, args, cfg.task), weight)
+    return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)

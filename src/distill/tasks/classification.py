@@ -1,9 +1,9 @@
-"""What a run trains: classifiers (the default) or causal language models (distill.lm).
+"""`task: classification` (the default): classifiers, from built-in or on-disk data.
 
 A task gives `stages.Run` its data, models, Distiller, evaluation and cache; the run folder,
 stages, checkpoints and summary are shared. `metrics` are the evaluation keys recorded per
-stage (val_<m>, test_<m>, last_val_<m>, last_test_<m>); `primary` is the one tables and the
-distilled-minus-scratch gain report, where higher is better unless `lower_is_better`.
+stage (val_<m>, test_<m>, last_val_<m>, last_test_<m>); `selection` picks the best epoch on
+validation and is the metric tables and the distilled-minus-scratch gain report.
 """
 
 from __future__ import annotations
@@ -14,26 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import open_cache
-from .data import Data, build_data, fingerprint
-from .distiller import Distiller
-from .engine import evaluate
-from .errors import DistillError
-from .models import create_model
-from .models.outputs import logits_of
-from .runtime import DTYPES
-from .terms import build_loss_term, term_spec
-
-
-def build_terms(cfg) -> tuple[dict, float]:
-    """{name: (loss_module, weight)} for every non-CE term, and the CE weight. Code paths
-    named as a term's type are imported here, when a run starts, not when a config is read."""
-    terms = {}
-    for name, params in cfg.loss.items():
-        kind, args, weight = term_spec(name, params)
-        if kind != "ce":
-            terms[name] = (build_loss_term(name, kind, args, cfg.task), weight)
-    return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)
+from ..cache import open_cache
+from ..contracts import Selection
+from ..data import Data, build_data, fingerprint
+from ..distiller import Distiller
+from ..engine import evaluate
+from ..errors import DistillError
+from ..models import create_model
+from ..models.outputs import logits_of
+from ..runtime import DTYPES
+from ..terms import build_terms
 
 
 def _check_classes(model: nn.Module, role: str, data: Data, x: torch.Tensor) -> None:
@@ -97,9 +87,9 @@ def _probe_term(teacher, student, name: str, term: nn.Module, batch: list) -> No
 
 
 class ClassificationTask:
+    name = "classification"
     metrics = ("acc",)
-    primary = "acc"
-    lower_is_better = False
+    selection = Selection("acc")  # the best epoch: highest validation accuracy
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -168,10 +158,3 @@ class ClassificationTask:
     def data_summary(self, data: Data) -> dict:
         return {"num_classes": data.num_classes, **data.counts, "sha256": fingerprint(data)}
 
-
-def make_task(cfg):
-    if cfg.task == "language_model":
-        from .lm.task import LanguageModelTask
-
-        return LanguageModelTask(cfg)
-    return ClassificationTask(cfg)

@@ -6,15 +6,16 @@ from pathlib import Path
 
 from torch import nn
 
+from ..contracts import Selection
 from ..errors import DistillError, short
+from ..lm.data import LMData, build_lm_data
+from ..lm.distiller import LMDistiller, check_vocab, evaluate_lm
+from ..lm.models import check_head, create_lm, transformers
+from ..lm.offline import open_topk_store
+from ..lm.on_policy import OnPolicy
+from ..lm.tokenizer import load_tokenizer, vocab_digest
 from ..runtime import DTYPES, barrier, is_main
-from ..tasks import build_terms
-from .data import LMData, build_lm_data
-from .distiller import LMDistiller, check_vocab, evaluate_lm
-from .models import check_head, create_lm, transformers
-from .offline import open_topk_store
-from .on_policy import OnPolicy
-from .tokenizer import load_tokenizer, vocab_digest
+from ..terms import build_terms
 
 
 def _model_tokenizer(spec: str):
@@ -26,9 +27,9 @@ def _model_tokenizer(spec: str):
 
 
 class LanguageModelTask:
+    name = "language_model"
     metrics = ("ppl", "loss", "acc")  # perplexity, next-token NLL (nats), next-token accuracy %
-    primary = "ppl"
-    lower_is_better = True
+    selection = Selection("ppl", lower_is_better=True)  # the best epoch: lowest perplexity
 
     def __init__(self, cfg):
         self.cfg = cfg
