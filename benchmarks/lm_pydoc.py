@@ -4,7 +4,7 @@
    distilled student), timed. Reports validation and test perplexity of each stage as
    mean +- std over seeds and the paired gain (distilled - scratch; lower is better).
 2. Offline teacher (seed 0's teacher): the distill stage again with the teacher's top-k
-   log-probabilities stored on disk (cache_topk=K), so no teacher runs during training.
+   log-probabilities stored on disk (cache.topk=K), so no teacher runs during training.
    Reports the student's seconds per epoch and final validation perplexity, online vs offline,
    the time to build the store and its bytes per token.
 
@@ -70,7 +70,7 @@ def main() -> None:
 
     teacher = work / "seed-0" / "teacher.safetensors"
     offline_overrides = [*base, "seed=0", "stages=[distill]", f"teacher.checkpoint={teacher}",
-                         "cache=disk", f"cache_topk={args.topk}"]
+                         "cache=disk", f"cache.topk={args.topk}"]
     summary, wall = timed_run(offline_overrides, work / "offline")
     online_stage = runs[0]["stages"]["distill"]
     offline_stage = summary["stages"]["distill"]

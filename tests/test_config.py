@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import RunConfig, load_config, parse_override, stage_train, to_yaml
+from distill.config import ClassificationConfig, load_config, parse_override, stage_train, to_yaml
 from distill.errors import ConfigError, DistillError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,14 +54,14 @@ def test_malformed_override_through_load_config():
 
 def test_default_config_is_the_schema_default():
     cfg = load_config()
-    assert cfg == RunConfig()
+    assert cfg == ClassificationConfig()
     assert cfg.loss == {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}
 
 
 def test_override_train_epochs():
     cfg = load_config(overrides=["train.epochs=5"])
     assert cfg.train.epochs == 5
-    assert cfg.train.lr == RunConfig().train.lr  # the rest untouched
+    assert cfg.train.lr == ClassificationConfig().train.lr  # the rest untouched
 
 
 def test_override_kd_temperature_keeps_default_weights():
@@ -75,7 +75,7 @@ def test_override_student_model_does_not_leak_mlp_kwargs():
     cfg = load_config(overrides=["student.model=cnn"])
     assert cfg.student.model == "cnn"
     assert cfg.student.kwargs == {}
-    assert cfg.teacher == RunConfig().teacher
+    assert cfg.teacher == ClassificationConfig().teacher
 
 
 def test_override_student_model_with_its_kwargs():
@@ -93,7 +93,7 @@ def test_override_student_kwargs_keeps_default_model():
 def test_override_one_model_kwarg_keeps_the_other_default_kwargs():
     # Like loss.kd.T=2 keeping the default weights: changing the teacher's width must not
     # silently drop its default dropout.
-    default = RunConfig().teacher
+    default = ClassificationConfig().teacher
     cfg = load_config(overrides=["teacher.kwargs.channels=[8, 16]"])
     assert cfg.teacher.model == default.model
     assert cfg.teacher.kwargs == {**default.kwargs, "channels": [8, 16]}
@@ -126,8 +126,8 @@ def test_yaml_file_then_overrides(tmp_path):
     path.write_text("name: from-file\ntrain:\n  epochs: 3\n  optimizer: sgd\n")
     cfg = load_config(path)
     assert (cfg.name, cfg.train.epochs, cfg.train.optimizer) == ("from-file", 3, "sgd")
-    assert cfg.train.lr == RunConfig().train.lr
-    assert cfg.loss == RunConfig().loss
+    assert cfg.train.lr == ClassificationConfig().train.lr
+    assert cfg.loss == ClassificationConfig().loss
     assert load_config(path, ["train.epochs=9"]).train.epochs == 9
 
 

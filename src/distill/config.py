@@ -1,152 +1,55 @@
-"""The run schema (pydantic, unknown keys forbidden), YAML loading and dotted overrides.
+"""Loading a run config: YAML files, dotted overrides, validation and friendly errors.
 
-The schema's defaults are the built-in demo: digits, a label-scarce transfer set, a CNN
-teacher and a small MLP student (chosen by benchmarks/digits_seeds.py; see the README). Every user mistake becomes a ConfigError whose message names
-the key and the fix.
+The schema itself (one pydantic model per task, `RunConfig` their union keyed on `task`) is
+in config_schema.py and re-exported here. Every user mistake becomes a ConfigError whose
+message names the key and the fix.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
+from .config_schema import (
+    DEFAULT_TASK,
+    LM_DEFAULTS,
+    RUN_NAME,
+    SCHEMAS,
+    SEED_LIMIT,
+    SPLIT_SEED_LIMIT,
+    CacheConfig,
+    ClassificationConfig,
+    DataConfig,
+    LanguageModelConfig,
+    LMConfig,
+    LMDataConfig,
+    LogConfig,
+    ModelConfig,
+    OnPolicyConfig,
+    RunBase,
+    RunConfig,
+    Stage,
+    Strict,
+    TrainConfig,
+    parse,
+)
 from .config_yaml import AliasRefused, load_yaml, read_text
 from .errors import ConfigError, clip, short
 from .naming import unknown_key
 from .terms import check_loss
 
-
-class Strict(BaseModel):
-    # allow_inf_nan=False: every float setting is finite (lr=inf, weight_decay=nan pass `gt`/`ge`
-    # checks, or fail them with a misleading message, and train nothing but NaN)
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-SEED_LIMIT = 2**63  # torch.manual_seed takes < 2**64; --seeds N adds up to N - 1
-SPLIT_SEED_LIMIT = 2**32  # scikit-learn's random_state range
-
-
-class DataConfig(Strict):
-    name: str = "digits"  # digits | cifar10 | cifar100 | mnist | fashion_mnist | folder | npz | csv
-    path: str | None = None  # where to read anything but digits from
-    augment: str | list[dict[str, Any]] = "none"  # none | flip | crop_flip | [{name: ..., ...}]
-    size: int | list[int] | None = None  # folder: resize (shorter side, or [h, w])
-    crop: int | list[int] | None = None  # folder: centre crop after resizing
-    label_column: str = "label"  # csv
-    label_fraction: float = Field(0.1, gt=0, le=1)
-    val_fraction: float = Field(0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    batch_size: int = Field(64, gt=0)
-    split_seed: int = Field(0, ge=0, lt=SPLIT_SEED_LIMIT)
-    unlabelled_path: str | None = None
-    # language_model runs (data.name: pydoc | text | jsonl); see distill.lm.data
-    tokenizer: str = "byte"  # byte (built in) or a local folder with a Hugging Face tokenizer
-    max_length: int = Field(128, gt=1)  # tokens per row
-    packing: bool | None = None  # join examples into full rows; default: yes unless prompt/completion
-    mask_prompt: bool = True  # prompt tokens are not targets
-
-
-class ModelConfig(Strict):
-    model: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: str | None = None
-    train: dict[str, Any] = Field(default_factory=dict)  # teacher only: train.* keys it trains with instead
-
-
-class TrainConfig(Strict):
-    epochs: int = Field(50, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    schedule: Literal["constant", "cosine", "multistep"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = Field(0.1, gt=0)
-    grad_clip: float | None = Field(None, gt=0)
-    # Split each batch into this many micro-batches, one backward each, one optimizer step:
-    # the same update as the whole batch at a fraction of the activation memory.
-    accumulate: int = Field(1, gt=0)
-    checkpoint_every: int = Field(1, ge=0)  # epochs between checkpoints; 0: none
-    deterministic: bool = False
-    # One thread by default: the small models a CPU run usually trains are fastest on one
-    # (on a 2-core machine with the other core busy, two threads slowed the demo ~8x).
-    # null = torch's default (all cores), e.g. for big models on a CPU.
-    threads: int | None = Field(1, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds a GradScaler
-    channels_last: bool = False  # NHWC memory format for conv nets (benchmarks/speed.py --levers)
-    teacher_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # hold the teacher in half to save memory
-    scale_lr: bool = False  # multiply lr by the number of processes (batch_size is global)
-    device: str = "auto"
-
-
-class OnPolicyConfig(Strict):
-    """GKD's on-policy data: a share of batches is sampled from the student, scored by the teacher."""
-
-    fraction: float = Field(0.0, ge=0, le=1)  # share of training batches generated by the student
-    temperature: float = Field(1.0, gt=0)  # sampling temperature
-    max_new_tokens: int = Field(32, gt=0)
-    prompt_tokens: int = Field(16, gt=0)  # prompt length taken from plain-text rows
-
-
-class LMConfig(Strict):
-    """Settings of task: language_model runs (distill.lm)."""
-
-    shared_vocab: int | None = Field(None, gt=0)  # compare only the first N logits of both models
-    chunk: int | None = Field(None, gt=0)  # counted tokens per loss chunk; default from the vocab
-    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
-
-
-class LogConfig(Strict):
-    tensorboard: bool = False  # also write TensorBoard scalars to <run>/tensorboard/
-
-
-Stage = Literal["teacher", "scratch", "distill"]
-
-
-class RunConfig(Strict):
-    name: str = "digits-transfer"
-    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
-    task: Literal["classification", "language_model"] = "classification"
-    data: DataConfig = Field(default_factory=DataConfig)
-    teacher: ModelConfig = Field(
-        default_factory=lambda: ModelConfig(model="cnn", kwargs={"channels": [64, 128], "dropout": 0.3})
-    )
-    student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="mlp", kwargs={"hidden": [64]}))
-    loss: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}
-    )
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    stages: list[Stage] = Field(default_factory=lambda: ["teacher", "scratch", "distill"], min_length=1)
-    log: LogConfig = Field(default_factory=LogConfig)
-    # Teacher-output cache (distill.cache): auto = in memory, fp32, only when exact and useful.
-    cache: Literal["off", "auto", "memory", "disk"] = "auto"
-    cache_dtype: Literal["fp32", "fp16"] = "fp32"
-    cache_topk: int | None = Field(None, gt=0)
-    cache_dir: str | None = None  # disk mode; default <run folder>/teacher_cache
-    lm: LMConfig = Field(default_factory=LMConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _plain_folder_name(cls, name: str) -> str:
-        """The run folder is runs/<name>-<timestamp>: a name must not lead out of runs/."""
-        if not RUN_NAME.fullmatch(name):
-            raise ValueError(
-                "a run name must be a plain folder name, so that the run stays inside runs/: "
-                "letters, digits, '-', '_' and '.', not starting with '.', at most 100 characters "
-                "(no '/', '\\' or spaces); to write the run somewhere else, pass --out DIR"
-            )
-        return name
-
-
-RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+__all__ = [
+    "DEFAULT_TASK", "LM_DEFAULTS", "RUN_NAME", "SCHEMAS", "SEED_LIMIT", "SPLIT_SEED_LIMIT", "CacheConfig",
+    "ClassificationConfig", "DataConfig", "LMConfig", "LMDataConfig", "LanguageModelConfig",
+    "LogConfig", "ModelConfig", "OnPolicyConfig", "RunBase", "RunConfig", "Stage", "Strict",
+    "TrainConfig", "absolute_paths", "apply_override", "load_config", "parse", "parse_override",
+    "stage_train", "to_yaml", "validate",
+]
 
 
 # ---------------------------------------------------------------- overrides and loading
@@ -177,45 +80,63 @@ def _number(value: Any) -> Any:
     return value
 
 
+# A section that also takes one bare value, short for {key: value}: `cache: disk`.
+SHORTHAND = {"cache": "mode"}
+
+
+def _section(path: list[str], value: Any) -> dict:
+    """What a non-mapping value at `path` becomes when an override writes below it."""
+    if len(path) == 1 and path[0] in SHORTHAND and isinstance(value, str | bool):
+        return {SHORTHAND[path[0]]: value}  # cache=disk then cache.dir=x keeps the disk
+    return {}
+
+
 def apply_override(raw: dict, path: list[str], value: Any) -> None:
-    """Set raw[path] = value, creating levels as needed; a null loss term removes the term."""
+    """Set raw[path] = value, creating levels as needed; a null loss term removes the term;
+    a bare value for a shorthand section (cache=disk) sets only its key (cache.mode)."""
     node = raw
-    for part in path[:-1]:
+    for i, part in enumerate(path[:-1]):
         if not isinstance(node.get(part), dict):
-            node[part] = {}
+            node[part] = _section(path[: i + 1], node.get(part))
         node = node[part]
+    leaf = path[-1]
     if value is None and path[:1] == ["loss"] and len(path) == 2:
-        node.pop(path[-1], None)
+        node.pop(leaf, None)
+    elif path == [leaf] and leaf in SHORTHAND and isinstance(node.get(leaf), dict) and isinstance(value, str | bool):
+        node[leaf][SHORTHAND[leaf]] = value
     else:
-        node[path[-1]] = value
+        node[leaf] = value
+
+
+def _read_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file '{p}' does not exist. Check the path, or run without one for the built-in demo.")
+    try:
+        raw = load_yaml(read_text(p), f"Config file '{p}'") or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file '{p}' is not valid YAML: {clip(str(e), 500)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file '{p}' must be a YAML mapping of keys to values.")
+    return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Load a YAML config (or the built-in default), apply overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file '{p}' does not exist. Check the path, or run without one for the built-in demo.")
-        try:
-            raw = load_yaml(read_text(p), f"Config file '{p}'") or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"Config file '{p}' is not valid YAML: {clip(str(e), 500)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"Config file '{p}' must be a YAML mapping of keys to values.")
+    raw: dict = {} if path is None else _read_file(path)
     parsed = [parse_override(text) for text in overrides]
-    task = next((v for k, v in parsed if k == ["task"]), raw.get("task"))
-    defaults = LM_DEFAULTS if task == "language_model" else RunConfig().model_dump()
+    task = next((v for k, v in reversed(parsed) if k == ["task"]), raw.get("task"))
+    lm = task == "language_model"
+    defaults = (LanguageModelConfig if lm else ClassificationConfig)().model_dump()
     if "loss" not in raw:
         raw["loss"] = copy.deepcopy(defaults["loss"])  # overrides of loss.* refine the default terms
-    if task == "language_model":
+    if lm:
         # an unnamed run is named after its data (the last data.name override wins): lm-<data.name>
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
         data_name = next((v for k, v in reversed(parsed) if k == ["data", "name"]),
                          data.get("name", LM_DEFAULTS["data"]["name"]))
         raw.setdefault("name", f"lm-{data_name}")
-    if task == "language_model":
-        for section in ("data", "train"):
+        for section in ("data", "train"):  # a partial section keeps the other LM defaults
             if isinstance(raw.setdefault(section, {}), dict):
                 for key, value in LM_DEFAULTS[section].items():
                     raw[section].setdefault(key, value)
@@ -223,18 +144,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         apply_override(raw, path_, value)
     _default_models(raw, defaults)
     return validate(raw)
-
-
-# task: language_model defaults: the built-in byte-level example, configs/lm/pydoc.yaml
-_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-LM_DEFAULTS: dict[str, Any] = {
-    "data": {"name": "pydoc", "batch_size": 32},
-    "teacher": {"model": "gpt2", "kwargs": {"n_layer": 3, "n_embd": 96, "n_head": 4, "n_positions": 128, **_NO_DROPOUT},
-                "train": {"epochs": 6, "lr": 0.002}},
-    "student": {"model": "gpt2", "kwargs": {"n_layer": 2, "n_embd": 48, "n_head": 2, "n_positions": 128, **_NO_DROPOUT}},
-    "loss": {"ce": {"weight": 0.5}, "forward_kl": {"weight": 0.5, "T": 1.0}},
-    "train": {"epochs": 6, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01, "grad_clip": 1.0},
-}
 
 
 def _default_models(raw: dict, defaults: dict) -> None:
@@ -250,14 +159,14 @@ def _default_models(raw: dict, defaults: dict) -> None:
 
 
 def validate(raw: dict) -> RunConfig:
-    if raw.get("cache") is False:  # YAML 1.1 reads a bare `cache: off` as false
-        raw["cache"] = "off"
+    """The schema of raw's `task` (ClassificationConfig or LanguageModelConfig), validated and
+    checked; a ConfigError naming the key and the fix otherwise."""
     if isinstance(raw.get("loss"), dict):  # loss arguments are untyped here: fix 5e-1 too
         for params in raw["loss"].values():
             if isinstance(params, dict):
                 params.update({k: _number(v) for k, v in params.items() if k not in ("student", "teacher", "type")})
     try:
-        cfg = RunConfig.model_validate(raw)
+        cfg = parse(raw)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
     check_loss(cfg.loss, cfg.task)
@@ -296,11 +205,11 @@ def check_values(cfg: RunConfig) -> None:
                 )
 
 
-# Keys only one kind of run reads. A run that does not read a key must not accept it silently:
-# the user would believe it took effect. (A key at its default is fine: saved configs hold all.)
-CLASSIFIER_ONLY = ("data.augment", "data.size", "data.crop", "data.label_column", "data.label_fraction",
-                   "data.unlabelled_path", "cache_dtype", "train.channels_last")
-LM_ONLY = ("data.tokenizer", "data.max_length", "data.packing", "data.mask_prompt", "lm")
+# Keys in a task's schema that its runs still do not read (the TrainConfig and CacheConfig
+# sections are shared). A key the run would not read must not be accepted silently: the user
+# would believe it took effect. (A key at its default is fine: saved configs hold all.) Keys of
+# the other task are not in this task's schema at all: unknown keys.
+UNREAD = {"language_model": ("train.channels_last", "cache.dtype")}
 BUILT_IN_DATA = {"classification": "digits", "language_model": "pydoc"}  # ship with a package
 
 
@@ -312,25 +221,23 @@ def _value(model: BaseModel, dotted: str) -> Any:
 
 def check_unused(cfg: RunConfig) -> None:
     """A ConfigError for every key set away from its default that this run would ignore."""
-    default = RunConfig()
-    lm = cfg.task == "language_model"
-    ignored = [(key, f"task={cfg.task} runs do not read it") for key in (CLASSIFIER_ONLY if lm else LM_ONLY)]
+    default = type(cfg)()
+    ignored = [(key, f"task={cfg.task} runs do not read it") for key in UNREAD.get(cfg.task, ())]
     if cfg.data.name == BUILT_IN_DATA[cfg.task]:
         ignored.append(("data.path", f"data.name={cfg.data.name} is built in and reads no files"))
-    if not lm and cfg.data.name != "folder":
+    if cfg.task == "classification" and cfg.data.name != "folder":
         ignored += [(k, "only data.name=folder resizes and crops") for k in ("data.size", "data.crop")]
-    if not lm and cfg.data.name != "csv":
+    if cfg.task == "classification" and cfg.data.name != "csv":
         ignored.append(("data.label_column", "only data.name=csv has columns"))
     for key, why in ignored:
         if _value(cfg, key) != _value(default, key):
-            setting = "The lm section" if key == "lm" else f"{key}={_value(cfg, key)!r}"
             raise ConfigError(
-                f"{setting} would be ignored: {why}. Remove it, or change the setting that makes "
-                "it unused."
+                f"{key}={_value(cfg, key)!r} would be ignored: {why}. Remove it, or change the "
+                "setting that makes it unused."
             )
 
 
-PATH_KEYS = ("data.path", "data.unlabelled_path", "teacher.checkpoint", "student.checkpoint", "cache_dir")
+PATH_KEYS = ("data.path", "data.unlabelled_path", "teacher.checkpoint", "student.checkpoint", "cache.dir")
 LOCAL_OR_NAMED = ("data.tokenizer", "teacher.model", "student.model")  # a name, or a local folder
 
 
@@ -345,13 +252,13 @@ def absolute_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
         node = raw
         for part in parents:
             node = node[part]
-        value = node[leaf]
+        value = node.get(leaf)  # None too where this task's schema has no such key
         if not isinstance(value, str) or not value or ":" in value:
             continue
         path = base / Path(value).expanduser()
         if key in PATH_KEYS or path.is_dir():
             node[leaf] = str(path.absolute())
-    return RunConfig.model_validate(raw)
+    return type(cfg).model_validate(raw)
 
 
 def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:
@@ -362,7 +269,7 @@ def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:
     try:
         return TrainConfig.model_validate({**cfg.train.model_dump(), **cfg.teacher.train})
     except ValidationError as e:
-        raise ConfigError(_explain(e, "teacher.train")) from None
+        raise ConfigError(_explain(e, "teacher.train", type(cfg))) from None
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -371,9 +278,13 @@ def to_yaml(cfg: RunConfig) -> str:
 
 # ---------------------------------------------------------------- error messages
 
+# Keys that moved: the old spelling is refused with the new one.
+RENAMED = {"cache_dtype": "cache.dtype", "cache_topk": "cache.topk", "cache_dir": "cache.dir"}
 
-def _fields_at(loc: tuple) -> list[str]:
-    model: Any = RunConfig
+
+def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys valid at `loc` in `schema` (a task's run schema), or [] past a plain dict."""
+    model: Any = schema
     if loc[:2] == ("teacher", "train"):  # a dict in the schema, TrainConfig's keys in effect
         model, loc = TrainConfig, loc[2:]
     for part in loc:
@@ -384,14 +295,52 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _explain(error: ValidationError, prefix: str = "") -> str:
+def _as_written(value: Any) -> str:
+    """A scalar as one would write it in an override (fp16, 4, null, true), cut short."""
+    if isinstance(value, str):
+        return clip(value, 100)
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return short(value, 100)
+
+
+def _unknown(schema: type[RunBase], loc: tuple, value: Any) -> str:
+    """An unknown key at `loc`: a moved key names its new spelling, a key of another task says
+    so, anything else gets the closest valid key."""
+    where, key = clip(".".join(str(p) for p in loc[:-1]), 100), clip(str(loc[-1]), 100)
+    if len(loc) == 1 and key in RENAMED:
+        new, shown = RENAMED[key], _as_written(value)
+        return (f"{key} is now {new}: the cache settings are one section, cache: {{mode, dtype, "
+                f"topk, dir}}. Write {new}={shown} (in YAML: cache: {{{new.split('.')[1]}: {shown}}}).")
+    valid = _fields_at(schema, loc[:-1])
+    task = schema.model_fields["task"].default
+    other = next((t for t, s in SCHEMAS.items() if s is not schema and key in _fields_at(s, loc[:-1])), None)
+    if other is None:
+        return unknown_key(where, valid, key)
+    place = f"under '{where}'" if where else "at the top level"
+    dotted = ".".join(str(p) for p in loc)
+    setting = (f"The {dotted} section would be ignored: it holds {other} settings"
+               if isinstance(value, dict) else f"{dotted}={short(value)} would be ignored: it is a {other} key")
+    return (f"Unknown key '{key}' {place}. {setting}, and task={task} runs do not read it. Remove "
+            f"it, or set task={other}. Valid keys there: {', '.join(valid)}.")
+
+
+def _explain(error: ValidationError, prefix: str = "", schema: type[RunBase] | None = None) -> str:
+    """The ValidationError of the RunConfig union (whose locations start with the task's tag)
+    or, with `schema` and `prefix`, of a section of that schema, as one message."""
     msgs = []
     for err in error.errors()[:3]:
-        loc = (*prefix.split("."), *err["loc"]) if prefix else tuple(err["loc"])
+        loc, of = tuple(err["loc"]), schema
+        if of is None and loc and loc[0] in SCHEMAS:
+            of, loc = SCHEMAS[loc[0]], loc[1:]
+        loc = (*prefix.split("."), *loc) if prefix else loc
         dotted = clip(".".join(str(p) for p in loc), 100)
-        if err["type"] == "extra_forbidden":
-            where = ".".join(str(p) for p in loc[:-1])
-            msgs.append(unknown_key(clip(where, 100), _fields_at(loc[:-1]), clip(str(loc[-1]), 100)))
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            given = err["input"].get("task") if isinstance(err["input"], dict) else err["input"]
+            msgs.append(f"Invalid value for 'task': {short(given)} is not a task. Set task to one of "
+                        f"{', '.join(SCHEMAS)} (without one: {DEFAULT_TASK}).")
+        elif err["type"] == "extra_forbidden" and of is not None:
+            msgs.append(_unknown(of, loc, err.get("input")))
         else:
             msg = clip(err["msg"][0].lower() + err["msg"][1:], 300)
             msgs.append(f"Invalid value for '{dotted}': {msg} (got {short(err.get('input'))}).")

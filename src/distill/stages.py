@@ -300,8 +300,8 @@ class Run:
             )
         if "distill" in cfg.stages and not terms:
             raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
-        if cfg.cache == "disk" and cfg.cache_dir and "distill" in cfg.stages:  # a folder of yours: now, not after training
-            check(cfg.cache_dir, "cache", "cache_dir", adopt=legacy(cfg.cache_dir, "cache"))
+        if cfg.cache.mode == "disk" and cfg.cache.dir and "distill" in cfg.stages:  # a folder of yours: now, not after training
+            check(cfg.cache.dir, "cache", "cache.dir", adopt=legacy(cfg.cache.dir, "cache"))
         self.task.preflight(data, terms, has_teacher)
 
     def teacher_stage(self, data) -> nn.Module | None:

@@ -379,7 +379,7 @@ def test_end_to_end_offline_and_on_policy(tmp_path):
     assert main(["run", *TINY, f"data.path={text}", "--out", str(first), "--quiet"]) == 0
     base = [*TINY, f"data.path={text}", "stages=[distill]", f"teacher.checkpoint={first}/teacher.safetensors"]
     offline = tmp_path / "b"
-    assert main(["run", *base, "cache=disk", "cache_topk=4", "--out", str(offline), "--quiet"]) == 0
+    assert main(["run", *base, "cache=disk", "cache.topk=4", "--out", str(offline), "--quiet"]) == 0
     summary = json.loads((offline / "summary.json").read_text())
     assert "offline top-4 teacher" in summary["stages"]["distill"]["cache"]
     assert json.loads((offline / "teacher_cache" / "meta.json").read_text())["k"] == 4
@@ -392,13 +392,13 @@ def test_end_to_end_offline_and_on_policy(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["lm.on_policy.fraction=0.5", "cache=disk", "cache_topk=4"], "need the online teacher"),
-    (["cache_topk=4"], "set cache: disk"),
-    (["loss.tv.weight=1", "loss.tv.T=2", "cache=disk", "cache_topk=4"], "one temperature"),
+    (["lm.on_policy.fraction=0.5", "cache=disk", "cache.topk=4"], "need the online teacher"),
+    (["cache.topk=4"], "set cache: disk"),
+    (["loss.tv.weight=1", "loss.tv.T=2", "cache=disk", "cache.topk=4"], "one temperature"),
     (["data.max_length=64"], "exceeds the student's 32 positions"),
     (["loss.kd.weight=1"], "Unknown token loss 'kd'"),
     (["data.name=digits"], "must be one of pydoc, text, jsonl"),
-    (["lm.shared_vocab=200", "cache=disk", "cache_topk=4"], "with lm.shared_vocab use the online teacher"),
+    (["lm.shared_vocab=200", "cache=disk", "cache.topk=4"], "with lm.shared_vocab use the online teacher"),
     (["lm.on_policy.fraction=0.5", "lm.on_policy.max_new_tokens=32"], "leaves no room for a prompt"),
 ])
 def test_bad_lm_configs_exit_2(tmp_path, capsys, overrides, message):
