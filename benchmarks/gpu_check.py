@@ -43,7 +43,7 @@ def variant(args, device, precision: str, channels_last: bool, cached: bool) -> 
         teacher = teacher.to(torch.bfloat16)  # the teacher held in bf16 as well
     distiller = Distiller(teacher, student, {"kd": (KD(T=4.0), 0.9)}, ce_weight=0.1)
     if cached:
-        open_cache("memory", distiller, train, seed=0, epochs=args.epochs)
+        open_cache("memory", distiller, train, epochs=args.epochs)
     cfg = TrainConfig(epochs=args.epochs, optimizer="sgd", lr=0.05, schedule="constant",
                       precision=precision, checkpoint_every=0)
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None

@@ -26,7 +26,7 @@ def epoch_seconds(loader, epochs: int = 5) -> float:
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in loader:
-            batch[0].sum()  # touch the batch
+            batch.inputs.sum() if hasattr(batch, "inputs") else batch[0].sum()  # touch the batch
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

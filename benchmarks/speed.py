@@ -94,6 +94,7 @@ import distill
 from distill import KD, LOSSES, Distiller, Outputs, evaluate, fit
 from distill.cache import open_cache
 from distill.config import TrainConfig
+from distill.contracts import Batch
 from distill.data.digits import load_digits_arrays
 from distill.data.loader import TensorLoader
 from distill.models import count_flops, create_model
@@ -490,20 +491,38 @@ def paired_ratio(x: dict, y: dict, key: str = "epoch_seconds") -> float | None:
 # ---------------------------------------------------------------- variants
 
 
-class InferenceModeDistiller(Distiller):
+class InferenceModeSource:
+    """A teacher source that runs another under torch.inference_mode (a lever); with `clone`,
+    its outputs are cloned into ordinary tensors on the way out."""
+
+    def __init__(self, inner, clone: bool = False):
+        self.inner, self.clone = inner, clone
+
+    def targets(self, batch):
+        with torch.inference_mode():
+            out = self.inner.targets(batch)
+        if self.clone:
+            out = Outputs(out.logits.clone(), {k: v.clone() for k, v in out.features.items()})
+        return out
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def reference(self):
+        return self.inner.reference()
+
+
+def InferenceModeDistiller(teacher, student, terms=None, ce_weight=1.0, clone=False):  # noqa: N802
     """distill's Distiller with the teacher forward under torch.inference_mode (a lever)."""
+    d = Distiller(teacher, student, terms, ce_weight)
+    if d.source is not None:
+        d.attach_source(InferenceModeSource(d.source, clone))
+    return d
 
-    @torch.inference_mode()
-    def teacher_outputs(self, inputs, index=None):
-        return Distiller.teacher_outputs.__wrapped__(self, inputs, index)
 
-
-class CloningInferenceModeDistiller(InferenceModeDistiller):
+def CloningInferenceModeDistiller(teacher, student, terms=None, ce_weight=1.0):  # noqa: N802
     """The same, with the teacher's outputs cloned into ordinary tensors on the way out."""
-
-    def teacher_outputs(self, inputs, index=None):
-        out = super().teacher_outputs(inputs, index)
-        return Outputs(out.logits.clone(), {k: v.clone() for k, v in out.features.items()})
+    return InferenceModeDistiller(teacher, student, terms, ce_weight, clone=True)
 
 
 def classic_variant(s, teacher, student, x, y, epochs):
@@ -541,8 +560,8 @@ def fit_variant(s, teacher, student, x, y, epochs, *, cache=False, distiller_cls
         fit(distiller, timed(loader), val, cfg, DEVICE, on_epoch=records.append)
         out.update(final_train_loss=records[-1]["train_loss"],
                    fit_epoch_seconds=[r["seconds"] for r in records])
-        if distiller.cache is not None:
-            out["cache_stats"] = distiller.cache.stats()
+        if cache and distiller.source is not distiller.live:
+            out["cache_stats"] = distiller.source.stats()
         return out
 
     return run
@@ -763,9 +782,9 @@ def inference_mode_probe() -> dict:
                 term = cls(student="layer2", teacher="layer2") if _needs_layers(cls) else cls()
                 d = dcls(teacher, student, {name: (term, 1.0)})
                 if d.needs_setup:
-                    d.setup(x)
+                    d.setup(Batch(x))
                 d.train()
-                d(batch)["loss"].backward()
+                d(batch).loss.backward()
                 grad = torch.cat([p.grad.flatten() for p in student.parameters()
                                   if p.grad is not None])
                 row[label] = "ok"

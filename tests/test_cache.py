@@ -13,6 +13,7 @@ from torch import nn
 from distill import KD, Distiller, fit
 from distill.cache import TeacherCache, expected_hit_rate, open_cache, topk_logits
 from distill.config import TrainConfig
+from distill.contracts import Outputs
 from distill.data.augment import Augment, Cutout, HorizontalFlip, Normalize, RandomCrop
 from distill.data.loader import TensorLoader
 from distill.errors import DistillError
@@ -40,13 +41,12 @@ def crop_flip():
 
 
 def loader(x, y, augment, batch_size=16, shuffle=True):
-    """A TensorLoader whose transform applies `augment` (None: normalize only), as build_data does."""
+    """A TensorLoader that draws `augment` (None: normalize only), as build_data makes it."""
     plain = Augment([NORM], 8)
     if augment is None:
         tf = lambda b, e, i: plain.apply_eval(b)  # noqa: E731
-    else:
-        tf = lambda b, e, i: augment(b, SEED, e, i)  # noqa: E731
-    return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=SEED, transform=tf)
+        return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=SEED, transform=tf)
+    return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=SEED, augment=augment)
 
 
 def teacher_net(seed: int = 1):
@@ -78,8 +78,7 @@ def train(augment, cache_mode=None, features=True, epochs=4, teacher=None, shuff
     train_loader = loader(x, y, augment, shuffle=shuffle)
     cache = None
     if cache_mode:
-        cache, _ = open_cache(cache_mode, distiller, train_loader, augment=augment, seed=SEED,
-                              epochs=epochs, **cache_args)
+        cache, _ = open_cache(cache_mode, distiller, train_loader, epochs=epochs, **cache_args)
         assert cache is not None
     rows = count_rows(teacher)
     torch.manual_seed(0)
@@ -93,8 +92,7 @@ def small_cache(tmp_path, teacher=None, x=None, augment=None, rebuild=True, **kw
     x_default, y = images()
     x = x_default if x is None else x
     d = Distiller(teacher or teacher_net(), student_net(), {"kd": (KD(), 1.0)})
-    cache, _ = open_cache("disk", d, loader(x, y, augment), augment=augment, seed=SEED,
-                          path=tmp_path / "tc", rebuild=rebuild, **kw)
+    cache, _ = open_cache("disk", d, loader(x, y, augment), path=tmp_path / "tc", rebuild=rebuild, **kw)
     return d, cache
 
 
@@ -147,13 +145,13 @@ def test_prefilled_cache_trains_the_identical_student(fill_batch, shuffle):
     x, y = images()
     teacher = teacher_net()
     d = Distiller(teacher, student_net(), {"kd": (KD(T=4.0), 1.0), "at": (AT("1", "2"), 10.0)})
-    cache, _ = open_cache("memory", d, loader(x, y, augment), augment=augment, seed=SEED)
-    cache.fill(d._run_teacher, loader(x, y, augment), batch_size=fill_batch)
+    cache, _ = open_cache("memory", d, loader(x, y, augment))
+    cache.fill(d.live.outputs, loader(x, y, augment), batch_size=fill_batch)
     assert cache.stats()["filled"] == N * 18
     student = student_net()
     d2 = Distiller(teacher, student, {"kd": (KD(T=4.0), 1.0), "at": (AT("1", "2"), 10.0)},
                    ce_weight=0.5)
-    d2.attach_cache(cache)
+    d2.attach_source(cache)
     rows = count_rows(teacher)
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=4, optimizer="sgd", lr=0.05, schedule="constant")
@@ -198,10 +196,10 @@ def test_small_miss_sets_are_padded_to_min_rows():
     cache, _ = open_cache("memory", d, ld, min_rows=8)
     idx = torch.arange(16)
     inputs = ld.transform(x[idx], 0, idx)
-    cache.lookup(inputs[:14], idx[:14], d._run_teacher)  # 14 misses
+    cache.lookup(inputs[:14], idx[:14], d.live.outputs)  # 14 misses
     seen = []
     wide.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
-    logits, _ = cache.lookup(inputs, idx, d._run_teacher)  # 2 misses + 6 hit rows of padding
+    logits = cache.lookup(inputs, idx, d.live.outputs).logits  # 2 misses + 6 hit rows of padding
     assert len(seen) == 1 and cache.padded == 6
     padded = torch.cat([inputs[:6], inputs[14:]])  # the first 6 hits, then the misses, in order
     assert torch.equal(seen[0], padded)
@@ -220,12 +218,12 @@ def test_disk_cache_round_trips_through_a_fresh_object(tmp_path):
     x, y = images()
     ld = loader(x, y, None)
     idx = torch.arange(20)
-    logits, _ = cache.lookup(ld.transform(x[idx], 0, idx), idx, d._run_teacher)
+    logits = cache.lookup(ld.transform(x[idx], 0, idx), idx, d.live.outputs).logits
     cache.flush()
     _, again = small_cache(tmp_path)
     assert again.stats()["filled"] == 20
     rows = count_rows(d.teacher)
-    logits2, _ = again.lookup(ld.transform(x[idx], 0, idx), idx, d._run_teacher)
+    logits2 = again.lookup(ld.transform(x[idx], 0, idx), idx, d.live.outputs).logits
     assert rows == [] and torch.equal(logits, logits2)
 
 
@@ -234,7 +232,7 @@ def test_stale_disk_cache_is_detected(tmp_path, change):
     d, cache = small_cache(tmp_path, augment=crop_flip())
     idx = torch.arange(8)
     x, y = images()
-    cache.lookup(crop_flip()(x[idx], SEED, 0, idx), idx, d._run_teacher)
+    cache.lookup(crop_flip()(x[idx], SEED, 0, idx), idx, d.live.outputs)
     cache.flush()
     kwargs = {"augment": crop_flip()}
     if change == "teacher":
@@ -269,8 +267,9 @@ def test_fp16_halves_the_bytes_and_stays_within_fp16_tolerance():
     assert full.nbytes - bitmap == 2 * (half.nbytes - bitmap)
     idx = torch.arange(N)
     inputs = ld.transform(x, 0, idx)
-    a_logits, a_feats = full.lookup(inputs, idx, d._run_teacher)
-    b_logits, b_feats = half.lookup(inputs, idx, d._run_teacher)
+    a = full.lookup(inputs, idx, d.live.outputs)
+    b = half.lookup(inputs, idx, d.live.outputs)
+    a_logits, a_feats, b_logits, b_feats = a.logits, a.features, b.logits, b.features
     assert b_logits.dtype == torch.float32
     torch.testing.assert_close(b_logits, a_logits, rtol=2**-10, atol=1e-4)
     torch.testing.assert_close(b_feats["2"], a_feats["2"], rtol=2**-10, atol=1e-4)
@@ -280,13 +279,13 @@ def test_fp16_refuses_values_beyond_its_range():
     half = TeacherCache(2, {"logits": (3,)}, {}, dtype="fp16")
     big = torch.tensor([[1e5, 0.0, 0.0], [0.0, 1.0, 2.0]])
     with pytest.raises(DistillError, match="fp16"):
-        half.lookup(torch.zeros(2, 1), torch.arange(2), lambda x: (big, {}))
+        half.lookup(torch.zeros(2, 1), torch.arange(2), lambda x: Outputs(big))
 
 
 def test_topk_reconstruction_matches_the_hand_formula():
     z = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0]])
     cache = TeacherCache(1, {"logits": (5,)}, {}, topk=2)
-    got, _ = cache.lookup(torch.zeros(1, 1), torch.tensor([0]), lambda x: (z, {}))
+    got = cache.lookup(torch.zeros(1, 1), torch.tensor([0]), lambda x: Outputs(z)).logits
     lse = math.log(sum(math.exp(v) for v in z[0].tolist()))
     p0, p1 = math.exp(2.0 - lse), math.exp(1.0 - lse)
     rest = (1 - p0 - p1) / 3  # the remaining mass, spread evenly over the 3 other classes
@@ -315,11 +314,11 @@ def test_non_enumerable_augmentation_is_refused():
     d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0)})
     ld = loader(x, y, cutout)
     with pytest.raises(DistillError, match="replayed"):
-        open_cache("memory", d, ld, augment=cutout, seed=SEED)
+        open_cache("memory", d, ld)
     with pytest.raises(DistillError, match="enumerated"):
         TeacherCache(N, {"logits": (C,)}, {}, augment=cutout)
-    cache, why = open_cache("auto", d, ld, augment=cutout, seed=SEED, epochs=100)
-    assert cache is None and "off" in why and d.cache is None
+    cache, why = open_cache("auto", d, ld, epochs=100)
+    assert cache is None and "off" in why and d.source is d.live
     cache, why = open_cache("auto", d, loader(x, y, None), epochs=10, mixup=True)
     assert cache is None and "mixup" in why
 
@@ -329,7 +328,7 @@ def test_auto_decides_on_exactness_and_expected_hits():
     d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0)})
     assert open_cache("auto", d, loader(x, y, None), epochs=1)[0] is None  # nothing to reuse
     cache, why = open_cache("auto", d, loader(x, y, None), epochs=2)
-    assert cache is not None and d.cache is cache and why.startswith("memory")
+    assert cache is not None and d.source is cache and why.startswith("memory")
     assert expected_hit_rate(1, 30) == pytest.approx(29 / 30)
     assert expected_hit_rate(162, 30) < 0.25 < expected_hit_rate(162, 240)
     with pytest.raises(DistillError, match="exact"):
@@ -338,13 +337,28 @@ def test_auto_decides_on_exactness_and_expected_hits():
     assert open_cache("memory", no_terms, loader(x, y, None))[0] is None
 
 
-def test_a_loader_that_does_not_match_the_augment_is_refused():
+def test_a_transform_that_changes_with_the_epoch_but_draws_no_view_is_refused():
+    """The cache keys views by the loader's own draws (Batch.view), so a seed mismatch cannot
+    happen; a loader whose opaque transform re-draws every epoch has no views to key by."""
     x, y = images()
     d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0)})
-    with pytest.raises(DistillError, match="seed"):
-        open_cache("memory", d, loader(x, y, crop_flip()), augment=crop_flip(), seed=SEED + 1)
+    augment = crop_flip()
+    opaque = TensorLoader(x, y, 16, shuffle=True, seed=SEED, transform=lambda b, e, i: augment(b, SEED, e, i))
     with pytest.raises(DistillError, match="epoch"):
-        open_cache("memory", d, loader(x, y, crop_flip()), augment=None)
+        open_cache("memory", d, opaque)
+
+
+def test_the_cache_keys_the_view_the_loader_drew():
+    """A training batch carries its draw's view id; the cache stores under exactly that key."""
+    x, y = images()
+    augment = crop_flip()
+    d = Distiller(teacher_net(), student_net(), {"kd": (KD(), 1.0)})
+    ld = loader(x, y, augment)
+    cache, _ = open_cache("memory", d, ld)
+    batch = next(iter(ld))
+    assert torch.equal(batch.view, augment.view_id(augment.draw(SEED, 0, batch.index)))
+    cache.targets(batch)
+    assert bool(cache.filled[batch.index, batch.view].all()) and int(cache.filled.sum()) == len(batch)
 
 
 def test_checkpoints_record_the_cache_they_used(tmp_path):
@@ -354,7 +368,7 @@ def test_checkpoints_record_the_cache_they_used(tmp_path):
     teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
     distiller = Distiller(teacher, student, {"kd": (KD(), 1.0)})
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
-    cache, _ = open_cache("memory", distiller, TensorLoader(x, y, 8), seed=0, epochs=5)
+    cache, _ = open_cache("memory", distiller, TensorLoader(x, y, 8), epochs=5)
     opt = torch.optim.SGD(distiller.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     ckpt = Checkpointer(tmp_path, "distill")

@@ -167,17 +167,17 @@ def _loader(n=50, batch_size=8, seed=3, **kw):
 
 def _epoch_order(loader, epoch):
     loader.set_epoch(epoch)
-    return torch.cat([idx for _, _, idx in loader]).tolist()
+    return torch.cat([b.index for b in loader]).tolist()
 
 
 def test_batches_are_x_y_index():
     loader = _loader(shuffle=True)
     batches = list(loader)
     assert len(batches) == len(loader) == 7  # ceil(50 / 8)
-    for x, y, idx in batches:
-        assert torch.equal(x[:, 0], idx.float() * 10)
-        assert torch.equal(y, idx % 7)
-    assert [len(b[2]) for b in batches] == [8] * 6 + [2]
+    for b in batches:
+        assert torch.equal(b.inputs[:, 0], b.index.float() * 10)
+        assert torch.equal(b.targets, b.index % 7)
+    assert [len(b.index) for b in batches] == [8] * 6 + [2]
 
 
 def test_each_index_once_per_epoch():
@@ -202,8 +202,8 @@ def test_order_differs_across_epochs_and_seeds():
 
 def test_iterating_again_without_set_epoch_moves_on():
     loader = _loader(shuffle=True)
-    first = torch.cat([i for _, _, i in loader]).tolist()
-    second = torch.cat([i for _, _, i in loader]).tolist()
+    first = torch.cat([b.index for b in loader]).tolist()
+    second = torch.cat([b.index for b in loader]).tolist()
     assert first != second
     assert first == _epoch_order(_loader(shuffle=True), 0)
     assert second == _epoch_order(_loader(shuffle=True), 1)
@@ -213,7 +213,7 @@ def test_no_shuffle_is_in_order_and_drop_last():
     assert _epoch_order(_loader(shuffle=False), 5) == list(range(50))
     loader = _loader(shuffle=False, drop_last=True)
     assert len(loader) == 6
-    assert torch.cat([i for _, _, i in loader]).tolist() == list(range(48))
+    assert torch.cat([b.index for b in loader]).tolist() == list(range(48))
 
 
 def test_length_mismatch():

@@ -207,18 +207,18 @@ def test_distiller_loss_is_the_weighted_sum():
     x = torch.randn(8, 5)
     y = torch.tensor([0, 1, 2, 3, -1, 1, -1, 0])
     out = distiller([x, y, torch.arange(8)])
-    assert out["loss"].item() == pytest.approx(
-        0.3 * out["ce"].item() + 0.7 * out["kd"].item() + 0.2 * out["kd_sharp"].item(), rel=1e-6
+    assert out.loss.item() == pytest.approx(
+        0.3 * out.terms["ce"].item() + 0.7 * out.terms["kd"].item() + 0.2 * out.terms["kd_sharp"].item(), rel=1e-6
     )
     # and each part is what it says, recomputed here independently
     s, t = student(x), teacher(x).detach()
     mask = y != -1
-    assert out["ce"].item() == pytest.approx(F.cross_entropy(s[mask], y[mask]).item(), rel=1e-6)
+    assert out.terms["ce"].item() == pytest.approx(F.cross_entropy(s[mask], y[mask]).item(), rel=1e-6)
     for name, T in (("kd", 4.0), ("kd_sharp", 1.0)):
         p = F.softmax(t / T, dim=-1)
         ref = torch.sum(p * (p.log() - F.log_softmax(s / T, dim=-1))) / len(x) * T**2
-        assert out[name].item() == pytest.approx(ref.item(), rel=1e-5)
-    assert torch.equal(out["logits"], s)
+        assert out.terms[name].item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.equal(out.logits, s)
 
 
 def test_distiller_without_terms_is_plain_ce():
@@ -226,7 +226,7 @@ def test_distiller_without_terms_is_plain_ce():
     student = nn.Linear(5, 3)
     x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
     out = Distiller(None, student, ce_weight=2.0)([x, y])
-    assert out["loss"].item() == pytest.approx(2.0 * F.cross_entropy(student(x), y).item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(2.0 * F.cross_entropy(student(x), y).item(), rel=1e-6)
 
 
 def test_distiller_terms_need_a_teacher():

@@ -164,7 +164,7 @@ def test_distiller_gradients_reach_student_only():
     distiller = Distiller(teacher, student, {"kd": (KD(T=2.0), 1.0)}, ce_weight=0.5)
     x = torch.randn(6, 4)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    distiller([x, y])["loss"].backward()
+    distiller([x, y]).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
 
@@ -174,8 +174,8 @@ def test_distiller_kd_only_gradients_reach_student_only():
     distiller = Distiller(teacher, student, {"kd": (KD(T=4.0), 1.0)}, ce_weight=0.0)
     x = torch.randn(6, 4)
     out = distiller([x, torch.full((6,), -1)])
-    out["loss"].backward()
-    assert out["ce"].item() == 0.0
+    out.loss.backward()
+    assert out.terms["ce"].item() == 0.0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill import LOSSES, Distiller
+from distill import LOSSES, Batch, Distiller
 from distill.cli import main
 from distill.models import create_model
 
@@ -47,7 +47,7 @@ def expected_loss_state(name: str) -> set[str]:
     teacher = create_model("cnn", 10, (1, 8, 8), channels=TEACHER_CHANNELS)
     distiller = Distiller(teacher, student, {name: (term, 1.0)})
     if distiller.needs_setup:
-        distiller.setup(torch.zeros(2, 1, 8, 8))
+        distiller.setup(Batch(torch.zeros(2, 1, 8, 8)))
     if not any(True for _ in term.parameters()):
         return set()
     return {f"{name}.{key}" for key in term.state_dict()}

@@ -46,7 +46,7 @@ def test_cache_dir_holding_user_files_is_refused_and_left_intact(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     files = user_files(tmp_path / "mydata", {"meta.json": b'{"mine": true}\n',
                                               "00-train.npy": b"\x93NUMPY user array bytes"})
-    err = refused(["run", "--out", "run", "cache=disk", "cache_dir=mydata", *FAST], capsys,
+    err = refused(["run", "--out", "run", "cache=disk", "cache.dir=mydata", *FAST], capsys,
                   "mydata", "did not write")
     assert "delete it yourself" in err
     assert_intact(tmp_path / "mydata", files)
@@ -56,7 +56,7 @@ def test_cache_dir_holding_user_files_is_refused_and_left_intact(tmp_path, capsy
 def test_stale_marked_cache_is_rebuilt_deleting_only_its_own_files(tmp_path):
     import torch
 
-    from distill.cache import open_arrays
+    from distill.stores import open_arrays
 
     path = tmp_path / "tc"
     specs = {"filled": ((), torch.bool), "logits": ((3,), torch.float32)}
@@ -78,7 +78,7 @@ def test_stale_marked_cache_is_rebuilt_deleting_only_its_own_files(tmp_path):
 def test_unmarked_cache_with_a_users_file_of_the_caches_name_is_refused(tmp_path):
     import torch
 
-    from distill.cache import open_arrays
+    from distill.stores import open_arrays
 
     path = tmp_path / "tc"
     files = user_files(path, {"meta.json": b"{}", "01-logits.npy": b"mine"})

@@ -134,7 +134,7 @@ def test_evaluation_table_renders(run_dir):
 
 def test_folder_report_of_a_seeds_folder(tmp_path, run_dir, report):
     shutil.copytree(run_dir, tmp_path / "seed-0")
-    path = write_folder_report(tmp_path, repeats=1)
+    path = write_folder_report(tmp_path)
     assert path == tmp_path / "report.md" and (tmp_path / "seed-0" / "report.md").is_file()
     text = path.read_text()
     assert "## Calibration and agreement" in text  # evaluation metrics came from report.json

@@ -17,7 +17,6 @@ import torch
 import distill
 import distill.engine
 import distill.stages
-from distill.cache import format_bytes
 from distill.cli import main
 from distill.errors import DistillError, plain
 from distill.io import atomic_write, write_text
@@ -32,6 +31,7 @@ from distill.models import (
 )
 from distill.naming import plural
 from distill.progress import StageProgress
+from distill.stores import format_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 # 10 steps per epoch (1,167 training digits, batch 128); with 2 epochs the teacher cache is

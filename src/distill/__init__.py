@@ -1,15 +1,17 @@
 """distill: knowledge distillation for PyTorch."""
 
-from .config import RunConfig, load_config  # noqa: E402
-from .distiller import Distiller, Outputs  # noqa: E402
-from .engine import evaluate, fit  # noqa: E402
-from .losses import KD, LOSSES, kd_loss  # noqa: E402
-from .models import create_model  # noqa: E402
-from .stages import run  # noqa: E402
-from .tutorial import train_knowledge_distillation  # noqa: E402
-from .version import __version__  # noqa: F401
+from .config import RunConfig, load_config
+from .contracts import Batch, Selection, StepOutput
+from .distiller import Distiller, Outputs
+from .engine import evaluate, fit
+from .losses import KD, LOSSES, kd_loss
+from .models import create_model
+from .stages import run
+from .tutorial import train_knowledge_distillation
+from .version import __version__
 
 __all__ = [
-    "KD", "LOSSES", "Distiller", "Outputs", "RunConfig", "create_model", "evaluate", "fit",
-    "kd_loss", "load_config", "run", "train_knowledge_distillation",
+    "KD", "LOSSES", "Batch", "Distiller", "Outputs", "RunConfig", "Selection", "StepOutput",
+    "__version__", "create_model", "evaluate", "fit", "kd_loss", "load_config", "run",
+    "train_knowledge_distillation",
 ]

@@ -2,14 +2,16 @@
 
 An entry is keyed by (sample index, view). Without augmentation every sample has one view.
 With an augmentation whose draws can be enumerated (crop offsets x flip: `Augment.num_views`),
-the view of sample i in epoch e is `augment.view_id(augment.draw(seed, e, i))`, so an entry is
-exactly "the teacher on this augmented input", whatever epoch re-draws it. Keying by index
+the view of sample i in epoch e is `augment.view_id(augment.draw(seed, e, i))`, drawn once by
+the loader and carried in its Batch (`Batch.view`), so an entry is exactly "the teacher on
+this augmented input", whatever epoch re-draws it. Keying by index
 alone (torchdistill) would hand the student targets of a different crop. Entries fill lazily:
 a miss runs the teacher on that very input (the batch the student sees); `fill` can also
 precompute every view. Draws that cannot be replayed (Cutout: num_views None, or mixup) are
 refused: the cache would have to key on (seed, epoch, index) and would never hit.
 
-Storage: host tensors (`memory`) or .npy memmaps under a directory (`disk`; sparse files, only
+Storage: tensors on the teacher's device (`memory`; once every entry is filled, a lookup is
+one gather there, with no host sync: the check runs once per epoch) or .npy memmaps under a directory (`disk`; sparse files, only
 filled pages use space; the directory can be reused by a later run), plus a filled bitmap.
 `fp32` stores the outputs bit for bit; `fp16` halves the bytes (values must fit fp16's range);
 `topk=k` keeps only the k largest logits, their class indices and the log-partition
@@ -38,55 +40,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-import shutil
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .contracts import Batch, Outputs
 from .errors import DistillError, short
-from .io import write_json
-from .run_folder import claim, delete_owned_files, record_files
 from .runtime import all_gather_objects, distributed, rank
+from .stores import (
+    FORMAT,
+    data_hash,
+    default_memory_budget,
+    format_bytes,
+    open_arrays,
+    teacher_hash,
+)
 from .version import __version__
 
-FORMAT = 1
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 MIN_HIT_RATE = 0.25  # "auto" turns the cache on only when at least this share of lookups hit
-
-
-def _update(h, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # raw bytes, any dtype (bf16 too)
-
-
-def teacher_hash(teacher: torch.nn.Module) -> str:
-    """sha256 over the class name and every state_dict entry (name, dtype, shape, bytes) in order:
-    parameters and buffers (BatchNorm statistics) both shape the outputs."""
-    h = hashlib.sha256(type(teacher).__qualname__.encode())
-    for name, t in teacher.state_dict().items():
-        h.update(name.encode())
-        _update(h, t)
-    return h.hexdigest()
-
-
-def data_hash(x: torch.Tensor) -> str:
-    """sha256 over dtype, shape and all bytes of the training inputs (CIFAR: 150 MB, ~0.3 s)."""
-    h = hashlib.sha256()
-    _update(h, x)
-    return h.hexdigest()
-
-
-def default_memory_budget() -> int:
-    """A quarter of physical RAM: the cache shares the host with the data and the models."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
 
 
 def expected_hit_rate(num_views: int, epochs: int) -> float:
@@ -95,72 +67,6 @@ def expected_hit_rate(num_views: int, epochs: int) -> float:
     epochs = max(int(epochs), 1)
     distinct = num_views * (1 - (1 - 1 / num_views) ** epochs)
     return 1 - distinct / epochs
-
-
-def format_bytes(n: float) -> str:
-    """A byte count in the largest binary unit it fills: '512 B', '3.00 KiB', '1.25 GiB'."""
-    if n < 1024:
-        return f"{int(n)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024
-        if round(n, 2) < 1024 or unit == "TiB":
-            return f"{n:.2f} {unit}"
-
-
-def _array_files(path: Path, names) -> dict[str, Path]:
-    return {n: path / f"{i:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', n)}.npy" for i, n in enumerate(names)}
-
-
-def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
-                rebuild: bool) -> tuple[dict[str, torch.Tensor], list]:
-    """Open (or create) the .npy memmaps of a disk store in `path`: name -> (per-entry shape,
-    dtype) in `specs`, each with leading shape `lead`. The store is reused only if meta.json
-    equals `meta` (teacher weights, data, settings) and every file exists; otherwise it is
-    rebuilt (rebuild=True, with a warning naming what changed) or refused. Returns the arrays
-    as tensors sharing the mappings (writes go to the files) and the mappings (to flush)."""
-    meta_file = path / "meta.json"
-    files = _array_files(path, specs)
-    try:
-        old = json.loads(meta_file.read_text()) if meta_file.is_file() else None
-    except (OSError, ValueError):
-        old = {}  # unreadable: treat as stale
-    ok = old == meta and all(f.is_file() for f in files.values())
-    # only a folder with distill's marker is ever rebuilt (run_folder); an unmarked cache of
-    # this very version and fingerprint is adopted, anything else unmarked is the user's
-    if claim(path, "cache", "cache_dir", adopt=ok) and ok:
-        record_files(path, [meta_file.name, *(f.name for f in files.values())])
-    if old is not None and not ok:
-        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-        if not rebuild:
-            raise DistillError(
-                f"The teacher cache in '{path}' was built for a different "
-                f"{', '.join(diff) or 'layout (files missing)'}; reusing it would train on "
-                "stale targets. Delete the directory, point cache_dir elsewhere, or allow a rebuild."
-            )
-        warnings.warn(f"teacher cache in '{path}' is stale ({', '.join(diff)}): rebuilding",
-                      stacklevel=4)
-    if not ok:
-        delete_owned_files(path)  # only files the marker lists: never a file of the user's
-        theirs = [f.name for f in (meta_file, *files.values()) if f.exists()]
-        if theirs:
-            raise DistillError(f"cache_dir '{path}' holds {', '.join(theirs)}, which distill did "
-                               "not write; move them away or point cache_dir elsewhere.")
-        record_files(path, [meta_file.name, *(f.name for f in files.values())])
-        free = shutil.disk_usage(path).free
-        if nbytes > free:
-            warnings.warn(f"teacher cache files can grow to {format_bytes(nbytes)}; "
-                          f"{format_bytes(free)} free in '{path}'", stacklevel=4)
-    arrays, maps = {}, []
-    for name, f in files.items():
-        s, d = specs[name]
-        np_dtype = torch.empty((), dtype=d).numpy().dtype
-        # open_memmap creates a sparse file: unfilled entries take no disk space
-        a = np.lib.format.open_memmap(f, mode="r+" if ok else "w+", dtype=np_dtype, shape=lead + s)
-        maps.append(a)
-        arrays[name] = torch.from_numpy(a)  # shares the mapping: writes go to the file
-    if not ok:
-        write_json(meta_file, meta)
-    return arrays, maps
 
 
 class TeacherCache:
@@ -173,7 +79,7 @@ class TeacherCache:
     def __init__(self, num_samples: int, shapes: dict[str, tuple], meta: dict, *, augment=None,
                  seed: int = 0, storage: str = "memory", path=None, dtype: str = "fp32",
                  topk: int | None = None, memory_budget: int | None = None,
-                 rebuild: bool = True, min_rows: int = 32):
+                 rebuild: bool = True, min_rows: int = 32, live=None, device=None):
         if augment is not None and augment.is_random and augment.num_views is None:
             raise DistillError(
                 "The teacher cache needs an augmentation whose views can be enumerated (crops, "
@@ -200,6 +106,8 @@ class TeacherCache:
         self.nbytes = self.num_samples * self.num_views * (1 + sum(
             math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in self.specs.values()))
         self.hits = self.misses = self.padded = 0
+        self.live = live  # the live teacher (a sources.LiveTeacher): run on the misses
+        self.complete = False  # every entry filled: lookups need no miss check
         if storage == "memory":
             budget = memory_budget or default_memory_budget()
             if self.nbytes > budget:
@@ -208,9 +116,9 @@ class TeacherCache:
                     f"({self.num_samples} samples x {self.num_views} views); the budget is "
                     f"{format_bytes(budget)}. Use cache: disk, cache_dtype: fp16, fewer views, or cache: off."
                 )
-            shape = (self.num_samples, self.num_views)
-            self.filled = torch.zeros(shape, dtype=torch.bool)
-            self.arrays = {k: torch.zeros(shape + s, dtype=d) for k, (s, d) in self.specs.items()}
+            shape, device = (self.num_samples, self.num_views), device or "cpu"
+            self.filled = torch.zeros(shape, dtype=torch.bool, device=device)
+            self.arrays = {k: torch.zeros(shape + s, dtype=d, device=device) for k, (s, d) in self.specs.items()}
         else:
             if path is None:
                 raise DistillError("cache: disk needs a directory (cache_dir).")
@@ -246,21 +154,31 @@ class TeacherCache:
     # ---------------------------------------------------------------- keys and entries
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch the loader draws augmentations for; `Distiller.set_epoch` forwards it."""
+        """The epoch the loader draws augmentations for; `Distiller.set_epoch` forwards it.
+        Once per epoch (one host sync): whether every entry is filled."""
         self.epoch = int(epoch)
         self.flush()
+        self.complete = bool(self.filled.all())
+
+    def targets(self, batch: Batch) -> Outputs:
+        """The teacher's outputs for a training batch (a `contracts.TeacherSource`)."""
+        if batch.index is None:  # rows in no dataset: nothing to key them by
+            return self.live.outputs(batch.inputs)
+        return self.lookup(batch.inputs, batch.index, self.live.outputs, batch.view)
 
     def views(self, index: torch.Tensor) -> torch.Tensor:
-        """View id of each sample index this epoch (CPU LongTensor); 0 without augmentation.
-        The draw is a pure hash of (seed, epoch, index): no global RNG is touched."""
+        """View id of each sample index this epoch (LongTensor on index's device); 0 without
+        augmentation. The draw is a pure hash of (seed, epoch, index): no global RNG is touched.
+        Loaders carry the view they drew (Batch.view); this re-derives it for callers without."""
         if self.augment is None:
-            return torch.zeros(len(index), dtype=torch.long)
+            return torch.zeros(len(index), dtype=torch.long, device=index.device)
         return self.augment.view_id(self.augment.draw(self.seed, self.epoch, index)).long()
 
     def put(self, index: torch.Tensor, view: torch.Tensor, logits: torch.Tensor,
             features: dict[str, torch.Tensor]) -> None:
         """Store outputs for entries (index, view); the filled bits are set last."""
-        index, view = index.cpu(), view.cpu()
+        where = self.filled.device
+        index, view = index.to(where), view.to(where)
         values: dict[str, torch.Tensor] = {f"feature:{k}": features[k] for k in self.layers}
         if self.topk:
             z = logits.float()
@@ -270,17 +188,18 @@ class TeacherCache:
         else:
             values["logits"] = logits
         for name, v in values.items():
-            stored = v.detach().to("cpu", self.arrays[name].dtype)
+            stored = v.detach().to(where, self.arrays[name].dtype)
             if self.dtype == "fp16" and stored.is_floating_point() and bool(
-                    (stored.isinf() & v.detach().cpu().isfinite()).any()):
+                    (stored.isinf() & v.detach().to(where).isfinite()).any()):
                 raise DistillError(f"Teacher output '{name}' exceeds fp16's range (65504); "
                                    "use cache_dtype: fp32.")
             self.arrays[name][index, view] = stored
         self.filled[index, view] = True
 
-    def get(self, index: torch.Tensor, view: torch.Tensor, device) -> tuple[torch.Tensor, dict]:
-        """Stored (logits, features) of entries (index, view), as fp32 on `device`."""
-        index, view = index.cpu(), view.cpu()
+    def get(self, index: torch.Tensor, view: torch.Tensor, device) -> Outputs:
+        """Stored outputs of entries (index, view), as fp32 on `device`."""
+        where = self.filled.device
+        index, view = index.to(where), view.to(where)
         a = self.arrays
         if self.topk:
             logits = topk_logits(a["logits.values"][index, view].float(),
@@ -289,14 +208,21 @@ class TeacherCache:
         else:
             logits = a["logits"][index, view]
         features = {k: a[f"feature:{k}"][index, view].to(device, torch.float32) for k in self.layers}
-        return logits.to(device, torch.float32), features
+        return Outputs(logits.to(device, torch.float32), features)
 
-    def lookup(self, inputs: torch.Tensor, index: torch.Tensor, compute) -> tuple[torch.Tensor, dict]:
-        """Teacher (logits, features) for a training batch: hits come from the store, misses
-        run `compute(x) -> (logits, features)` on their rows of `inputs` and are stored."""
-        device = inputs.device
-        index = index.detach().to("cpu", torch.long)
-        view = self.views(index)
+    def lookup(self, inputs: torch.Tensor, index: torch.Tensor, compute,
+               view: torch.Tensor | None = None) -> Outputs:
+        """Teacher outputs for a training batch: hits come from the store, misses run
+        `compute(x) -> Outputs` on their rows of `inputs` and are stored. `view`: each row's
+        view id as the loader drew it (None: re-derived from the index; 0 without augmentation)."""
+        device, where = inputs.device, self.filled.device
+        index = index.detach().to(where, torch.long)
+        view = self.views(index) if view is None else view.detach().to(where, torch.long)
+        # every entry is in (checked per epoch; under DDP every process holds the same entries,
+        # `_share`): no miss check, no host sync
+        if self.complete:
+            self.hits += len(index)
+            return self.get(index, view, device)
         hit = self.filled[index, view]
         miss = ~hit
         m = int(miss.sum())
@@ -306,9 +232,9 @@ class TeacherCache:
             # min(batch, min_rows): tiny batches take other BLAS kernels (see module docstring).
             rows = miss | (hit & (torch.cumsum(hit, 0) <= self.min_rows - m))
             x = inputs if bool(rows.all()) else inputs[rows.to(device)]
-            logits, features = compute(x)
+            out = compute(x)
             keep = miss[rows].to(device)
-            new = (index[miss], view[miss], logits[keep], {k: v[keep] for k, v in features.items()})
+            new = (index[miss], view[miss], out.logits[keep], {k: v[keep] for k, v in out.features.items()})
             self.put(*new)
             self.padded += int(rows.sum()) - m
         if distributed():
@@ -345,9 +271,10 @@ class TeacherCache:
                     x = self.augment.apply(x, self.augment.params_for_view(torch.full_like(idx, v)))
                 elif loader.transform is not None:
                     x = loader.transform(x, 0, idx.to(device))
-                logits, features = compute(x)
-                self.put(idx, torch.full_like(idx, v), logits, features)
+                out = compute(x)
+                self.put(idx, torch.full_like(idx, v), out.logits, out.features)
         self.flush()
+        self.complete = bool(self.filled.all())
 
     def reference(self) -> dict:
         """What a checkpoint records about the cache it trained with: where it lives and a
@@ -374,56 +301,47 @@ def topk_logits(values: torch.Tensor, indices: torch.Tensor, lse: torch.Tensor,
     return out.scatter(1, indices, v).float()
 
 
-def fingerprint(teacher, loader, augment, seed: int) -> dict:
-    """What the cached outputs depend on: teacher weights, the training inputs, the transform
-    (Augment.spec(); the seed only when draws are random, so seeds share an unaugmented cache),
-    and a hash of the transformed first 8 samples at epoch 0 (catches changed normalization)."""
-    random = augment is not None and augment.is_random
-    idx = loader.index[:8]
-    x = loader.x[idx]
-    probe = loader.transform(x, 0, idx) if loader.transform is not None else x
+def fingerprint(teacher, loader) -> dict:
+    """What the cached outputs depend on: teacher weights, the training inputs, the loader's
+    augmentation (Augment.spec(); the seed only when draws are random, so seeds share an
+    unaugmented cache), and a hash of the first 8 samples as epoch 0 gives them (catches a
+    changed normalization)."""
+    augment = loader.augment
+    probe = loader.batch(loader.index[:8], 0).inputs
     return {"teacher_sha256": teacher_hash(teacher), "data_sha256": data_hash(loader.x),
             "data_shape": list(loader.x.shape), "data_dtype": str(loader.x.dtype),
-            "transform": augment.spec() if random else None, "seed": seed if random else None,
+            "transform": augment.spec() if augment else None, "seed": loader.seed if augment else None,
             "probe_sha256": data_hash(probe)}
 
 
-def _check_replay(loader, augment, seed: int) -> None:
-    """The cache keys views by re-deriving the loader's draws; check on a few samples that the
-    loader's transform is exactly `augment` with this seed (and is epoch-independent without)."""
-    idx = loader.index[:8]
-    x = loader.x[idx]
-    tf = loader.transform or (lambda a, e, i: a)
-    if augment is None or not augment.is_random:
-        if not torch.equal(tf(x, 0, idx), tf(x, 1, idx)):
-            raise DistillError("The training transform changes with the epoch but no augmentation "
-                               "was given to the teacher cache; pass data.augment.")
-        return
-    for epoch in (0, 1):
-        view = augment.view_id(augment.draw(seed, epoch, idx))
-        replay = augment.apply(x, augment.params_for_view(view))
-        if not torch.equal(tf(x, epoch, idx), replay):
-            raise DistillError("The training loader's transform is not `augment` with seed "
-                               f"{seed}; the teacher cache cannot key its views. Pass the "
-                               "Augment and seed the loader uses (data.augment, the run's seed).")
+def _check_epoch_independent(loader) -> None:
+    """Without a drawn augmentation, a sample's input must not change with the epoch: the
+    cache keys it by index alone."""
+    if loader.augment is None:
+        idx = loader.index[:8]
+        if not torch.equal(loader.batch(idx, 0).inputs, loader.batch(idx, 1).inputs):
+            raise DistillError("The training transform changes with the epoch but the loader "
+                               "draws no augmentation the teacher cache can key (an Augment "
+                               "passed as the loader's `augment`); set cache: off.")
 
 
-def open_cache(mode: str, distiller, loader, *, augment=None, seed: int = 0, epochs: int = 1,
-               mixup: bool = False, dtype: str = "fp32", topk: int | None = None,
-               path=None, rebuild: bool = True, memory_budget: int | None = None,
-               min_rows: int = 32) -> tuple[TeacherCache | None, str]:
+def open_cache(mode: str, distiller, loader, *, epochs: int = 1, mixup: bool = False,
+               dtype: str = "fp32", topk: int | None = None, path=None, rebuild: bool = True,
+               memory_budget: int | None = None, min_rows: int = 32) -> tuple[TeacherCache | None, str]:
     """Decide, build and attach the teacher cache of a run; return (cache or None, reason).
 
-    mode "off": none. "memory" / "disk": as asked; a DistillError if the run's augmentation
-    cannot be replayed or memory exceeds the budget. "auto": in memory, fp32, no top-k, only
-    when exact (replayable views), worthwhile (expected hit rate >= MIN_HIT_RATE) and within
-    the memory budget; otherwise off, with the reason.
+    The views are the ones `loader` (a TensorLoader) draws: its `augment` and `seed`. Mode
+    "off": none. "memory" / "disk": as asked; a DistillError if the augmentation cannot be
+    replayed or memory exceeds the budget. "auto": in memory, fp32, no top-k, only when exact
+    (replayable views), worthwhile (expected hit rate >= MIN_HIT_RATE) and within the memory
+    budget; otherwise off, with the reason.
     """
     if mode == "off" or distiller.teacher is None or not distiller.terms:
         return None, "off" if mode == "off" else "off: no teacher terms"
     if mode not in ("auto", "memory", "disk"):
         raise DistillError(f"cache must be off, auto, memory or disk; got {short(mode)}.")
-    views = augment.num_views if augment is not None and augment.is_random else 1
+    augment = loader.augment
+    views = augment.num_views if augment is not None else 1
     if views is None or mixup:
         what = "mixup" if mixup else "its augmentation (not enumerable, e.g. Cutout)"
         if mode == "auto":
@@ -433,27 +351,23 @@ def open_cache(mode: str, distiller, loader, *, augment=None, seed: int = 0, epo
     if mode == "auto":
         if dtype != "fp32" or topk:
             raise DistillError("cache: auto only builds exact caches (fp32, no top-k); set "
-                               "cache: memory or disk to use cache_dtype fp16 or top-k.")
+                               "cache: memory or disk to use cache.dtype fp16 or top-k.")
         rate = expected_hit_rate(views, epochs)
         if rate < MIN_HIT_RATE:
             return None, f"off: expected hit rate {rate:.0%} ({views} views, {epochs} epochs)"
-    _check_replay(loader, augment, seed)
-    teacher = distiller.teacher
-    device = next(iter(teacher.parameters()), torch.empty(0)).device
-    idx = loader.index[:2]
-    x = loader.transform(loader.x[idx], 0, idx) if loader.transform else loader.x[idx]
-    with torch.no_grad():
-        logits, features = distiller._run_teacher(x.to(device))
-    shapes = {"logits": tuple(logits.shape[1:])} | {k: tuple(v.shape[1:]) for k, v in features.items()}
-    args = dict(augment=augment, seed=seed, dtype=dtype, topk=topk, path=path, rebuild=rebuild,
-                memory_budget=memory_budget, min_rows=min_rows)
-    meta = fingerprint(teacher, loader, augment, seed)
+    _check_epoch_independent(loader)
+    live = distiller.live
+    device = next(iter(distiller.teacher.parameters()), torch.empty(0)).device
+    probe = live.outputs(loader.batch(loader.index[:2], 0).inputs.to(device))
+    shapes = {"logits": tuple(probe.logits.shape[1:])} | {k: tuple(v.shape[1:]) for k, v in probe.features.items()}
+    args = dict(augment=augment, seed=loader.seed, dtype=dtype, topk=topk, path=path, rebuild=rebuild,
+                memory_budget=memory_budget, min_rows=min_rows, live=live, device=device)
     storage = "memory" if mode == "auto" else mode
     try:
-        cache = TeacherCache(len(loader.x), shapes, meta, storage=storage, **args)
+        cache = TeacherCache(len(loader.x), shapes, fingerprint(distiller.teacher, loader), storage=storage, **args)
     except DistillError as e:
         if mode != "auto":
             raise
         return None, f"off: {e}"
-    distiller.attach_cache(cache)
+    distiller.attach_source(cache)
     return cache, f"{storage}, {views} view(s)/sample, up to {format_bytes(cache.nbytes)}"

@@ -97,7 +97,7 @@ class Checkpointer:
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": rngs,  # one per process, in rank order
-            "cache": distiller.cache.reference() if getattr(distiller, "cache", None) else None,
+            "cache": distiller.source_reference(),
             "state": asdict(state),
             "data_sha256": self.data_sha,
         }

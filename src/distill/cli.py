@@ -17,6 +17,7 @@ from .errors import DistillError, clip, plain, short
 from .listing import cmd_losses, cmd_models
 from .runtime import Interrupted, is_main, resolve_device, stop_requested
 from .tables import seeds_table, summary_table
+from .tasks import export_formats, make_task, task_of_run
 from .trust import Trust, code_paths
 from .version import __version__
 
@@ -58,7 +59,6 @@ def _resume_target(args):
 
 def cmd_run(args) -> int:
     from .engine import NonFiniteLoss
-    from .report import write_report
     from .seeds import check_resume_trust
     from .stages import default_run_dir, run
 
@@ -74,9 +74,6 @@ def cmd_run(args) -> int:
         print(to_yaml(cfg), end="")
         return 0
     if n > 1:
-        if cfg.task != "classification":
-            raise DistillError("--seeds aggregates classifier accuracy; for language models run "
-                               "each seed (seed=K --out DIR/seed-K), or benchmarks/lm_pydoc.py.")
         return _run_seeds(cfg, n, out, args)
     try:
         summary = run(cfg, out, quiet=args.quiet, resume=bool(args.resume),
@@ -90,10 +87,8 @@ def cmd_run(args) -> int:
         return 130
     if not is_main():  # under torchrun only rank 0 reports
         return 0
-    # report.md's metrics (calibration, agreement, cost) are the classifiers'; an LM run's
-    # numbers are in summary.json and metrics.jsonl
     own = Trust(code=True, checkpoint=args.trust_checkpoint)  # the run just imported its code
-    report = None if args.no_report or cfg.task != "classification" else write_report(out, trust=own)
+    report = None if args.no_report else make_task(cfg).write_report(out, own)
     if not args.quiet:
         console = Console()
         console.print(summary_table(summary))
@@ -200,67 +195,18 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _is_lm(path) -> bool:
-    from .lm.tools import is_lm_run
-
-    return is_lm_run(path)
-
-
 def cmd_eval(args) -> int:
-    from .report import evaluate_target, evaluation_table
-
-    if _is_lm(args.target):
-        from .lm.tools import evaluate_lm_run, lm_evaluation_table
-
-        if args.data or args.overrides:
-            raise DistillError("distill eval of a language-model run takes no --data or overrides.")
-        Console().print(lm_evaluation_table(evaluate_lm_run(args.target, args.split, args.trust_code)))
-        return 0
-
-    if args.data:  # the built-in digits read no path: --data would be ignored
-        from .config import BUILT_IN_DATA, parse_override
-        from .config_yaml import load_yaml, read_text
-
-        run_dir = Path(args.target) if Path(args.target).is_dir() else Path(args.target).parent
-        saved_path = run_dir / "config.yaml"  # read with the config limits (no aliases, <= 1 MiB)
-        saved = load_yaml(read_text(saved_path), f"Config file '{saved_path}'") if saved_path.is_file() else {}
-        name = (saved.get("data") or {}).get("name", "digits") if isinstance(saved, dict) else None
-        name = next((v for k, v in map(parse_override, args.overrides) if k == ["data", "name"]), name)
-        if name == BUILT_IN_DATA["classification"]:
-            raise DistillError(
-                f"This run's data is the built-in {name} (data.name={name}), which reads no files, so "
-                f"--data {args.data} would be ignored. To evaluate on other data, give its kind too: "
-                f"distill eval {args.target} --data {args.data} data.name=npz (or csv, folder, mnist, "
-                "cifar10, ...); its inputs must have the run's shape and classes."
-            )
-    overrides = [f"data.path={args.data}"] if args.data else []
-    overrides += args.overrides
-    evaluation = evaluate_target(args.target, overrides, args.split, device="auto", trust=_trust(args))
-    Console().print(evaluation_table(evaluation))
+    """Every saved model of a run folder (or one weights file of it), evaluated by its task."""
+    overrides = [f"data.path={args.data}", *args.overrides] if args.data else list(args.overrides)
+    task = task_of_run(args.target)
+    Console().print(task.evaluation_table(task.evaluate_run(Path(args.target), overrides, args.split, _trust(args))))
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
-
-    lm = _is_lm(args.run_dir)
-    if args.format == "hf" and not lm:
-        raise DistillError(f"--format hf writes a Hugging Face folder of a language-model run; "
-                           f"'{args.run_dir}' is a classification run. Use --format onnx, "
-                           "torchscript or safetensors.")
-    if lm:
-        from .lm.tools import export_hf
-
-        if args.format not in ("hf",):
-            raise DistillError(f"A language-model run exports as a Hugging Face folder: --format hf "
-                               f"(not {args.format}).")
-        if not args.out:  # the default <stage>-hf/ lands in the run folder: only one distill wrote
-            from .run_folder import require
-
-            require(args.run_dir, "run", "distill export")
-        result = export_hf(args.run_dir, args.out, args.stage, trust_code=args.trust_code)
-    else:
-        result = export(args.run_dir, args.format, args.out, args.stage, trust=_trust(args))
+    """A stage's model in one of the formats of the run's task (--format)."""
+    run_dir = Path(args.run_dir)
+    result = task_of_run(run_dir).export(run_dir, args.format, args.out, args.stage, _trust(args))
     parity = f" (max |exported - torch| difference {result['max_abs_diff']:.2e})" if "max_abs_diff" in result else ""
     print(f"Wrote {result['path']}{parity}")
     return 0
@@ -312,10 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val"])
     _trust_flags(p)
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("export", help="export a run's student (onnx, torchscript, safetensors)")
+    formats = export_formats()  # task -> the formats its runs export as
+    p = sub.add_parser("export", help="export a run's student in a format of its task")
     p.add_argument("run_dir", help="a run folder written by distill run")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors", "hf"],
-                   help="hf: a Hugging Face folder, for language-model runs")
+    p.add_argument("--format", required=True, choices=list(dict.fromkeys(f for fs in formats.values() for f in fs)),
+                   help="by the run's task: " + "; ".join(f"{t}: {', '.join(fs)}" for t, fs in formats.items()))
     p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"])
     p.add_argument("--out", help="output file (default: RUN_DIR/<stage>-export.<ext>)")
     _trust_flags(p)
@@ -342,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides.extend(extra)
     # `distill run train.epochs=3`: a first positional with '=' is an override, not a file.
-    if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+    if args.command == "run" and args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None
     try:

@@ -131,6 +131,28 @@ class TeacherSource(Protocol):
         ...
 
 
+class StepPart(Protocol):
+    """What one kind of model changes in the Distiller's step (classifiers:
+    `distiller.ClassifierPart`; causal LMs: `lm.step.TokenPart`). The Distiller keeps the
+    frozen-teacher plumbing; the part says how outputs come out, what a unit is, how CE is taken."""
+
+    def bind(self, distiller: Any) -> TeacherSource | None:
+        """Called once by the Distiller: hooks, and the live teacher source (None: no teacher)."""
+        ...
+
+    def step(self, distiller: Any, batch: Batch, teacher: Any) -> StepOutput: ...
+
+    def count(self, batch: Batch) -> torch.Tensor: ...
+
+    def prepare(self, distiller: Any, batch: Batch, epoch: int, step: int) -> Batch: ...
+
+    def evaluate(self, student: nn.Module, loader: Iterable, device) -> dict[str, float]: ...
+
+    def setup(self, distiller: Any, batch: Batch) -> None: ...
+
+    def explain_nonfinite(self, distiller: Any, batch: Batch, out: StepOutput, first: bool) -> str: ...
+
+
 class Distiller(Protocol):
     """What the engine trains: a student and loss terms against a frozen teacher."""
 
@@ -187,3 +209,38 @@ class Task(Protocol):
     def describe(self, data: Any) -> list[str]: ...
 
     def data_summary(self, data: Any) -> dict: ...
+
+    # A finished run folder read back: `distill eval`, `export`, `report` and `--seeds` reach
+    # these through `distill.tasks.task_of_run(folder)`, so the CLI has no task branches. `trust`
+    # is a `distill.trust.Trust` (--trust-code, --trust-checkpoint): a folder's config naming
+    # code is refused, before anything is built, unless it allows importing it.
+
+    export_formats: tuple[str, ...]  # the `distill export --format` values this task's runs take
+
+    def load_run(self, run_dir: Path, stage: str, trust: Any, data: Any = None,
+                 last: bool = False) -> tuple[nn.Module, Any]:
+        """(the stage's model in eval mode with its validation-selected weights, or the last
+        epoch's with `last`; the run's data, rebuilt from config.yaml unless `data` is given).
+        The one implementation eval, export and report of this task share."""
+        ...
+
+    def evaluate_run(self, target: Path, overrides: Iterable[str], split: str, trust: Any) -> dict:
+        """`distill eval`: every saved model of a run folder, or one weights file of it, on its
+        `split` ("test" or "val"); `overrides` are data.key=value (`--data PATH` comes as
+        data.path=PATH); a task whose evaluation takes none refuses them."""
+        ...
+
+    def evaluation_table(self, evaluation: dict) -> Any:
+        """A rich Table of `evaluate_run`'s result, for the console."""
+        ...
+
+    def export(self, run_dir: Path, fmt: str, out: Path | None, stage: str, trust: Any) -> dict:
+        """Write a stage's model in format `fmt` (one of `export_formats`; another is refused,
+        naming this task's formats) to `out` (default: inside the run folder); returns {"path",
+        "format"} and, where the export is checked against torch, "max_abs_diff"."""
+        ...
+
+    def write_report(self, run_dir: Path, trust: Any) -> Path:
+        """Write the run's report.md (and its figures) into the run folder; return its path.
+        summary.json's "primary" (this task's `selection`) drives the --seeds aggregate."""
+        ...

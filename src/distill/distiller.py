@@ -2,34 +2,36 @@
 
     total = ce_weight * CE(student, labels) + sum_k weight_k * term_k(student, teacher, batch)
 
-The teacher is held outside the module tree on purpose: it is not in `parameters()`, so it is
-never handed to an optimizer, never saved with the student and never wrapped by DDP. The
-student and every loss term (with any projector it owns) are submodules, so one optimizer and
-one DDP wrapper cover exactly what trains.
+One class for every kind of run. The teacher is held outside the module tree on purpose: it is
+not in `parameters()`, so it is never handed to an optimizer, never saved with the student and
+never wrapped by DDP. The student and every loss term (with any projector it owns) are
+submodules, so one optimizer and one DDP wrapper cover exactly what trains.
+
+What differs between kinds of run sits in a small `part` (a `contracts.StepPart`): how the
+teacher's targets and the student's outputs come out, what the unit of a mean is, how CE is
+taken, how the student is evaluated. Classifiers' part is `ClassifierPart` (below); language
+models' is `distill.lm.step.TokenPart`. The teacher's targets come from `source`, a
+`contracts.TeacherSource`: the live teacher (the part's default), or a cache attached with
+`attach_source`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contracts import UNLABELLED, Batch, Outputs, StepOutput, StepPart, TeacherSource, as_batch
 from .errors import DistillError
 from .hooks import FeatureCapture
+from .metrics import evaluate_classifier
 from .models.outputs import logits_of
+from .sources import LiveTeacher
+from .terms import declared
 
-UNLABELLED = -1  # label value of transfer-set samples that have no label
-
-
-@dataclass
-class Outputs:
-    """What a model produced for a batch: logits, plus hooked features by module path."""
-
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
+__all__ = ["UNLABELLED", "ClassifierPart", "Distiller", "Outputs", "ce_loss"]
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -65,65 +67,52 @@ def _check_args(teacher, student, terms, ce_weight) -> None:
         if not finite:
             raise DistillError(f"Distiller's {what} must be a finite number (got {w!r}); use 0 to "
                                "switch a term off.")
-
-
-def _check_captured(role: str, paths: list[str], shapes: dict) -> None:
-    """Every hooked path gave a feature in the probe's forward pass."""
-    missing = [p for p in dict.fromkeys(paths) if p not in shapes]
-    if missing:
-        raise DistillError(
-            f"The {role}'s module(s) {', '.join(repr(p) for p in missing)} did not run in its "
-            f"forward pass, so no feature was captured there. Hook a module that forward calls "
-            f"(captured: {', '.join(shapes) or 'none'})."
-        )
+    if terms and teacher is None:
+        raise ValueError("distillation terms need a teacher")
 
 
 class Distiller(nn.Module):
-    """Student + loss terms trained against a frozen teacher.
+    """Student + loss terms trained against a frozen teacher (a `contracts.Distiller`).
 
     Args:
         teacher: the trained teacher, or None to train the student on labels alone.
         student: the model being trained.
-        terms: {name: (loss_module, weight)}; each module maps (student Outputs, teacher
-            Outputs, batch) to a scalar.
+        terms: {name: (loss_module, weight)}; each module maps (student outputs, teacher
+            targets, batch) to a scalar.
         ce_weight: weight of the cross-entropy term on the labels.
+        part: what is specific to the kind of model (default: classifiers).
     """
 
-    select = "acc"  # validation selection: highest accuracy
-
-    def __init__(
-        self,
-        teacher: nn.Module | None,
-        student: nn.Module,
-        terms: dict[str, tuple[nn.Module, float]] | None = None,
-        ce_weight: float = 1.0,
-    ):
+    def __init__(self, teacher: nn.Module | None, student: nn.Module,
+                 terms: dict[str, tuple[nn.Module, float]] | None = None, ce_weight: float = 1.0,
+                 part: StepPart | None = None):
         super().__init__()
         terms = terms or {}
         _check_args(teacher, student, terms, ce_weight)
-        if terms and teacher is None:
-            raise ValueError("distillation terms need a teacher")
-        self.__dict__["teacher"] = teacher  # not registered: see module docstring
         if teacher is not None:
             teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # not registered: see module docstring
         self.student = student
         self.terms = nn.ModuleDict({name: module for name, (module, _) in terms.items()})
         self.weights = {name: float(weight) for name, (_, weight) in terms.items()}
         self.ce_weight = float(ce_weight)
-        # Feature methods declare the layers they read; hooks capture them on every forward.
-        student_layers = [p for m in self.terms.values() for p in getattr(m, "student_layers", [])]
-        teacher_layers = [p for m in self.terms.values() for p in getattr(m, "teacher_layers", [])]
-        self.student_capture = FeatureCapture(student, student_layers, "student")
-        self.teacher_capture = FeatureCapture(teacher, teacher_layers, "teacher") if teacher else None
-        self.layers = {"student": student_layers, "teacher": teacher_layers}  # checked by setup
-        self.needs_setup = any(hasattr(m, "setup") for m in self.terms.values())
-        self.cache = None  # a cache.TeacherCache, set by attach_cache
+        self.declared = {name: declared(m) for name, m in self.terms.items()}
+        self.part = part if part is not None else ClassifierPart()
+        self.live = self.part.bind(self)  # the live teacher source (None without a teacher)
+        # where targets come from: the live teacher, unless a cache is attached; None without
+        # terms (nothing to ask the teacher)
+        self.source: TeacherSource | None = self.live if terms else None
+        self.needs_setup = any(d.setup is not None for d in self.declared.values())
 
-    def attach_cache(self, cache) -> None:
-        """Serve training batches' teacher outputs from `cache` (see `distill.cache`)."""
-        if self.teacher is None:
-            raise ValueError("a teacher cache needs a teacher")
-        self.cache = cache
+    def attach_source(self, source: TeacherSource) -> None:
+        """Take the teacher's targets from `source` (a cache or a stored top-k teacher)."""
+        if not self.terms:
+            raise DistillError("a teacher source serves distillation terms; this Distiller has none")
+        self.source = source
+
+    def drop_teacher(self) -> None:
+        """Free the teacher once every target it would give comes from the attached source."""
+        self.__dict__["teacher"] = None
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device) / .double() move the teacher along with the registered modules.
@@ -138,74 +127,44 @@ class Distiller(nn.Module):
         return self
 
     @torch.no_grad()
-    def teacher_outputs(self, inputs: torch.Tensor, index: torch.Tensor | None = None) -> Outputs:
-        """Teacher logits and hooked features. With a cache attached and the batch's sample
-        `index` (training batches), they come from the cache (fp32, on inputs' device) and the
-        teacher runs only on the misses; without an index (setup probe) it runs live."""
-        if self.cache is not None and index is not None:
-            return Outputs(*self.cache.lookup(inputs, index, self._run_teacher))
-        return Outputs(*self._run_teacher(inputs))
-
-    def _run_teacher(self, inputs: torch.Tensor):
-        # A teacher held in bf16/fp16 to save memory takes inputs of its own dtype.
-        dtype = next(self.teacher.parameters(), inputs).dtype
-        if inputs.is_floating_point() and dtype != inputs.dtype:
-            inputs = inputs.to(dtype)
-        logits, features = self.teacher_capture.run(self.teacher, inputs)
-        return logits_of(logits, "teacher"), features
-
-    def student_outputs(self, inputs: torch.Tensor) -> Outputs:
-        logits, features = self.student_capture.run(self.student, inputs)
-        return Outputs(logits_of(logits, "student"), features)
-
-    @torch.no_grad()
-    def setup(self, inputs: torch.Tensor) -> None:
-        """Probe feature shapes with one batch and let each term size its projector.
-
-        Call once before building the optimizer (`fit` does it when needed). The probe runs in
-        eval mode so BatchNorm statistics are untouched.
-        """
-        was_training = self.student.training
-        self.student.eval()
-        student = self.student_outputs(inputs)
-        teacher = self.teacher_outputs(inputs)
-        self.student.train(was_training)
-        s_shapes = {k: tuple(v.shape) for k, v in student.features.items()}
-        t_shapes = {k: tuple(v.shape) for k, v in teacher.features.items()}
-        for role, shapes in (("student", s_shapes), ("teacher", t_shapes)):
-            _check_captured(role, self.layers[role], shapes)
-        for term in self.terms.values():
-            if hasattr(term, "setup"):
-                term.setup(s_shapes, t_shapes)
-        self.to(inputs.device)
+    def setup(self, batch: Batch) -> None:
+        """Probe feature shapes with one batch and let each term size its projector. Call once
+        before building the optimizer (`fit` does it when `needs_setup`)."""
+        self.part.setup(self, batch)
+        self.to(batch.inputs.device)
         self.needs_setup = False
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell terms with a schedule (DKD's warm-up) the current epoch, counted from 0, and
-        the cache, whose view ids of this epoch's augmentation draws depend on it."""
-        for term in self.terms.values():
-            if hasattr(term, "set_epoch"):
-                term.set_epoch(epoch)
-        if self.cache is not None:
-            self.cache.set_epoch(epoch)
+        """Tell terms with a schedule (DKD's warm-up) the current epoch, counted from 0, and the
+        teacher source (a cache flushes at epoch boundaries)."""
+        for d in self.declared.values():
+            if d.set_epoch is not None:
+                d.set_epoch(epoch)
+        if self.source is not None:
+            self.source.set_epoch(epoch)
 
-    @staticmethod
-    def count(batch) -> int:
-        """Samples in a batch: every term is a mean over them, so under gradient accumulation
-        the engine weights each micro-batch by its size."""
-        return len(batch[0])
+    def source_reference(self) -> dict | None:
+        """What a checkpoint records about the teacher source (a cache's identity)."""
+        return self.source.reference() if self.source is not None else None
+
+    def prepare(self, batch: Batch, epoch: int, step: int) -> Batch:
+        """The batch that step `step` trains on (an LM's on-policy samples replace some)."""
+        return self.part.prepare(self, batch, epoch, step)
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        """The units a batch's loss is a mean over: under gradient accumulation the engine
+        weights each micro-batch by its share of them."""
+        return self.part.count(batch)
 
     def evaluate(self, loader, device) -> dict[str, float]:
-        """Accuracy % and mean cross-entropy of the student on `loader`'s labelled samples."""
-        from .engine import evaluate  # the engine imports this module
+        return self.part.evaluate(self.student, loader, device)
 
-        return evaluate(self.student, loader, device)
+    def explain_nonfinite(self, batch: Batch, out: StepOutput, first: bool) -> str:
+        return self.part.explain_nonfinite(self, batch, out, first)
 
-    def forward(self, batch) -> dict[str, torch.Tensor]:
-        """Return {"loss": total, "ce": ..., "<term>": ..., "logits": student logits,
-        "correct"/"counted": labelled samples predicted right / labelled samples}.
-
-        Term values are unweighted, so each can be logged on its own scale.
+    def forward(self, batch: Batch) -> StepOutput:
+        """One training step's loss and its unweighted terms (a tuple (inputs, labels[, index])
+        is taken as a Batch).
 
         The teacher runs before the student. The same ops on the same data either way (the
         teacher is in eval mode and draws no random numbers, so the student's dropout masks
@@ -216,20 +175,100 @@ class Distiller(nn.Module):
         64, in `fit`: ~5-6k minor faults per teacher forward, none with the teacher first;
         epochs 1.05x slower, 1.09x for resnet32x4 -> resnet8x4; see the README).
         """
-        inputs, labels = batch[0], batch[1]
-        teacher = None
-        if self.terms:
-            teacher = self.teacher_outputs(inputs, batch[2] if len(batch) > 2 else None)
-        student = self.student_outputs(inputs)
-        out = {"ce": ce_loss(student.logits, labels)}
-        total = self.ce_weight * out["ce"]
-        if self.terms:
-            for name, term in self.terms.items():
-                out[name] = term(student, teacher, batch)
-                total = total + self.weights[name] * out[name]
-        out["loss"] = total
-        out["logits"] = student.logits
+        batch = as_batch(batch, "the batch")
+        with torch.no_grad():
+            teacher = self.source.targets(batch) if self.source is not None and len(batch) else None
+        return self.part.step(self, batch, teacher)
+
+
+class ClassifierPart:
+    """Classifiers: logits (and hooked features) out of both models, CE over the labelled
+    samples, samples as the unit of every mean."""
+
+    def bind(self, distiller: Distiller) -> LiveTeacher | None:
+        """Hooks on the layers the terms declare; the live teacher (the default source)."""
+        declared = distiller.declared.values()
+        self.layers = {"student": [p for d in declared for p in d.student_layers],
+                       "teacher": [p for d in declared for p in d.teacher_layers]}
+        self.student_capture = FeatureCapture(distiller.student, self.layers["student"], "student")
+        teacher = distiller.teacher
+        self.live = LiveTeacher(teacher, self.layers["teacher"]) if teacher is not None else None
+        return self.live
+
+    def remove_hooks(self) -> None:
+        self.student_capture.remove()
+        if self.live is not None:
+            self.live.capture.remove()
+
+    def student_outputs(self, student: nn.Module, inputs: torch.Tensor) -> Outputs:
+        logits, features = self.student_capture.run(student, inputs)
+        return Outputs(logits_of(logits, "student"), features)
+
+    def step(self, distiller: Distiller, batch: Batch, teacher: Outputs | None) -> StepOutput:
+        labels = batch.targets
+        student = self.student_outputs(distiller.student, batch.inputs)
+        ce = ce_loss(student.logits, labels)
+        terms, total = {"ce": ce}, distiller.ce_weight * ce
+        for name, term in distiller.terms.items():
+            terms[name] = term(student, teacher, batch)
+            total = total + distiller.weights[name] * terms[name]
         labelled = labels != UNLABELLED  # no boolean indexing: it would sync the GPU each step
-        out["correct"] = ((student.logits.argmax(-1) == labels) & labelled).sum().float()
-        out["counted"] = labelled.sum().float()
-        return out
+        correct = ((student.logits.argmax(-1) == labels) & labelled).sum().float()
+        return StepOutput(total, terms, labelled.sum().float(), correct, student.logits)
+
+    @staticmethod
+    def count(batch: Batch) -> torch.Tensor:
+        return torch.tensor(float(len(batch)))
+
+    @staticmethod
+    def prepare(distiller: Distiller, batch: Batch, epoch: int, step: int) -> Batch:
+        return batch
+
+    @staticmethod
+    def evaluate(student: nn.Module, loader, device) -> dict[str, float]:
+        return evaluate_classifier(student, loader, device)
+
+    def setup(self, distiller: Distiller, batch: Batch) -> None:
+        """Probe feature shapes in eval mode (BatchNorm statistics untouched); size projectors."""
+        was_training = distiller.student.training
+        distiller.student.eval()
+        student = self.student_outputs(distiller.student, batch.inputs)
+        teacher = self.live.outputs(batch.inputs)
+        distiller.student.train(was_training)
+        shapes = {"student": {k: tuple(v.shape) for k, v in student.features.items()},
+                  "teacher": {k: tuple(v.shape) for k, v in teacher.features.items()}}
+        for role, got in shapes.items():
+            missing = [p for p in dict.fromkeys(self.layers[role]) if p not in got]
+            if missing:
+                raise DistillError(
+                    f"The {role}'s module(s) {', '.join(repr(p) for p in missing)} did not run in "
+                    f"its forward pass, so no feature was captured there. Hook a module that "
+                    f"forward calls (captured: {', '.join(got) or 'none'})."
+                )
+        for d in distiller.declared.values():
+            if d.setup is not None:
+                d.setup(shapes["student"], shapes["teacher"])
+
+    def explain_nonfinite(self, distiller: Distiller, batch: Batch, out: StepOutput, first: bool) -> str:
+        """Which of the inputs, the teacher, the student or a loss term made the loss
+        non-finite (run only once it is, so it costs nothing on good steps)."""
+        x = batch.inputs
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            return ("This batch's inputs contain NaN/Inf: check the data (missing values in a table, "
+                    "a division by zero in normalisation); lowering the learning rate will not help.")
+        if distiller.teacher is not None and distiller.terms:
+            teacher = self.live.outputs(x).logits  # live, whatever a cache holds
+            if not torch.isfinite(teacher).all():
+                return ("The teacher's logits contain NaN/Inf for this batch: check the teacher "
+                        "checkpoint (its weights, or a half-precision train.teacher_dtype that "
+                        "overflows); lowering the learning rate will not help.")
+        if out.logits is not None and not torch.isfinite(out.logits).all():
+            if first:  # before any update: the student's forward itself
+                return ("The student's logits are NaN/Inf before any update, on finite inputs: "
+                        "check the student's forward (log of a non-positive value, 0/0, fp16 "
+                        "overflow) and its initial weights.")
+            return ("The student's logits became NaN/Inf: training diverged. Lower train.lr, or "
+                    "set train.grad_clip (e.g. 1.0).")
+        return ("The inputs and both models' logits are finite, so the loss term itself "
+                "overflowed: lower train.lr, set train.grad_clip (e.g. 1.0), or check the term's "
+                "settings (T, layers).")

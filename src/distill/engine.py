@@ -1,7 +1,17 @@
-"""The training loop, top to bottom: optimizer, schedule, step, evaluate, select.
+"""The training loop, top to bottom: prepare, train an epoch, end the epoch (evaluate, select,
+checkpoint).
 
-The engine knows nothing about which losses exist: it calls `distiller(batch)`, back-propagates
-`out["loss"]` and logs every other scalar in `out` under its own name.
+The engine is typed against `contracts.Distiller`, `Batch` and `StepOutput` and knows nothing
+else: it calls `distiller(batch)`, back-propagates `out.loss` and logs each of `out.terms`
+under its own name. It never asks which losses, models or task it runs.
+
+Host syncs. On an accelerator, reading a tensor's value on the host (`bool(loss.isfinite())`,
+the all-reduced stop flag) stalls the device's queue, so the loop does it every
+`CHECK_EVERY` steps and at the end of each epoch, not every step: a non-finite loss is
+recorded on the device, with its step, and reported at the next check (the error still names
+the epoch and the step where it first appeared; the weights of the steps after it are not
+saved, since checkpoints are written only after a check). On the CPU a check costs nothing,
+so it runs on every step, before the backward pass.
 """
 
 from __future__ import annotations
@@ -11,16 +21,16 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import Checkpointer, TrainState, set_rng_state
-from .distiller import UNLABELLED, Distiller
+from .contracts import Batch, Distiller, Selection, StepOutput, as_batch
+from .data.loader import TensorLoader
 from .errors import DistillError
-from .models.outputs import logits_of
+from .metrics import evaluate_classifier as evaluate
 from .runtime import (
     Interrupted,
     all_reduce_sum,
@@ -28,7 +38,13 @@ from .runtime import (
     distributed,
     stop_requested,
     world_size,
+    wrap_ddp,
 )
+
+__all__ = ["FitResult", "NonFiniteLoss", "build_optimizer", "evaluate", "fit", "lr_factor"]
+
+ACCURACY = Selection("acc")  # fit's default selection: the highest validation accuracy
+CHECK_EVERY = 32  # steps between host-side checks on an accelerator (see the module docstring)
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -64,24 +80,6 @@ def lr_factor(cfg, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def check_batch(batch, name: str = "train_loader") -> None:
-    """A loader's batch must be (inputs, labels) or (inputs, labels, index) tensors, as
-    distill's datasets and a TensorDataset's DataLoader yield."""
-    if isinstance(batch, tuple | list) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch):
-        return
-    if isinstance(batch, Mapping):
-        got = f"a {type(batch).__name__} with keys {sorted(map(str, batch))[:6]}"
-    elif isinstance(batch, tuple | list):
-        got = f"a {type(batch).__name__} of {', '.join(type(t).__name__ for t in batch[:4]) or 'nothing'}"
-    else:
-        got = f"a {type(batch).__name__}"
-    raise DistillError(
-        f"{name} must yield (inputs, labels) or (inputs, labels, index) tensors; it yielded {got}. "
-        "Return a tuple from the Dataset's __getitem__, or wrap the loader, e.g. "
-        "[(b['x'], b['y']) for b in loader]."
-    )
-
-
 def check_length(loader, name: str) -> int:
     """len(loader), which must be at least one batch."""
     n = len(loader)
@@ -89,26 +87,6 @@ def check_length(loader, name: str) -> int:
         raise DistillError(f"{name} is empty (no batches): give it at least one sample, or "
                            "drop_last=False when the dataset is smaller than one batch.")
     return n
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device) -> dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy over the labelled samples of `loader`."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-    for batch in loader:
-        check_batch(batch, "the evaluation loader")
-        x, y = batch[0].to(device), batch[1].to(device)
-        mask = y != UNLABELLED
-        logits = logits_of(model(x))[mask].float()
-        y = y[mask]
-        totals[0] += F.cross_entropy(logits, y, reduction="sum")
-        totals[1] += (logits.argmax(-1) == y).sum()
-        totals[2] += len(y)
-    model.train(was_training)
-    loss, correct, count = all_reduce_sum(totals).tolist()  # under DDP each rank saw a shard
-    return {"acc": 100.0 * correct / max(count, 1), "loss": loss / max(count, 1)}
 
 
 @dataclass
@@ -123,84 +101,217 @@ class NonFiniteLoss(DistillError):
     """A loss term became NaN or Inf."""
 
 
-def _check_finite(out: dict, epoch: int, step: int, distiller, batch) -> None:
-    if torch.isfinite(out["loss"]):
-        return
-    bad = [name for name, v in out.items() if name not in COUNTERS and not torch.isfinite(v).all()]
-    terms = [b for b in bad if b != "loss"] or ["loss"]
-    raise NonFiniteLoss(
-        f"The loss became non-finite at epoch {epoch + 1}, step {step + 1}: term(s) "
-        f"{', '.join(repr(b) for b in terms)} = {out[terms[0]].item()}. "
-        f"{_blame(out, distiller, batch, epoch == step == 0)} The last good checkpoint is kept."
-    )
+class FiniteWatch:
+    """Stops training at the first non-finite loss, syncing with the host only every `every`
+    steps (1 on the CPU: then before the backward pass of the bad step)."""
+
+    def __init__(self, distiller: Distiller, device: torch.device):
+        self.distiller = distiller
+        self.every = 1 if device.type == "cpu" else CHECK_EVERY
+        self.first_bad = torch.tensor(-1, device=device)  # the first bad step of this epoch
+
+    def observe(self, out: StepOutput, epoch: int, step: int, batch: Batch) -> None:
+        if self.every == 1:
+            if not torch.isfinite(out.loss):
+                raise self._error(out, epoch, step, batch, step)
+            return
+        bad = ~torch.isfinite(out.loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.tensor(step, device=bad.device), self.first_bad)
+
+    def check(self, out: StepOutput, epoch: int, step: int, batch: Batch, force: bool = False) -> None:
+        """At every `every`-th step (or `force`: an epoch's end, a stop): raise if a loss was bad."""
+        if self.every > 1 and (force or (step + 1) % self.every == 0):
+            first = int(self.first_bad)
+            if first >= 0:
+                raise self._error(out, epoch, step, batch, first)
+
+    def _error(self, out: StepOutput, epoch: int, step: int, batch: Batch, first: int) -> NonFiniteLoss:
+        values = {"loss": out.loss, **out.terms}
+        bad = [name for name, v in values.items() if not torch.isfinite(v).all()]
+        terms = [b for b in bad if b != "loss"] or ["loss"]
+        seen = "" if first == step else f" (found at the check after step {step + 1})"
+        why = self.distiller.explain_nonfinite(batch, out, epoch == first == 0)
+        return NonFiniteLoss(
+            f"The loss became non-finite at epoch {epoch + 1}, step {first + 1}{seen}: term(s) "
+            f"{', '.join(repr(b) for b in terms)} = {values[terms[0]].item()}. {why} The last "
+            "good checkpoint is kept."
+        )
 
 
-def _blame(out: dict, distiller, batch, first: bool) -> str:
-    """Which of the inputs, the teacher, the student or a loss term made the loss non-finite
-    (run only once it is, so it costs nothing on good steps)."""
-    x = batch[0]
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        return ("This batch's inputs contain NaN/Inf: check the data (missing values in a table, "
-                "a division by zero in normalisation); lowering the learning rate will not help.")
-    if isinstance(distiller, Distiller) and distiller.teacher is not None:
-        with torch.no_grad():
-            teacher = distiller.teacher_outputs(x).logits  # live, whatever a cache holds
-        if not torch.isfinite(teacher).all():
-            return ("The teacher's logits contain NaN/Inf for this batch: check the teacher "
-                    "checkpoint (its weights, or a half-precision train.teacher_dtype that "
-                    "overflows); lowering the learning rate will not help.")
-    logits = out.get("logits")
-    if logits is not None and not torch.isfinite(logits).all():
-        if first:  # before any update: the student's forward itself
-            return ("The student's logits are NaN/Inf before any update, on finite inputs: check "
-                    "the student's forward (log of a non-positive value, 0/0, fp16 overflow) and "
-                    "its initial weights.")
-        return ("The student's logits became NaN/Inf: training diverged. Lower train.lr, or set "
-                "train.grad_clip (e.g. 1.0).")
-    return ("The inputs and both models' logits are finite, so the loss term itself overflowed: "
-            "lower train.lr, set train.grad_clip (e.g. 1.0), or check the term's settings (T, "
-            "layers).")
-
-
-COUNTERS = ("logits", "correct", "counted")  # forward outputs that are not loss terms
-
-
-def improved(val: dict, best: dict, key: str) -> bool:
-    """Validation selection: higher accuracy, or lower loss (language models' perplexity)."""
-    return val[key] < best[key] if key == "loss" else val[key] > best[key]
-
-
-def accumulate_step(model, distiller, batch, cfg, scaler, device, epoch: int, step: int) -> dict:
+def accumulate_step(model, distiller: Distiller, batch: Batch, cfg, scaler, device, watch: FiniteWatch,
+                    epoch: int, step: int) -> StepOutput:
     """Forward and backward over `cfg.accumulate` micro-batches of `batch`; gradients add up
     to those of the whole batch. Each micro-batch's loss is a mean over its own units (samples,
     or counted tokens: `distiller.count`), so it is weighted by its share of the whole batch's
     units, across processes too (DDP averages gradients over processes, hence the factor
-    world_size). Returns the batch's loss terms (detached) and its correct/counted sums."""
-    parts = max(1, min(cfg.accumulate, len(batch[0])))
-    micros = [batch] if parts == 1 else list(zip(*(t.tensor_split(parts) for t in batch), strict=True))
+    world_size). Returns the batch's loss and terms (detached; this process's means over the
+    batch) and its correct/counted sums."""
+    parts = max(1, min(cfg.accumulate, len(batch)))
+    micros = [batch] if parts == 1 else batch.split(parts)
     if parts == 1 and not distributed():
         shares = local_shares = [1.0]  # one batch, one process: nothing to re-weight
     else:
-        counts = torch.stack([torch.as_tensor(distiller.count(m), dtype=torch.float32, device=device)
-                              for m in micros])
+        counts = torch.stack([distiller.count(m).to(device, torch.float32) for m in micros])
         local = counts.sum().clamp(min=1)
         total = all_reduce_sum(counts.sum()).clamp(min=1) if distributed() else local
         shares, local_shares = counts / total * world_size(), counts / local
-    totals: dict[str, torch.Tensor] = {}
+    loss, terms, counted, correct = 0.0, {}, 0.0, 0.0
     for i, micro in enumerate(micros):
         # DDP: synchronise gradients once, on the last micro-batch
         sync = model.no_sync() if distributed() and i < parts - 1 else contextlib.nullcontext()
         with sync:
             with autocast(device, cfg.precision):
-                out = model(list(micro))
-            _check_finite(out, epoch, step, distiller, micro)
-            scaler.scale(out["loss"] * shares[i]).backward()
-        for name, value in out.items():
-            if name in ("correct", "counted"):
-                totals[name] = totals.get(name, 0) + value.detach()
-            elif name != "logits":  # this process's mean over the batch
-                totals[name] = totals.get(name, 0) + value.detach().float() * local_shares[i]
-    return totals
+                out = model(micro)
+            watch.observe(out, epoch, step, micro)
+            scaler.scale(out.loss * shares[i]).backward()
+        loss = loss + out.loss.detach().float() * local_shares[i]
+        for name, value in out.terms.items():
+            terms[name] = terms.get(name, 0.0) + value.detach().float() * local_shares[i]
+        counted, correct = counted + out.counted.detach(), correct + out.correct.detach()
+    return StepOutput(loss, terms, counted, correct, out.logits)
+
+
+@dataclass
+class Training:
+    """What `prepare` builds for a fit: the (DDP-wrapped) model, optimizer, schedule, scaler,
+    and where training stands."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    params: list
+    state: TrainState
+    best_state: dict
+
+
+def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None) -> Training:
+    """Move to `device`, size projectors (before the optimizer exists), wrap for DDP, build the
+    optimizer and schedule, and load a checkpoint to resume from."""
+    distiller.to(device)
+    if cfg.channels_last:  # NHWC conv weights (the teacher's too), before DDP sees the parameters
+        distiller.to(memory_format=torch.channels_last)
+    steps = check_length(train_loader, "train_loader")
+    if distiller.needs_setup:  # projectors must exist before the optimizer is built
+        distiller.setup(as_batch(next(iter(train_loader))).to(device))
+    # the teacher is outside the module tree: never wrapped, broadcast or synchronised
+    model = wrap_ddp(distiller, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    optimizer = build_optimizer(distiller.parameters(), cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    training = Training(model, optimizer, schedule, scaler, params, TrainState(), {})
+    if resume is not None:
+        distiller.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        training.state, training.best_state = resume["state"], resume["best"]
+        set_rng_state(resume["rng"])
+        used, now = resume.get("cache"), distiller.source_reference()
+        if used and now is not None and now != used:
+            # Exactness does not depend on it (misses are recomputed), only speed does.
+            warnings.warn("the teacher cache differs from the one this checkpoint used; "
+                          "its entries are recomputed as needed", stacklevel=3)
+    return training
+
+
+class EpochSums:
+    """An epoch's running sums (on the device): each term's sum and the steps that reported it
+    (a term may skip steps: an LM's CE on on-policy batches), correct and counted units. They
+    survive an interrupt in TrainState.partial."""
+
+    def __init__(self, partial: dict, steps_done: int, lr: float, device):
+        self.sums = {k: torch.tensor(v, device=device) for k, v in partial.get("sums", {}).items()}
+        self.reported = {k: partial.get("reported", {}).get(k, float(steps_done)) for k in self.sums}
+        self.correct = torch.tensor(partial.get("correct", 0.0), device=device)
+        self.counted = torch.tensor(partial.get("labelled", 0.0), device=device)
+        self.lr, self.device = partial.get("lr", lr), device
+
+    def add(self, out: StepOutput) -> None:
+        for name, value in {"loss": out.loss, **out.terms}.items():
+            self.sums[name] = self.sums.get(name, 0) + value
+            self.reported[name] = self.reported.get(name, 0.0) + 1.0
+        self.correct += out.correct
+        self.counted += out.counted
+
+    def partial(self) -> dict:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "reported": dict(self.reported),
+                "correct": float(self.correct), "labelled": float(self.counted), "lr": self.lr}
+
+    def record(self, epoch: int) -> dict:
+        """Each term's mean over the steps (and processes) that reported it; train accuracy."""
+        record = {"epoch": epoch + 1, "lr": self.lr}
+        for k, v in self.sums.items():
+            pair = torch.stack([v.float(), torch.tensor(self.reported[k], device=self.device)])
+            total, count = all_reduce_sum(pair).tolist()
+            record[f"train_{k}"] = total / max(count, 1.0)
+        correct, counted = all_reduce_sum(self.correct), all_reduce_sum(self.counted)
+        record["train_acc"] = (100 * correct / counted.clamp(min=1)).item()
+        return record
+
+
+def train_epoch(distiller: Distiller, t: Training, train_loader, cfg, device, epoch: int,
+                on_step, save) -> EpochSums:
+    """One epoch of optimizer steps (from `t.state.step` when resuming mid-epoch)."""
+    state = t.state
+    sums = EpochSums(state.partial, state.step, t.optimizer.param_groups[0]["lr"], device)
+    watch = FiniteWatch(distiller, device)
+    every = 1 if device.type == "cpu" else CHECK_EVERY
+    out = batch = None
+    for step, item in enumerate(train_loader):
+        if step < state.step:  # resuming mid-epoch: these steps were done before the stop
+            continue
+        batch = as_batch(item).to(device)
+        if cfg.channels_last and batch.inputs.dim() == 4:
+            batch.inputs = batch.inputs.contiguous(memory_format=torch.channels_last)
+        batch = distiller.prepare(batch, epoch, step)  # e.g. on-policy samples of the student
+        t.optimizer.zero_grad(set_to_none=True)
+        out = accumulate_step(t.model, distiller, batch, cfg, t.scaler, device, watch, epoch, step)
+        if cfg.grad_clip:
+            t.scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(t.params, cfg.grad_clip)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.schedule.step()
+        sums.add(out)
+        if on_step is not None:
+            on_step({"loss": out.loss})
+        watch.check(out, epoch, step, batch)
+        if (step + 1) % every == 0 and stop_requested():
+            watch.check(out, epoch, step, batch, force=True)
+            state.step, state.partial = step + 1, sums.partial()
+            save()
+            raise Interrupted(save.checkpointer is not None)
+    if out is not None:
+        watch.check(out, epoch, step, batch, force=True)
+    return sums
+
+
+def end_epoch(distiller: Distiller, t: Training, sums: EpochSums, val_loader, device, epoch: int,
+              selection: Selection, seconds: float) -> dict:
+    """Evaluate on validation, keep the weights if this epoch is the best so far; the record."""
+    state = t.state
+    record = sums.record(epoch)
+    val = distiller.evaluate(val_loader, device)
+    record.update({f"val_{k}": v for k, v in val.items() if k != "tokens"})
+    record["seconds"] = seconds
+    state.epoch, state.step, state.partial = epoch + 1, 0, {}
+    m = selection.metric
+    if state.best_epoch < 0 or selection.better(val[m], state.best_val[m]):
+        state.best_val, state.best_epoch = val, epoch + 1
+        t.best_state = copy.deepcopy(distiller.state_dict())
+    state.history.append(record)
+    return record
+
+
+class _Saver:
+    def __init__(self, checkpointer: Checkpointer | None, distiller, training: Training):
+        self.checkpointer, self.distiller, self.t = checkpointer, distiller, training
+
+    def __call__(self) -> None:
+        if self.checkpointer is not None:
+            t = self.t
+            self.checkpointer.save(self.distiller, t.optimizer, t.schedule, t.state, t.best_state)
 
 
 def fit(
@@ -213,116 +324,33 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     checkpointer: Checkpointer | None = None,
     resume: dict | None = None,
+    selection: Selection = ACCURACY,
 ) -> FitResult:
     """Train `distiller`'s student (and loss modules) for `cfg.epochs`; select on validation.
 
-    `on_step` gets {"loss": tensor} after each step (for progress bars); `on_epoch` gets the
-    epoch's record: every loss term's mean, train accuracy on labelled samples, lr, seconds,
-    and validation accuracy/loss. With a `checkpointer`, a checkpoint is written every
-    `cfg.checkpoint_every` epochs and when a stop is requested (Ctrl-C, SIGTERM; see
-    runtime.stop_requested); `resume` (from Checkpointer.load) continues exactly where it left.
+    Loaders yield `contracts.Batch`es, or (inputs, labels[, index]) tensor tuples. `on_step`
+    gets {"loss": tensor} after each step (for progress bars); `on_epoch` gets the epoch's
+    record: every loss term's mean, train accuracy on the counted units, lr, seconds, and the
+    validation metrics. `selection` picks the best epoch (default: highest validation
+    accuracy). With a `checkpointer`, a checkpoint is written every `cfg.checkpoint_every`
+    epochs and when a stop is requested (Ctrl-C, SIGTERM; see runtime.stop_requested);
+    `resume` (from Checkpointer.load) continues exactly where it left.
     """
     device = torch.device(device)
-    distiller.to(device)
-    if cfg.channels_last:  # NHWC conv weights (the teacher's too), before DDP sees the parameters
-        distiller.to(memory_format=torch.channels_last)
-    steps = check_length(train_loader, "train_loader")
-    if distiller.needs_setup:  # projectors must exist before the optimizer is built
-        first = next(iter(train_loader))
-        check_batch(first)
-        distiller.setup(first[0].to(device))
-    # DDP wraps the student and its trainable loss modules together; the teacher is outside
-    # the module tree, so it is never wrapped, broadcast or synchronised.
-    model = distiller
-    if distributed():
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(distiller, device_ids=[device] if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    optimizer = build_optimizer(distiller.parameters(), cfg)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    prepare = getattr(distiller, "prepare_batch", None)
-    state, best_state = TrainState(), {}
-    if resume is not None:
-        distiller.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        state, best_state = resume["state"], resume["best"]
-        set_rng_state(resume["rng"])
-        cache = getattr(distiller, "cache", None)
-        if resume.get("cache") and cache is not None and cache.reference() != resume["cache"]:
-            # Exactness does not depend on it (misses are recomputed), only speed does.
-            warnings.warn("the teacher cache differs from the one this checkpoint used; "
-                          "its entries are recomputed as needed", stacklevel=2)
-
-    def save():
-        if checkpointer is not None:
-            checkpointer.save(distiller, optimizer, schedule, state, best_state)
-
-    for epoch in range(state.epoch, cfg.epochs):
+    t = prepare(distiller, train_loader, cfg, device, resume)
+    save = _Saver(checkpointer, distiller, t)
+    for epoch in range(t.state.epoch, cfg.epochs):
         start = time.perf_counter()
         distiller.train()
         distiller.set_epoch(epoch)
-        if hasattr(train_loader, "set_epoch"):
+        if isinstance(train_loader, TensorLoader):  # a resumed run starts at this epoch's order
             train_loader.set_epoch(epoch)
-        partial = state.partial
-        sums = {k: torch.tensor(v, device=device) for k, v in partial.get("sums", {}).items()}
-        # steps that reported each term: a term may skip steps (LM CE on on-policy batches)
-        reported = {k: partial.get("reported", {}).get(k, float(state.step)) for k in sums}
-        correct = torch.tensor(partial.get("correct", 0.0), device=device)
-        labelled = torch.tensor(partial.get("labelled", 0.0), device=device)
-        lr = partial.get("lr", optimizer.param_groups[0]["lr"])
-        for step, batch in enumerate(train_loader):
-            if step < state.step:  # resuming mid-epoch: these steps were done before the stop
-                continue
-            check_batch(batch)
-            batch = [t.to(device, non_blocking=True) for t in batch]
-            if cfg.channels_last and batch[0].dim() == 4:
-                batch[0] = batch[0].contiguous(memory_format=torch.channels_last)
-            if prepare is not None:  # e.g. on-policy batches generated by the student
-                batch = prepare(batch, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            out = accumulate_step(model, distiller, batch, cfg, scaler, device, epoch, step)
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            for name, value in out.items():
-                if name not in COUNTERS:
-                    sums[name] = sums.get(name, 0) + value
-                    reported[name] = reported.get(name, 0.0) + 1.0
-            correct += out["correct"]
-            labelled += out["counted"]
-            if on_step is not None:
-                on_step({"loss": out["loss"]})
-            if stop_requested():
-                state.step = step + 1
-                state.partial = {
-                    "sums": {k: float(v) for k, v in sums.items()}, "reported": dict(reported),
-                    "correct": float(correct),
-                    "labelled": float(labelled), "lr": lr,
-                }
-                save()
-                raise Interrupted(checkpointer is not None)
-        record = {"epoch": epoch + 1, "lr": lr}
-        for k, v in sums.items():  # each term's mean over the steps (and processes) that reported it
-            total, count = all_reduce_sum(torch.stack([v.float(), torch.tensor(reported[k], device=device)])).tolist()
-            record[f"train_{k}"] = total / max(count, 1.0)
-        record["train_acc"] = (100 * all_reduce_sum(correct) / all_reduce_sum(labelled).clamp(min=1)).item()
-        val = distiller.evaluate(val_loader, device)
-        record.update({f"val_{k}": v for k, v in val.items() if k != "tokens"})
-        record["seconds"] = time.perf_counter() - start
-        state.epoch, state.step, state.partial = epoch + 1, 0, {}
-        if state.best_epoch < 0 or improved(val, state.best_val, distiller.select):
-            state.best_val, state.best_epoch = val, epoch + 1
-            best_state = copy.deepcopy(distiller.state_dict())
-        state.history.append(record)
+        sums = train_epoch(distiller, t, train_loader, cfg, device, epoch, on_step, save)
+        record = end_epoch(distiller, t, sums, val_loader, device, epoch, selection,
+                           time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(record)
         every = cfg.checkpoint_every
-        if every and (state.epoch % every == 0 or state.epoch == cfg.epochs):
+        if every and (t.state.epoch % every == 0 or t.state.epoch == cfg.epochs):
             save()
-    return FitResult(best_state, state.best_epoch, state.best_val, state.history)
+    return FitResult(t.best_state, t.state.best_epoch, t.state.best_val, t.state.history)

@@ -1,5 +1,5 @@
-"""Export a run's student alone: ONNX (checked against torch with onnxruntime), TorchScript
-(checked against torch), or safetensors weights."""
+"""Export a classification run's student alone (`ClassificationTask.export`): ONNX (checked
+against torch with onnxruntime), TorchScript (checked against torch), or safetensors weights."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
+from .classifier_run import load_run
 from .errors import DistillError
-from .io import load_weights
-from .models import create_model
 from .models.outputs import LogitsOnly
-from .report import rebuild
 from .run_folder import require
+from .run_reader import weights_file
 from .trust import NO_TRUST, Trust
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -22,29 +21,26 @@ PARITY_TOLERANCE = 1e-4
 
 
 def load_student(run_dir: Path, stage: str = "distill", trust: Trust = NO_TRUST):
-    """(student model in eval mode, a sample input batch) rebuilt from a run folder; a config
-    naming code needs `trust.code` (distill.trust)."""
+    """(the stage's model in eval mode, a sample input batch) rebuilt from a run folder; a
+    config naming code needs `trust.code` (distill.trust)."""
     run_dir = Path(run_dir)
-    weights = run_dir / f"{stage}.safetensors"
-    if not (run_dir / "config.yaml").exists() or not weights.exists():
+    if not (run_dir / "config.yaml").exists() or weights_file(run_dir, stage) is None:
         raise DistillError(
-            f"'{run_dir}' has no finished '{stage}' stage (config.yaml and {weights.name} are "
+            f"'{run_dir}' has no finished '{stage}' stage (config.yaml and {stage}.safetensors are "
             "needed). Give a run folder written by `distill run`, or pick --stage."
         )
-    cfg, data = rebuild(run_dir, trust=trust)
-    spec = cfg.teacher if stage == "teacher" else cfg.student
-    model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
-    load_weights(model, weights, trust=trust.checkpoint)
-    sample = next(iter(data.test))[0][:8]
-    return model.eval(), sample
+    model, data = load_run(run_dir, stage, trust)
+    return model, next(iter(data.test)).inputs[:8]
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: str = "distill",
            trust: Trust = NO_TRUST) -> dict:
     """Write the exported student; return {"path", "format", "max_abs_diff" (onnx/torchscript)}."""
-    if fmt not in FORMATS:
-        raise DistillError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
     run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise DistillError(f"'{run_dir}' is a classification run, which exports as one of "
+                           f"{', '.join(FORMATS)}; --format {fmt} is another kind of run's. Use "
+                           "--format onnx, torchscript or safetensors.")
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}[fmt]
     if not out and (run_dir / "config.yaml").exists():  # (without it load_student says what is missing)
         require(run_dir, "run", "distill export")  # the default file lands in the run folder

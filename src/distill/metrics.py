@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .distiller import UNLABELLED
+from .contracts import UNLABELLED, as_batch
 from .models.outputs import logits_of
+from .runtime import all_reduce_sum
 
 N_BINS = 15  # Guo et al. 2017
 
@@ -46,12 +47,13 @@ def collect_logits(model: torch.nn.Module, loader, device="cpu") -> Predictions:
     model.eval()
     logits, labels, index, seen = [], [], [], 0
     try:
-        for batch in loader:
-            x, y = batch[0].to(device), batch[1]
-            out = logits_of(model(x))
+        for item in loader:
+            batch = as_batch(item, "the evaluation loader")
+            y = batch.targets
+            out = logits_of(model(batch.inputs.to(device)))
             logits.append(out.float().cpu())
             labels.append(y.cpu().long())
-            idx = batch[2].cpu().long() if len(batch) > 2 else torch.arange(seen, seen + len(y))
+            idx = batch.index.cpu().long() if batch.index is not None else torch.arange(seen, seen + len(y))
             index.append(idx)
             seen += len(y)
     finally:
@@ -59,6 +61,26 @@ def collect_logits(model: torch.nn.Module, loader, device="cpu") -> Predictions:
     if not logits:
         raise ValueError("The loader yielded no batches; there is nothing to evaluate.")
     return Predictions(torch.cat(logits), torch.cat(labels), torch.cat(index))
+
+
+@torch.no_grad()
+def evaluate_classifier(model: torch.nn.Module, loader, device) -> dict[str, float]:
+    """Top-1 accuracy (%) and mean cross-entropy over the labelled samples of `loader`; under
+    DDP each process sees a shard and the sums are reduced over them."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
+    for item in loader:
+        batch = as_batch(item, "the evaluation loader").to(device)
+        mask = batch.targets != UNLABELLED
+        logits = logits_of(model(batch.inputs))[mask].float()
+        y = batch.targets[mask]
+        totals[0] += F.cross_entropy(logits, y, reduction="sum")
+        totals[1] += (logits.argmax(-1) == y).sum()
+        totals[2] += len(y)
+    model.train(was_training)
+    loss, correct, count = all_reduce_sum(totals).tolist()
+    return {"acc": 100.0 * correct / max(count, 1), "loss": loss / max(count, 1)}
 
 
 # ---------------------------------------------------------------- label metrics

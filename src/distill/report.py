@@ -1,26 +1,23 @@
-"""A run folder's report: evaluate every saved model on held-out data, then write report.md,
-report.json and PNG plots beside the run's own files.
+"""A classification run's report: evaluate every saved model on held-out data, then write
+report.md, report.json and PNG plots beside the run's own files (`ClassificationTask.write_report`;
+a language model's report is distill.lm.report's).
 
-The models and data are rebuilt from the run's config.yaml, so a report can be (re)made at any
-time after a run: `write_report(run_dir)`. The plots themselves are drawn in `distill.plots`.
+The models and data are rebuilt from the run's config.yaml (distill.classifier_run.load_run), so
+a report can be (re)made at any time after a run: `write_report(run_dir)`. The plots themselves
+are drawn in `distill.plots`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from .config import RunConfig, load_config
+from .classifier_run import load_run, rebuild, refuse_ignored_path, weights_of
 from .cost import compare_cost
 from .errors import DistillError
-from .io import load_weights, read_lines, write_json, write_text
+from .io import write_json, write_text
+from .markdown import fmt, json_safe, table
 from .metrics import N_BINS, collect_logits, compute_metrics
-from .models import create_model
 from .plots import (
     LABELS,
     STAGES,
@@ -33,85 +30,18 @@ from .plots import (
     save_png,
 )
 from .run_folder import require
+from .run_reader import eval_target, read_run
 from .runtime import resolve_device
 from .tables import narrow_table
-from .trust import NO_TRUST, Trust, require_trust
+from .trust import NO_TRUST, Trust
+
+__all__ = ["evaluate_run", "evaluate_target", "evaluation_table", "read_run", "rebuild", "run_cost",
+           "write_report"]
 
 DETAIL_KEYS = ("per_class_acc", "confusion", "reliability")  # kept for val-selected weights only
 
 
-# ---------------------------------------------------------------- reading a run
-
-
-def read_run(run_dir: str | Path) -> tuple[RunConfig, dict, list[dict]]:
-    """(config, summary, metrics.jsonl rows) of a finished run folder."""
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "summary.json"):
-        if not (run_dir / name).is_file():
-            raise DistillError(
-                f"'{run_dir}' has no {name}, so it is not a finished run folder. "
-                "Give the folder `distill run` wrote (it holds config.yaml and summary.json)."
-            )
-    cfg = load_config(run_dir / "config.yaml")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    path = run_dir / "metrics.jsonl"
-    rows = read_lines(path)  # without a torn last line (a kill or a full disk mid-append)
-    return cfg, summary, rows
-
-
-def _weights(run_dir: Path, cfg: RunConfig, stage: str, last: bool) -> Path | None:
-    path = run_dir / f"{stage}{'-last' if last else ''}.safetensors"
-    if path.is_file():
-        return path
-    if stage == "teacher" and not last and cfg.teacher.checkpoint:  # a loaded teacher
-        p = Path(cfg.teacher.checkpoint)
-        return p if p.is_file() else None
-    return None
-
-
-def _load(cfg: RunConfig, role: str, path: Path, data, trust: Trust) -> torch.nn.Module:
-    spec = cfg.teacher if role == "teacher" else cfg.student
-    model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
-    load_weights(model, path, trust=trust.checkpoint)  # teacher.checkpoint may be a pickle
-    return model.eval()
-
-
 # ---------------------------------------------------------------- evaluation
-
-
-def rebuild(run_dir: str | Path, overrides: Sequence[str] = (), trust: Trust = NO_TRUST):
-    """(config, Data) of a run folder: config.yaml plus `overrides`, data rebuilt from it
-    (the same split: it depends on data.split_seed only). A config naming code is refused
-    unless `trust.code` (distill.trust), before anything is built."""
-    from .data import build_data
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise DistillError(f"'{run_dir}' has no config.yaml; give a run folder written by `distill run`.")
-    cfg = load_config(path, list(overrides))
-    require_trust(cfg, run_dir, trust.code)
-    if cfg.task != "classification":
-        raise DistillError(
-            f"'{run_dir}' is a task={cfg.task} run, and reports, cost tables and ONNX/TorchScript "
-            "exports are built for classifiers. For a language-model run use `distill eval RUN` "
-            "(perplexity of every saved model) and `distill export RUN --format hf`; its numbers "
-            "are in summary.json and metrics.jsonl."
-        )
-    data = build_data(cfg.data, seed=cfg.seed)
-    _check_same_data(Path(run_dir), cfg, data, overrides)
-    return cfg, data
-
-
-def _check_same_data(run_dir: Path, cfg: RunConfig, data, overrides: Sequence[str]) -> None:
-    """Warn when the files behind a run's data changed since it trained (unless the caller
-    asked for other data): its numbers would no longer describe the run."""
-    from .data import fingerprint
-
-    summary = run_dir / "summary.json"
-    recorded = json.loads(summary.read_text()).get("data", {}).get("sha256") if summary.is_file() else None
-    if recorded and not any(o.startswith("data.") for o in overrides) and fingerprint(data) != recorded:
-        print(f"warning: the data of '{run_dir}' ({cfg.data.name} at {cfg.data.path}) differ from "
-              "what the run trained on; the results describe the data as they are now.", file=sys.stderr)
 
 
 def evaluate_run(
@@ -142,17 +72,15 @@ def evaluate_run(
     cfg, data = built or rebuild(run_dir, overrides, trust)
     device = resolve_device(device)
     loader = getattr(data, split)
-    teacher_path = _weights(run_dir, cfg, "teacher", last=False)
     teacher = None
-    if teacher_path is not None and (only is None or only[0] != "teacher"):
-        teacher = collect_logits(_load(cfg, "teacher", teacher_path, data, trust).to(device), loader, device)
+    if weights_of(run_dir, cfg, "teacher") is not None and (only is None or only[0] != "teacher"):
+        teacher = collect_logits(load_run(run_dir, "teacher", trust, data)[0].to(device), loader, device)
     stages: dict[str, dict] = {}
     for stage in STAGES:
         for key in ("best", "last"):
-            path = _weights(run_dir, cfg, stage, last=key == "last")
-            if path is None or (only is not None and only != (stage, key)):
+            if weights_of(run_dir, cfg, stage, last=key == "last") is None or (only is not None and only != (stage, key)):
                 continue
-            model = _load(cfg, "teacher" if stage == "teacher" else "student", path, data, trust).to(device)
+            model = load_run(run_dir, stage, trust, data, last=key == "last")[0].to(device)
             preds = collect_logits(model, loader, device)
             ref = teacher.logits if teacher is not None and stage != "teacher" else None
             metrics = compute_metrics(preds.logits, preds.labels, ref, n_bins)
@@ -173,20 +101,11 @@ def evaluate_target(
 ) -> dict:
     """`distill eval`: a run folder (every saved model) or one of its weights files
     (teacher/scratch/distill[-last].safetensors; the config.yaml beside it gives the
-    architecture and the data). Returns `evaluate_run`'s dict."""
-    target = Path(target)
-    if target.is_dir():
-        return evaluate_run(target, overrides, split, device, trust=trust)
-    if not target.is_file():
-        raise DistillError(f"'{target}' is neither a run folder nor a weights file.")
-    stem = target.name.removesuffix(".safetensors")
-    stage, key = (stem.removesuffix("-last"), "last") if stem.endswith("-last") else (stem, "best")
-    if stage not in STAGES or not (target.parent / "config.yaml").is_file():
-        raise DistillError(
-            f"Cannot tell which model '{target.name}' holds. Give a run folder, or one of its "
-            "teacher/scratch/distill[-last].safetensors files (its config.yaml must sit beside it)."
-        )
-    return evaluate_run(target.parent, overrides, split, device, only=(stage, key), trust=trust)
+    architecture and the data). Returns `evaluate_run`'s dict. `--data PATH` comes as the
+    override data.path=PATH; on a run of the built-in data (which reads no files) it is refused."""
+    run_dir, only = eval_target(target)
+    refuse_ignored_path(run_dir, target, overrides)
+    return evaluate_run(run_dir, overrides, split, device, only=only, trust=trust)
 
 
 def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, built: tuple | None = None,
@@ -195,11 +114,10 @@ def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, bui
     scratch student when there is no distilled one), or None without a teacher and a student."""
     run_dir = Path(run_dir)
     cfg, data = built or rebuild(run_dir, trust=trust)
-    t_path = _weights(run_dir, cfg, "teacher", last=False)
-    s_path = _weights(run_dir, cfg, "distill", last=False) or _weights(run_dir, cfg, "scratch", last=False)
-    if t_path is None or s_path is None:
+    student = "distill" if weights_of(run_dir, cfg, "distill") else "scratch"
+    if weights_of(run_dir, cfg, "teacher") is None or weights_of(run_dir, cfg, student) is None:
         return None
-    teacher, student = _load(cfg, "teacher", t_path, data, trust), _load(cfg, "student", s_path, data, trust)
+    teacher, student = load_run(run_dir, "teacher", trust, data)[0], load_run(run_dir, student, trust, data)[0]
     return compare_cost(teacher, student, data.in_shape, device, repeats=repeats)
 
 
@@ -275,27 +193,7 @@ def single_run_stats(summary: dict) -> dict:
     return out
 
 
-def json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 # ---------------------------------------------------------------- markdown
-
-
-def fmt(value, spec: str = ".2f", suffix: str = "") -> str:
-    return "–" if value is None else f"{value:{spec}}{suffix}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def render_markdown(report: dict, figures: dict[str, str]) -> str:

@@ -114,6 +114,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module` in DistributedDataParallel under torchrun (one process: `module` itself)."""
+    if not distributed():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
 def barrier() -> None:
     if distributed():
         import torch.distributed as dist

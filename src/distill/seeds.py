@@ -17,13 +17,15 @@ from pathlib import Path
 from .config import RunConfig, load_config, validate
 from .errors import DistillError
 from .io import write_json, write_text
+from .markdown import fmt, json_safe, table
 from .plots import COLORS, LABELS, STAGES, figure_grid, plot_accuracy_bars, save_png
-from .report import fmt, json_safe, table
 from .run_folder import require
+from .tasks import task_of_run
 from .trust import NO_TRUST, Trust, require_trust
 
-ACC_KEYS = ("val_acc", "test_acc", "last_test_acc")
-GAIN_KEYS = ("test_acc", "last_test_acc")
+# What summary.json's "primary" (the task's Selection) was before summaries recorded it.
+DEFAULT_PRIMARY = {"metric": "acc", "lower_is_better": False}
+PREFIXES = ("val_", "test_", "last_test_")  # the per-stage keys aggregated, for every metric a run recorded
 EVAL_KEYS = ("top5_acc", "ece", "nll", "agreement", "kl_teacher")  # from report.json, when present
 # Two-sided 95% quantiles t(0.975, df), df = 1..30 (the fallback when scipy is missing).
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -64,13 +66,34 @@ def interval(values: list[float]) -> dict:
     return out
 
 
+def primary(summaries: list[dict]) -> dict:
+    """The {"metric", "lower_is_better"} the runs were selected by (summary.json's "primary",
+    the task's Selection); runs selected by different metrics are not one experiment."""
+    kinds = {(p["metric"], p["lower_is_better"]) for p in (s.get("primary", DEFAULT_PRIMARY) for s in summaries)}
+    if len(kinds) > 1:
+        raise DistillError(f"These runs pick their best epoch by different metrics ({sorted(kinds)}); "
+                           "aggregate the runs of one task only.")
+    return summaries[0].get("primary", DEFAULT_PRIMARY)
+
+
+def _stage_stats(rows: list[dict], main: tuple[str, ...]) -> dict:
+    """describe() of the primary metric's keys (always) and of every other val_/test_/last_test_
+    number the rows hold (an LM's NLL and next-token accuracy beside its perplexity)."""
+    extra = sorted({k for r in rows for k, v in r.items() if k.startswith(PREFIXES) and k not in main
+                    and isinstance(v, int | float)})
+    stats = {k: describe([r[k] for r in rows if r.get(k) is not None]) for k in main}
+    return stats | {k: describe([r[k] for r in rows if r.get(k) is not None]) for k in extra}
+
+
 def aggregate(summaries: list[dict]) -> dict:
     """Aggregate the summary.json (or report.json) dicts of runs that differ only in seed.
 
-    Returns {"name", "n", "seeds", "t_source", "stages": {stage: {key: describe}},
-    "gain": {key: interval + "positive" (seeds with gain > 0)}} for the accuracy keys val_acc,
-    test_acc (validation-selected), last_test_acc; report.json inputs add their evaluation
-    metrics (top5_acc, ece, nll, agreement, kl_teacher of the validation-selected weights).
+    Returns {"name", "n", "seeds", "t_source", "primary", "stages": {stage: {key: describe}},
+    "gain": {key: interval + "positive" (seeds with gain > 0) + "better" (seeds where the
+    distilled student beat scratch)}}. The keys follow the runs' primary metric m (summary.json's
+    "primary": acc for classifiers, ppl for language models): val_m, test_m (validation-selected),
+    last_test_m, plus the other metrics the runs recorded; report.json inputs add their
+    evaluation metrics (top5_acc, ece, nll, agreement, kl_teacher of the validation-selected weights).
     """
     if not summaries:
         raise DistillError("No runs to aggregate: give at least one run folder.")
@@ -78,12 +101,14 @@ def aggregate(summaries: list[dict]) -> dict:
     dupes = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
     if dupes:
         raise DistillError(f"Seed(s) {dupes} appear more than once; aggregate runs with distinct seeds.")
+    chosen = primary(summaries)
+    m, lower = chosen["metric"], chosen["lower_is_better"]
     stages = {}
     for stage in STAGES:
         rows = [s["stages"][stage] for s in summaries if stage in s.get("stages", {})]
         if not rows:
             continue
-        stages[stage] = {k: describe([r[k] for r in rows if r.get(k) is not None]) for k in ACC_KEYS}
+        stages[stage] = _stage_stats(rows, tuple(p + m for p in PREFIXES))
         evals = [s["evaluation"]["stages"].get(stage, {}).get("best", {}) for s in summaries if s.get("evaluation")]
         for key in EVAL_KEYS:
             values = [e[key] for e in evals if e.get(key) is not None]
@@ -91,11 +116,11 @@ def aggregate(summaries: list[dict]) -> dict:
                 stages[stage][key] = describe(values)
     gain = {}
     paired = [s for s in summaries if {"scratch", "distill"} <= set(s.get("stages", {}))]
-    for key in GAIN_KEYS:
+    for key in (f"test_{m}", f"last_test_{m}"):
         diffs = [s["stages"]["distill"][key] - s["stages"]["scratch"][key] for s in paired]
         if diffs:
             gain[key] = {**interval(diffs), "seeds": [s.get("seed") for s in paired],
-                         "positive": sum(d > 0 for d in diffs)}
+                         "positive": sum(d > 0 for d in diffs), "better": sum((d < 0) if lower else (d > 0) for d in diffs)}
     names = sorted({str(s.get("name")) for s in summaries})
     return {
         "schema": 1,
@@ -103,6 +128,7 @@ def aggregate(summaries: list[dict]) -> dict:
         "n": len(summaries),
         "seeds": seeds,
         "t_source": t_quantile(max(len(paired) - 1, 1))[1],
+        "primary": chosen,
         "stages": stages,
         "gain": gain,
     }
@@ -184,16 +210,15 @@ def check_new_folder(out_dir: str | Path, seeds: list[int]) -> None:
         )
 
 
-def write_folder_report(path: str | Path, repeats: int = 10, device: str = "cpu", trust: Trust = NO_TRUST) -> Path:
-    """`distill report PATH`: a run folder gets `write_report`; a --seeds folder (seed-<k>/
-    runs inside) gets `write_report` for each run, then `write_seed_report`. Returns the
-    report.md written last (the seed report for a --seeds folder). `trust`: what the user
-    allowed (--trust-code, --trust-checkpoint); each run's config is checked before it is built."""
-    from .report import write_report
-
+def write_folder_report(path: str | Path, trust: Trust = NO_TRUST) -> Path:
+    """`distill report PATH`: a run folder gets its task's report (`Task.write_report`); a
+    --seeds folder (seed-<k>/ runs inside) gets each run's report, then `write_seed_report`.
+    Returns the report.md written last (the seed report for a --seeds folder). `trust`: what
+    the user allowed (--trust-code, --trust-checkpoint); every seed's config is checked before
+    any report is written."""
     path = Path(path)
     if (path / "summary.json").is_file():
-        return write_report(path, repeats, device, trust)
+        return task_of_run(path).write_report(path, trust)
     runs = seed_run_dirs(path)
     if not runs:
         raise DistillError(
@@ -204,29 +229,41 @@ def write_folder_report(path: str | Path, repeats: int = 10, device: str = "cpu"
     for run in runs:  # every seed's config checked before any report is written
         require_trust(load_config(run / "config.yaml"), run, trust.code)
     for run in runs:
-        write_report(run, repeats, device, trust)
+        task_of_run(run).write_report(run, trust)
     return write_seed_report(path, runs)
 
 
 def write_seed_report(out_dir: str | Path, run_dirs: list[str | Path]) -> Path:
     """Aggregate the runs in `run_dirs` into out_dir/seeds.json, out_dir/accuracy.png (mean ±
-    std bars, one dot per seed), out_dir/gain.png (per-seed gain with its 95% interval) and
-    out_dir/report.md (tables; links to each run's own report.md when present).
+    std bars, one dot per seed), out_dir/gain.png (per-seed gain of the primary metric with its
+    95% interval) and out_dir/report.md (tables; links to each run's own report.md when present).
     Returns the path of report.md."""
     out_dir = Path(out_dir)
     require(out_dir, "seeds", "distill report")  # it overwrites report.md, seeds.json and PNGs
     summaries = [load_summary(d) for d in run_dirs]
     agg = aggregate(summaries)
     write_json(out_dir / "seeds.json", json_safe(agg))
-    title = f"{agg['name']}: test accuracy over {agg['n']} seeds (mean ± std)"
-    save_png(plot_accuracy_bars(agg["stages"], title), out_dir / "accuracy.png")
-    figures = ["accuracy.png"]
+    figures = []
+    if any(st.get("test_acc", {}).get("mean") is not None for st in agg["stages"].values()):
+        title = f"{agg['name']}: test accuracy over {agg['n']} seeds (mean ± std)"
+        save_png(plot_accuracy_bars(agg["stages"], title), out_dir / "accuracy.png")
+        figures.append("accuracy.png")
     if agg["gain"]:
-        save_png(plot_gain(agg["gain"]), out_dir / "gain.png")
+        save_png(plot_gain(agg["gain"], agg["primary"]), out_dir / "gain.png")
         figures.append("gain.png")
     runs = [Path(d) for d in run_dirs]
     write_text(out_dir / "report.md", render_seed_markdown(agg, summaries, runs, out_dir, figures))
     return out_dir / "report.md"
+
+
+def words(chosen: dict) -> dict:
+    """How tables name the primary metric: its heading, short name, the unit of a gain, the
+    number format, and the per-seed count of a better distilled student."""
+    m = chosen["metric"]
+    known = {"acc": ("Accuracy (%)", "acc", "points", ".2f"), "ppl": ("Perplexity", "ppl", "perplexity", ".3f")}
+    heading, name, unit, spec = known.get(m, (m, m, m, ".4g"))
+    count = "seeds with gain < 0 (better)" if chosen["lower_is_better"] else "seeds with gain > 0"
+    return {"metric": m, "heading": heading, "name": name, "unit": unit, "spec": spec, "count": count}
 
 
 def _pm(d: dict | None, spec: str = ".2f") -> str:
@@ -235,22 +272,39 @@ def _pm(d: dict | None, spec: str = ".2f") -> str:
     return fmt(d["mean"], spec) + (f" ± {d['std']:{spec}}" if d.get("std") is not None else "")
 
 
+def _gain_section(agg: dict, w: dict) -> list[str]:
+    out = ["", f"## Gain of distillation (distilled − scratch, paired by seed, test {w['unit']})", ""]
+    rows = []
+    for key, g in agg["gain"].items():
+        ci = f"[{g['ci95'][0]:+{w['spec']}}, {g['ci95'][1]:+{w['spec']}}]" if g["ci95"] else "– (one seed)"
+        rows.append(["val-selected" if key == f"test_{w['metric']}" else "last epoch", f"{g['mean']:+{w['spec']}}",
+                     fmt(g["std"], w["spec"]), ci, f"{g['better']} / {g['n']}"])
+    out.append(table(["weights", "mean gain", "std", "95% t-interval", w["count"]], rows))
+    return [*out, "", f"Interval: mean ± t(0.975, n−1) · sd / √n, t from {agg['t_source']}."]
+
+
+def _other_metrics(stages: dict, w: dict) -> list[str]:
+    """The other test metrics the runs recorded (an LM's NLL and next-token accuracy)."""
+    keys = sorted({k for st in stages.values() for k in st if k.startswith("test_") and k != f"test_{w['metric']}"})
+    if not keys:
+        return []
+    rows = [[LABELS[s], *(_pm(st.get(k), ".4f") for k in keys)] for s, st in stages.items()]
+    return ["", "## Other test metrics (val-selected weights)", "", table(["model", *keys], rows)]
+
+
 def render_seed_markdown(agg: dict, summaries: list[dict], runs: list[Path], out_dir: Path, figures: list[str]) -> str:
-    stages = agg["stages"]
+    stages, w = agg["stages"], words(agg["primary"])
+    m, spec = w["metric"], w["spec"]
     out = [f"# {agg['name']}: {agg['n']} seeds ({', '.join(map(str, agg['seeds']))})", "",
            "Mean ± sample standard deviation over seeds; test data; model selection on validation data.", "",
-           "## Accuracy (%)", ""]
-    rows = [[LABELS[s], _pm(st["val_acc"]), _pm(st["test_acc"]), _pm(st["last_test_acc"])] for s, st in stages.items()]
-    out.append(table(["model", "val acc", "test acc (val-selected)", "test acc (last epoch)"], rows))
+           f"## {w['heading']}", ""]
+    rows = [[LABELS[s], *(_pm(st[p + m], spec) for p in PREFIXES)] for s, st in stages.items()]
+    name = w["name"]
+    out.append(table(["model", f"val {name}", f"test {name} (val-selected)", f"test {name} (last epoch)"], rows))
     if agg["gain"]:
-        out += ["", "## Gain of distillation (distilled − scratch, paired by seed, test points)", ""]
-        rows = []
-        for key, g in agg["gain"].items():
-            ci = f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]" if g["ci95"] else "– (one seed)"
-            rows.append(["val-selected" if key == "test_acc" else "last epoch", f"{g['mean']:+.2f}",
-                         fmt(g["std"]), ci, f"{g['positive']} / {g['n']}"])
-        out.append(table(["weights", "mean gain", "std", "95% t-interval", "seeds with gain > 0"], rows))
-        out += ["", f"Interval: mean ± t(0.975, n−1) · sd / √n, t from {agg['t_source']}."]
+        out += _gain_section(agg, w)
+    if m != "acc":
+        out += _other_metrics(stages, w)
     extra = [(s, st) for s, st in stages.items() if any(k in st for k in EVAL_KEYS)]
     if extra:
         out += ["", "## Calibration and agreement (val-selected weights)", ""]
@@ -264,9 +318,9 @@ def render_seed_markdown(agg: dict, summaries: list[dict], runs: list[Path], out
     for summary, run in zip(summaries, runs, strict=True):
         st = summary["stages"]
         link = _relative(run / "report.md", out_dir) if (run / "report.md").is_file() else _relative(run, out_dir)
-        gain = (summary.get("gain") or {}).get("test_acc")
-        rows.append([str(summary.get("seed")), *(fmt(st.get(s, {}).get("test_acc")) for s in STAGES),
-                     fmt(gain, "+.2f"), f"[{run.name}]({link})"])
+        gain = (summary.get("gain") or {}).get(f"test_{m}")
+        rows.append([str(summary.get("seed")), *(fmt(st.get(s, {}).get(f"test_{m}"), spec) for s in STAGES),
+                     fmt(gain, "+" + spec), f"[{run.name}]({link})"])
     out.append(table(["seed", "teacher", "scratch", "distilled", "gain", "run"], rows))
     return "\n".join(out) + "\n"
 
@@ -278,12 +332,13 @@ def _relative(path: Path, start: Path) -> str:
         return Path(path).as_posix()
 
 
-def plot_gain(gain: dict):
+def plot_gain(gain: dict, chosen: dict = DEFAULT_PRIMARY):
     """Per-seed paired gains (dots) with the mean and its 95% t-interval, for the
     validation-selected and last-epoch weights; zero marked."""
+    w = words(chosen)
     fig, axes = figure_grid(1, 1, 5.2, 3.6)
     ax = axes[0, 0]
-    names = {"test_acc": "val-selected", "last_test_acc": "last epoch"}
+    names = {f"test_{w['metric']}": "val-selected", f"last_test_{w['metric']}": "last epoch"}
     for i, g in enumerate(gain.values()):
         ax.scatter([i] * g["n"], g["values"], color=COLORS["distill"], alpha=0.6, s=18, zorder=3,
                    label="one seed" if i == 0 else None)
@@ -293,7 +348,8 @@ def plot_gain(gain: dict):
     ax.axhline(0, color="gray", lw=1, ls="--")
     ax.set_xticks(range(len(gain)), [names[k] for k in gain])
     ax.set_xlim(-0.6, len(gain) - 0.4)
-    ax.set(ylabel="distilled − scratch (test points)", title="Gain of distillation, paired by seed")
+    better = "lower is better" if chosen["lower_is_better"] else "higher is better"
+    ax.set(ylabel=f"distilled − scratch (test {w['unit']})", title=f"Gain of distillation, paired by seed ({better})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig

@@ -38,20 +38,25 @@ def summary_table(summary: dict) -> Table:
 
 
 def seeds_table(agg: dict) -> Table:
+    """`seeds.aggregate`'s output: mean +- std of the runs' primary metric per stage, and the
+    paired distilled - scratch gain."""
+    primary = agg.get("primary", {"metric": "acc", "lower_is_better": False})
+    m = primary["metric"]
+    name = METRIC_NAMES.get(m, m)
+    unit = "points" if m == "acc" else name
     table = narrow_table(f"{agg['name']}: {agg['n']} seeds, mean +- std")
-    for col in ("stage", "val acc %", "test acc % (val-selected)", "test acc % (last epoch)"):
+    for col in ("stage", f"val {name}", f"test {name} (val-selected)", f"test {name} (last epoch)"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for stage, r in agg["stages"].items():
-        cells = [_mean_std(r.get(k)) for k in ("val_acc", "test_acc", "last_test_acc")]
-        table.add_row(stage, *cells)
-    gain = agg.get("gain") or {}
-    if "test_acc" in gain:
-        g = gain["test_acc"]
+        table.add_row(stage, *(_mean_std(r.get(k)) for k in (f"val_{m}", f"test_{m}", f"last_test_{m}")))
+    g = (agg.get("gain") or {}).get(f"test_{m}")
+    if g:
+        better = f"lower in {g['better']}/{agg['n']} seeds (better)" if primary["lower_is_better"] else \
+            f"positive in {g['better']}/{agg['n']} seeds"
         table.caption = (
-            f"distilled - scratch (paired): {g['mean']:+.2f} +- {g['std']:.2f} test points, "
-            f"95% interval [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}], positive in "
-            f"{g['positive']}/{agg['n']} seeds"
-        ) if g["ci95"] else f"distilled - scratch: {g['mean']:+.2f} test points"
+            f"distilled - scratch (paired): {g['mean']:+.2f} +- {g['std']:.2f} test {unit}, "
+            f"95% interval [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}], {better}"
+        ) if g["ci95"] else f"distilled - scratch: {g['mean']:+.2f} test {unit}"
     return table
 
 

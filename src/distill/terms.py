@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -146,3 +148,23 @@ def build_terms(cfg) -> tuple[dict, float]:
         if kind != "ce":
             terms[name] = (build_loss_term(name, kind, args, cfg.task), weight)
     return terms, cfg.loss.get("ce", {"weight": 0.0}).get("weight", 1.0)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a loss term declares to the Distiller, beyond `forward(student, teacher, batch)`:
+    the module paths it reads (hooked on both models), `setup(student_shapes, teacher_shapes)`
+    to size projectors from one probed batch, and `set_epoch(epoch)` for schedules (DKD's
+    warm-up). All are optional, so a user's term needs only `forward`."""
+
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    setup: Callable[[dict, dict], None] | None = None
+    set_epoch: Callable[[int], None] | None = None
+
+
+def declared(term: nn.Module) -> Declared:
+    """A term's declarations, read once when the Distiller is built: the one place where a
+    term's optional members are looked up (a user's term may have none of them)."""
+    return Declared(tuple(getattr(term, "student_layers", ())), tuple(getattr(term, "teacher_layers", ())),
+                    getattr(term, "setup", None), getattr(term, "set_epoch", None))

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import check_batch, check_length
+from .contracts import as_batch
+from .engine import check_length
 from .errors import DistillError
 from .losses.kd import kd_loss
 
@@ -69,9 +70,9 @@ def train_knowledge_distillation(
     history = []
     for epoch in range(epochs):
         running_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for batch in train_loader:
-            check_batch(batch)  # (inputs, labels[, index]) tensors: a dict would be KeyError: 0
-            inputs, labels = batch[0].to(device), batch[1].to(device)
+        for item in train_loader:
+            batch = as_batch(item)  # (inputs, labels[, index]) tensors: a dict would be KeyError: 0
+            inputs, labels = batch.inputs.to(device), batch.targets.to(device)
             optimizer.zero_grad()
             with torch.no_grad():
                 teacher_logits = teacher(inputs)

@@ -18,11 +18,12 @@ pytest.importorskip("transformers")
 
 from distill.cli import main  # noqa: E402
 from distill.config import TrainConfig, load_config  # noqa: E402
+from distill.contracts import Batch  # noqa: E402
 from distill.data.loader import TensorLoader  # noqa: E402
 from distill.engine import fit  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.lm.data import Example, build_lm_data, encode, pack, pad_rows  # noqa: E402
-from distill.lm.distiller import LMDistiller, evaluate_lm  # noqa: E402
+from distill.lm.distiller import evaluate_lm, lm_distiller  # noqa: E402
 from distill.lm.models import create_lm  # noqa: E402
 from distill.lm.offline import TopKStore, open_topk_store  # noqa: E402
 from distill.lm.on_policy import OnPolicy  # noqa: E402
@@ -47,7 +48,7 @@ def llama(vocab=V, seed=0):
     return create_lm("llama", kw, vocab)
 
 
-def batch(rows=4, length=12, seed=0):
+def tensors(rows=4, length=12, seed=0):
     """Right-padded rows with a 3-token prompt and ragged lengths: ids, target mask, index."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, V - 1, (rows, length), generator=g)
@@ -59,9 +60,15 @@ def batch(rows=4, length=12, seed=0):
     return [ids, mask, torch.arange(rows)]
 
 
+def batch(rows=4, length=12, seed=0) -> Batch:
+    """The same rows as a Batch, as distill's LM loaders yield them."""
+    ids, mask, index = tensors(rows, length, seed)
+    return Batch(ids, mask=mask, index=index)
+
+
 def naive_loss(student, teacher, b, ce_w, kd_w):
     """The textbook computation on full logits: masked mean over target tokens."""
-    ids, mask = b[0], b[1]
+    ids, mask = b.inputs, b.mask
     target = mask[:, 1:].bool()
     s = student(ids).logits[:, :-1][target].double()
     t = teacher(ids).logits[:, :-1][target].double()
@@ -111,7 +118,8 @@ def test_jsonl_reader_and_errors(tmp_path):
                              "data.max_length=16"]).data
     data = build_lm_data(cfg)
     assert data.counts["packing"] == 0  # prompt/completion rows are padded by default
-    ids, mask, _ = next(iter(data.val))
+    first = next(iter(data.val))
+    ids, mask = first.inputs, first.mask
     for row, m in zip(ids, mask, strict=True):
         text = ByteTokenizer().decode(row[m.bool()])
         assert text.startswith(" a") and ":" not in text  # completions only, no prompt
@@ -126,35 +134,35 @@ def test_jsonl_reader_and_errors(tmp_path):
 @pytest.mark.parametrize("make", [gpt, llama])
 def test_loss_is_masked_mean_over_target_tokens(make):
     student, teacher = make(seed=0), make(seed=1)
-    d = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 0.7)}, ce_weight=0.3)
+    d = lm_distiller(teacher, student, {"forward_kl": (ForwardKL(), 0.7)}, ce_weight=0.3)
     b = batch()
     out = d(b)
     ref = naive_loss(student, teacher, b, 0.3, 0.7)
-    assert out["counted"] == b[1][:, 1:].sum()
-    assert torch.allclose(out["loss"].double(), ref, atol=1e-5)
+    assert out.counted == b.mask[:, 1:].sum()
+    assert torch.allclose(out.loss.double(), ref, atol=1e-5)
 
 
 def test_padding_and_prompt_tokens_do_not_leak():
     student, teacher = gpt(seed=0), gpt(seed=1)
-    d = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=1.0)
+    d = lm_distiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=1.0)
     b = batch()
-    before = d(b)["loss"]
-    changed = [t.clone() for t in b]
-    pad = changed[1] == 0
+    before = d(b).loss
+    changed = Batch(b.inputs.clone(), mask=b.mask.clone(), index=b.index)
+    pad = changed.mask == 0
     pad[:, :3] = False  # padding after each row's end (prompts come next)
-    changed[0][pad] = 7  # any other id in the padding
-    assert torch.equal(d(changed)["loss"], before)
-    changed[0][:, 3] = 5  # a target token changes: the loss must change
-    assert not torch.equal(d(changed)["loss"], before)
+    changed.inputs[pad] = 7  # any other id in the padding
+    assert torch.equal(d(changed).loss, before)
+    changed.inputs[:, 3] = 5  # a target token changes: the loss must change
+    assert not torch.equal(d(changed).loss, before)
 
 
 def _train(accumulate, batch_size=4, steps_data=8):
     torch.manual_seed(0)
-    ids, mask, _ = batch(rows=steps_data, length=12)
+    ids, mask, _ = tensors(rows=steps_data, length=12)
     mask[::3, 6:] = 0  # uneven token counts between micro-batches
     student, teacher = gpt(seed=0), gpt(seed=1)
-    d = LMDistiller(teacher, student, {"reverse_kl": (ReverseKL(), 0.5)}, ce_weight=0.5)
-    loader = TensorLoader(ids, mask, batch_size, shuffle=False)
+    d = lm_distiller(teacher, student, {"reverse_kl": (ReverseKL(), 0.5)}, ce_weight=0.5)
+    loader = TensorLoader(ids, mask, batch_size, shuffle=False, y_is_mask=True)
     # SGD: Adam divides by sqrt(v), which turns float rounding of near-zero gradients into
     # lr-sized differences and would hide what this test checks
     cfg = TrainConfig(epochs=1, optimizer="sgd", momentum=0.0, lr=0.5, schedule="constant",
@@ -174,27 +182,27 @@ def test_mean_of_micro_batch_means_would_differ():
     """The property above is not free: averaging per-micro-batch token means (what a plain
     loss / accumulate does) gives another gradient on this batch."""
     student, teacher = gpt(seed=0), gpt(seed=1)
-    d = LMDistiller(teacher, student, {}, ce_weight=1.0)
-    ids, mask, idx = batch(rows=4)
-    whole = torch.autograd.grad(d([ids, mask, idx])["loss"], student.transformer.wte.weight)[0]
-    halves = [d([t[:2] for t in (ids, mask, idx)]), d([t[2:] for t in (ids, mask, idx)])]
-    naive = torch.autograd.grad((halves[0]["loss"] + halves[1]["loss"]) / 2, student.transformer.wte.weight)[0]
+    d = lm_distiller(teacher, student, {}, ce_weight=1.0)
+    b = batch(rows=4)
+    whole = torch.autograd.grad(d(b).loss, student.transformer.wte.weight)[0]
+    halves = [d(part) for part in b.split(2)]
+    naive = torch.autograd.grad((halves[0].loss + halves[1].loss) / 2, student.transformer.wte.weight)[0]
     assert not torch.allclose(whole, naive, atol=1e-6)
 
 
 def test_vocab_mismatch_is_a_clear_error():
     with pytest.raises(DistillError, match="teacher's vocabulary has 48 tokens and the student's 40"):
-        LMDistiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)})
-    d = LMDistiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)}, shared_vocab=40)
-    assert torch.isfinite(d(batch())["loss"])
+        lm_distiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)})
+    d = lm_distiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)}, shared_vocab=40)
+    assert torch.isfinite(d(batch()).loss)
     with pytest.raises(DistillError, match="between 1 and the smaller vocabulary"):
-        LMDistiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)}, shared_vocab=44)
+        lm_distiller(gpt(vocab=48), gpt(), {"forward_kl": (ForwardKL(), 1.0)}, shared_vocab=44)
 
 
 def test_evaluate_reports_perplexity_of_mean_nll():
     model = gpt()
-    ids, mask, _ = batch()
-    res = evaluate_lm(model, TensorLoader(ids, mask, 2), "cpu")
+    ids, mask, _ = tensors()
+    res = evaluate_lm(model, TensorLoader(ids, mask, 2, y_is_mask=True), "cpu")
     target = mask[:, 1:].bool()
     nll = F.cross_entropy(model(ids).logits[:, :-1][target], ids[:, 1:][target])
     assert res["loss"] == pytest.approx(nll.item(), rel=1e-5)
@@ -206,8 +214,8 @@ def test_evaluate_reports_perplexity_of_mean_nll():
 
 def test_topk_store_round_trip_and_metadata(tmp_path):
     teacher = gpt(seed=1)
-    ids, mask, _ = batch(rows=6)
-    loader = TensorLoader(ids, mask, 3)
+    ids, mask, _ = tensors(rows=6)
+    loader = TensorLoader(ids, mask, 3, y_is_mask=True)
     store, why = open_topk_store(teacher, loader, k=5, T=1.0, storage="disk", path=tmp_path, device="cpu")
     assert "30 bytes/token" in why and "0 of 6 rows reused" in why
     target = mask[:, 1:].bool()
@@ -232,18 +240,18 @@ def test_topk_store_round_trip_and_metadata(tmp_path):
 
 def test_training_from_the_store_without_the_teacher():
     student, teacher = gpt(seed=0), gpt(seed=1)
-    ids, mask, idx = batch(rows=4)
-    loader = TensorLoader(ids, mask, 4)
-    online = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=0.0)
-    full = online([ids, mask, idx])["forward_kl"]
-    offline = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=0.0)
+    b = batch(rows=4)
+    loader = TensorLoader(b.inputs, b.mask, 4, y_is_mask=True)
+    online = lm_distiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=0.0)
+    full = online(b).terms["forward_kl"]
+    offline = lm_distiller(teacher, student, {"forward_kl": (ForwardKL(), 1.0)}, ce_weight=0.0)
     store, _ = open_topk_store(teacher, loader, k=V - 1, T=1.0, storage="memory", path=None, device="cpu")
-    offline.attach_cache(store)
+    offline.attach_source(store)
     offline.drop_teacher()
     assert offline.teacher is None
-    out = offline([ids, mask, idx])
-    assert torch.allclose(out["forward_kl"], full, atol=1e-3)  # k = V - 1: only fp16 error
-    out["loss"].backward()
+    out = offline(b)
+    assert torch.allclose(out.terms["forward_kl"], full, atol=1e-3)  # k = V - 1: only fp16 error
+    out.loss.backward()
     assert student.transformer.wte.weight.grad.abs().sum() > 0
 
 
@@ -254,16 +262,17 @@ def test_on_policy_batches_count_only_sampled_tokens():
     torch.manual_seed(0)
     student = gpt()
     sampler = OnPolicy(1.0, 1.0, max_new_tokens=5, prompt_tokens=4, eos_id=V - 2, pad_id=V - 1)
-    ids, mask, _ = batch(rows=3)
+    ids, mask, _ = tensors(rows=3)
     prompt = sampler.prompts(ids, mask)
     assert [len(p) for p in prompt] == [3, 3, 3]  # the tokens before the first target
-    new_ids, new_mask, index, flag = sampler.make_batch(student, [ids, mask, torch.arange(3)])
+    new = sampler.make_batch(student, batch(rows=3))
+    new_ids, new_mask = new.inputs, new.mask
     assert torch.equal(new_ids[:, :3], ids[:, :3]) and (new_mask[:, :3] == 0).all()
     assert (new_mask.sum(1) >= 1).all() and (new_mask.sum(1) <= 5).all()
-    assert (index == -1).all() and flag.all()
+    assert new.index is None and new.on_policy  # rows in no dataset, flagged
     rows = sampler.rows([torch.tensor([1, 2])], torch.tensor([[5, V - 2, 7, 8]]))
-    assert rows[0][0].tolist() == [1, 2, 5, V - 2, V - 1, V - 1]  # cut after the first <eos>
-    assert rows[1][0].tolist() == [0, 0, 1, 1, 0, 0]
+    assert rows.inputs[0].tolist() == [1, 2, 5, V - 2, V - 1, V - 1]  # cut after the first <eos>
+    assert rows.mask[0].tolist() == [0, 0, 1, 1, 0, 0]
 
 
 def test_on_policy_step_choice_is_seeded_and_fractional():
@@ -275,20 +284,20 @@ def test_on_policy_step_choice_is_seeded_and_fractional():
 
 def test_on_policy_batch_skips_ce():
     student, teacher = gpt(seed=0), gpt(seed=1)
-    d = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 0.5)}, ce_weight=0.5)
-    ids, mask, idx = batch()
-    off = d([ids, mask, idx])
-    on = d([ids, mask, idx, torch.ones(4, dtype=torch.bool)])
-    assert torch.allclose(on["loss"], 0.5 * off["forward_kl"])
-    assert torch.allclose(off["loss"], 0.5 * off["forward_kl"] + 0.5 * off["ce"])
+    d = lm_distiller(teacher, student, {"forward_kl": (ForwardKL(), 0.5)}, ce_weight=0.5)
+    b = batch()
+    off = d(b)
+    on = d(Batch(b.inputs, mask=b.mask, on_policy=True))
+    assert torch.allclose(on.loss, 0.5 * off.terms["forward_kl"])
+    assert torch.allclose(off.loss, 0.5 * off.terms["forward_kl"] + 0.5 * off.terms["ce"])
 
 
 def _on_policy_distiller(fraction):
     student, teacher = gpt(seed=0), gpt(seed=1)
-    d = LMDistiller(teacher, student, {"forward_kl": (ForwardKL(), 0.5)}, ce_weight=0.5)
-    d.on_policy = OnPolicy(fraction, 1.0, max_new_tokens=4, prompt_tokens=3, eos_id=V - 2,
-                           pad_id=V - 1, seed=0)
-    return d
+    sampler = OnPolicy(fraction, 1.0, max_new_tokens=4, prompt_tokens=3, eos_id=V - 2,
+                       pad_id=V - 1, seed=0)
+    return lm_distiller(teacher, student, {"forward_kl": (ForwardKL(), 0.5)}, ce_weight=0.5,
+                        on_policy=sampler)
 
 
 def test_logged_train_ce_leaves_out_on_policy_batches():
@@ -297,22 +306,22 @@ def test_logged_train_ce_leaves_out_on_policy_batches():
     trains on every batch, is the mean over all of them."""
     d = _on_policy_distiller(0.5)
     steps = 8
-    assert 0 < sum(d.on_policy.chosen(0, s) for s in range(steps)) < steps  # a mixed epoch
+    assert 0 < sum(d.part.on_policy.chosen(0, s) for s in range(steps)) < steps  # a mixed epoch
     outs = []
     forward = d.forward
     d.forward = lambda b: outs.append(forward(b)) or outs[-1]  # every training step's terms
-    ids, mask, _ = batch(rows=2 * steps)
-    loader = TensorLoader(ids, mask, 2, shuffle=False)
+    ids, mask, _ = tensors(rows=2 * steps)
+    loader = TensorLoader(ids, mask, 2, shuffle=False, y_is_mask=True)
     cfg = TrainConfig(epochs=1, optimizer="sgd", momentum=0.0, lr=0.1, schedule="constant",
                       checkpoint_every=0)
     record = fit(d, loader, loader, cfg, "cpu").history[-1]
     assert len(outs) == steps
-    data = [o for o in outs if "ce" in o]
+    data = [o for o in outs if "ce" in o.terms]
     assert 0 < len(data) < steps  # on-policy steps report no ce
-    assert record["train_ce"] == pytest.approx(sum(o["ce"].item() for o in data) / len(data), rel=1e-6)
+    assert record["train_ce"] == pytest.approx(sum(o.terms["ce"].item() for o in data) / len(data), rel=1e-6)
     assert record["train_forward_kl"] == pytest.approx(
-        sum(o["forward_kl"].item() for o in outs) / steps, rel=1e-6)
-    assert record["train_loss"] == pytest.approx(sum(o["loss"].item() for o in outs) / steps, rel=1e-6)
+        sum(o.terms["forward_kl"].item() for o in outs) / steps, rel=1e-6)
+    assert record["train_loss"] == pytest.approx(sum(o.loss.item() for o in outs) / steps, rel=1e-6)
 
 
 def test_empty_share_of_an_on_policy_step_reports_the_same_terms():
@@ -320,11 +329,11 @@ def test_empty_share_of_an_on_policy_step_reports_the_same_terms():
     must report the same terms as the processes that sampled (no ce), or the per-term epoch
     means would not line up across processes."""
     d = _on_policy_distiller(1.0)
-    full = d(d.prepare_batch(batch(), 0, 0))
-    empty = d(d.prepare_batch([t[:0] for t in batch()], 0, 0))
-    assert "ce" not in full and set(empty) == set(full)
+    full = d(d.prepare(batch(), 0, 0))
+    empty = d(d.prepare(batch().rows(0), 0, 0))
+    assert "ce" not in full.terms and set(empty.terms) == set(full.terms)
     data = _on_policy_distiller(0.0)
-    assert "ce" in data(data.prepare_batch([t[:0] for t in batch()], 0, 0))
+    assert "ce" in data(data.prepare(batch().rows(0), 0, 0)).terms
 
 
 # ---------------------------------------------------------------- end to end
@@ -521,8 +530,8 @@ def test_topk_store_fill_in_position_slices(monkeypatch):
     import distill.lm.chunked as chunked
 
     teacher = gpt(seed=1)
-    ids, mask, _ = batch(rows=4)
-    loader = TensorLoader(ids, mask, 4)
+    ids, mask, _ = tensors(rows=4)
+    loader = TensorLoader(ids, mask, 4, y_is_mask=True)
     whole, _ = open_topk_store(teacher, loader, k=3, T=1.0, storage="memory", path=None, device="cpu")
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 2 * V)  # 2 rows per chunk: 1 position per slice
     sliced, _ = open_topk_store(teacher, loader, k=3, T=1.0, storage="memory", path=None, device="cpu")

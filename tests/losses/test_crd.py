@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from distill.contracts import Batch
 from distill.distiller import Outputs
 from distill.losses.crd import CRD, crd_loss
 
@@ -75,7 +76,7 @@ def _identity_crd(queue_size=8, T=1.0):
 
 def _call(term, s, t, index):
     s, t = torch.tensor(s), torch.tensor(t)
-    return term(_outputs(s, "s"), _outputs(t, "t"), (s, torch.zeros(len(s)), torch.tensor(index)))
+    return term(_outputs(s, "s"), _outputs(t, "t"), Batch(s, torch.zeros(len(s)), torch.tensor(index)))
 
 
 def test_module_identity_heads_first_in_batch_then_queue():
@@ -107,7 +108,7 @@ def test_queue_is_a_fixed_size_ring_buffer():
     for step in range(7):
         s, t = torch.randn(2, 3), torch.randn(2, 6)
         idx = torch.tensor([2 * step, 2 * step + 1])
-        term(_outputs(s, "s"), _outputs(t, "t"), (s, torch.zeros(2), idx))
+        term(_outputs(s, "s"), _outputs(t, "t"), Batch(s, torch.zeros(2), idx))
         assert {name: buf.shape for name, buf in term.named_buffers()} == shapes
         assert int(term.queue_len) == min(2 * (step + 1), 5)
         with torch.no_grad():  # this batch's embeddings are the newest queue entries
@@ -119,7 +120,7 @@ def test_queue_is_a_fixed_size_ring_buffer():
         assert term.queue_index[slots].tolist() == idx.tolist()
     # a batch larger than the queue keeps its newest rows only
     s, t = torch.randn(8, 3), torch.randn(8, 6)
-    term(_outputs(s, "s"), _outputs(t, "t"), (s, torch.zeros(8), torch.arange(100, 108)))
+    term(_outputs(s, "s"), _outputs(t, "t"), Batch(s, torch.zeros(8), torch.arange(100, 108)))
     assert int(term.queue_len) == 5 and term.queue_s.shape == (5, 4)
     assert sorted(term.queue_index.tolist()) == list(range(103, 108))
 
@@ -139,9 +140,9 @@ def test_queue_step_trains_both_heads_not_the_queue():
     f_t = torch.randn(4, 5)
     term.setup({"layer1": tuple(f_s.shape)}, {"layer2": tuple(f_t.shape)})
     assert term.embed_s.in_features == 18 and term.embed_t.in_features == 5
-    batch = (None, None, torch.arange(4))
+    batch = Batch(f_s, None, torch.arange(4))
     term(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), batch)  # fills the queue
-    loss = term(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), (None, None, torch.arange(4, 8)))
+    loss = term(_outputs(f_s, "layer1"), _outputs(f_t, "layer2"), Batch(f_s, None, torch.arange(4, 8)))
     loss.backward()
     assert f_s.grad is not None and f_s.grad.abs().sum() > 0
     assert term.embed_s.weight.grad.abs().sum() > 0
@@ -164,7 +165,7 @@ def test_works_without_sample_index():
     x = torch.randn(2, 3)
     term.setup({"s": (2, 3)}, {"t": (2, 3)})
     for _ in range(3):
-        assert torch.isfinite(term(_outputs(x, "s"), _outputs(x, "t"), (x, torch.zeros(2))))
+        assert torch.isfinite(term(_outputs(x, "s"), _outputs(x, "t"), Batch(x, torch.zeros(2))))
     assert int(term.queue_len) == 4 and term.queue_index.tolist() == [-1, -1, -1, -1]
 
 
@@ -193,9 +194,32 @@ def test_autocast_reaches_neither_the_queue_step_nor_the_queue():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             for step in range(2):  # in-batch, then against the queue
                 idx = torch.arange(16) + 16 * step
-                out = term(_outputs(s, "s"), _outputs(t, "t"), (s, None, idx))
+                out = term(_outputs(s, "s"), _outputs(t, "t"), Batch(s, None, idx))
                 assert out.dtype == torch.float32
                 losses.append(out.item())
         assert term.queue_s.dtype == torch.float32
     assert losses[2] == pytest.approx(losses[0], rel=1e-5)
     assert losses[3] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_a_loaded_queue_is_used_as_saved():
+    """The queue's fill level is mirrored on the host (no device read per step); loading a
+    state dict (a resumed run) must re-read it, not keep the fresh module's empty queue."""
+    torch.manual_seed(0)
+    trained = CRD("s", "t", feat_dim=4, queue_size=8)
+    trained.setup({"s": (2, 3)}, {"t": (2, 5)})
+    for step in range(3):
+        f_s, f_t = torch.randn(2, 3), torch.randn(2, 5)
+        trained(_outputs(f_s, "s"), _outputs(f_t, "t"), Batch(f_s, None, torch.arange(2 * step, 2 * step + 2)))
+    fresh = CRD("s", "t", feat_dim=4, queue_size=8)
+    fresh.setup({"s": (2, 3)}, {"t": (2, 5)})
+    fresh.load_state_dict(trained.state_dict())
+    f_s, f_t = torch.randn(2, 3), torch.randn(2, 5)
+    batch = Batch(f_s, None, torch.tensor([6, 7]))
+    trained.eval(), fresh.eval()
+    expected = trained(_outputs(f_s, "s"), _outputs(f_t, "t"), batch)
+    assert fresh(_outputs(f_s, "s"), _outputs(f_t, "t"), batch).item() == pytest.approx(expected.item(), rel=1e-6)
+    empty = CRD("s", "t", feat_dim=4, queue_size=8)
+    empty.setup({"s": (2, 3)}, {"t": (2, 5)})
+    empty.load_state_dict({**trained.state_dict(), "queue_len": torch.tensor(0)})
+    assert empty(_outputs(f_s, "s"), _outputs(f_t, "t"), batch).item() != pytest.approx(expected.item(), rel=1e-6)

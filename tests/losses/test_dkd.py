@@ -8,6 +8,7 @@ import pytest
 import torch
 from loss_helpers import softmax
 
+from distill.contracts import Batch
 from distill.distiller import Outputs
 from distill.losses.dkd import DKD, dkd_loss
 from distill.losses.kd import kd_loss
@@ -81,7 +82,7 @@ def test_finite_for_saturated_student():
 
 
 def _batch(y):
-    return (None, y, torch.arange(len(y)))
+    return Batch(torch.zeros(len(y), 1), y, torch.arange(len(y)))
 
 
 def test_module_reads_the_labels_of_the_batch():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from distill import LOSSES, Distiller
+from distill.contracts import Batch
 from distill.distiller import Outputs
 from distill.models.cnn import SmallCNN
 
@@ -93,7 +94,7 @@ def make_batch(n: int = BATCH, seed: int = 1):
     x = torch.randn(n, *IN_SHAPE, generator=g)
     y = torch.randint(0, CLASSES, (n,), generator=g)
     y[::3] = -1  # some unlabelled rows: no method may depend on every row having a label
-    return x, y, torch.arange(n)
+    return Batch(x, y, torch.arange(n))
 
 
 def make_distiller(name: str, pair=PAIRS[0], same: bool = False):
@@ -104,7 +105,7 @@ def make_distiller(name: str, pair=PAIRS[0], same: bool = False):
     term = build_term(name, *pair)
     distiller = Distiller(teacher, student, {name: (term, 1.0)}, ce_weight=0.0)
     if distiller.needs_setup:
-        distiller.setup(make_batch()[0])
+        distiller.setup(make_batch())
     return distiller, term
 
 
@@ -124,7 +125,7 @@ def test_allow_lists_name_registered_losses():
 def test_finite_scalar_and_gradients(name, pair):
     distiller, term = make_distiller(name, pair)
     distiller.train()
-    value = distiller(make_batch())[name]
+    value = distiller(make_batch()).terms[name]
     assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()
     grads = [p.grad for p in distiller.student.parameters() if p.grad is not None]
@@ -140,18 +141,19 @@ def test_zero_when_student_equals_teacher(name):
     distiller, _ = make_distiller(name, same=True)
     distiller.eval()  # both BatchNorms on running statistics, as the teacher always is
     with torch.no_grad():
-        value = distiller(make_batch())[name]
+        value = distiller(make_batch()).terms[name]
     assert value.item() == pytest.approx(0.0, abs=ZERO_TOLERANCE.get(name, 1e-5))
 
 
 @pytest.mark.parametrize("name", _params(NOT_BATCH_INVARIANT))
 def test_repeating_the_batch_keeps_the_value(name):
-    x, y, index = make_batch()
+    b = make_batch()
+    x, y, index = b.inputs, b.targets, b.index
     distiller, _ = make_distiller(name)
     distiller.train()  # training-mode BatchNorm: a repeated batch has the same statistics
     with torch.no_grad():
-        once = distiller((x, y, index))[name]
-        twice = distiller((torch.cat([x, x]), torch.cat([y, y]), torch.cat([index, index])))[name]
+        once = distiller((x, y, index)).terms[name]
+        twice = distiller((torch.cat([x, x]), torch.cat([y, y]), torch.cat([index, index]))).terms[name]
     assert twice.item() == pytest.approx(once.item(), rel=1e-5, abs=1e-7)
 
 
@@ -162,7 +164,7 @@ def fp32_case(name: str):
     distiller, term = make_distiller(name)
     distiller.eval()
     with torch.no_grad():
-        s, t = distiller.student_outputs(batch[0]), distiller.teacher_outputs(batch[0])
+        s, t = distiller.part.student_outputs(distiller.student, batch.inputs), distiller.live.outputs(batch.inputs)
     return term, s, t, batch, term(s, t, batch)
 
 

@@ -1,4 +1,4 @@
-"""Datasets and loaders. Items are (x, y, index); label -1 marks an unlabelled sample.
+"""Datasets and loaders. Items are `contracts.Batch`es; label -1 marks an unlabelled sample.
 
 `build_data` reads the named dataset (digits ships with scikit-learn; everything else is read
 from `data.path`), splits it with a fixed seed independent of the run's seed (seeds vary
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..distiller import UNLABELLED
+from ..contracts import UNLABELLED
 from ..errors import DistillError, short
 from .augment import Augment, Normalize, build_augment, channel_stats
 from .digits import load_digits_arrays
@@ -99,8 +99,9 @@ def _load_unlabelled(path: str, in_shape: tuple[int, ...], dtype) -> np.ndarray:
     return x.astype(dtype)
 
 
-def _transforms(cfg, x_train: np.ndarray, seed: int):
-    """(prepare, train_transform, eval_transform, augment) for the dataset's kind of input."""
+def _transforms(cfg, x_train: np.ndarray):
+    """(prepare, train_transform, eval_transform, augment) for the dataset's kind of input; with
+    a random augment the training loader draws it (and normalizes) itself."""
     is_image = x_train.dtype == np.uint8 and x_train.ndim == 4
     if not is_image:
         if cfg.augment not in (None, "none"):
@@ -122,11 +123,7 @@ def _transforms(cfg, x_train: np.ndarray, seed: int):
 
     if augment is None or not augment.is_random:
         return torch.from_numpy, evaluate, evaluate, None
-
-    def train(x, epoch, index):
-        return augment(x, seed, epoch, index)
-
-    return torch.from_numpy, train, evaluate, augment
+    return torch.from_numpy, None, evaluate, augment
 
 
 def fingerprint(data: Data) -> str:
@@ -155,7 +152,7 @@ def build_data(cfg, seed: int = 0) -> Data:
     num_classes = int(max(y.max(), y_test.max())) + 1
     in_shape = tuple(x.shape[1:])
     x_train, y_train = x[train_idx], y[train_idx]
-    prepare, train_tf, eval_tf, augment = _transforms(cfg, x_train, seed)
+    prepare, train_tf, eval_tf, augment = _transforms(cfg, x_train)
 
     y_student = _student_labels(y_train, cfg.label_fraction, num_classes, cfg.split_seed)
     x_student = x_train
@@ -166,8 +163,10 @@ def build_data(cfg, seed: int = 0) -> Data:
 
     bs, ebs = cfg.batch_size, max(cfg.batch_size, 512)
     return Data(
-        teacher_train=TensorLoader(prepare(x_train), torch.from_numpy(y_train), bs, True, seed, transform=train_tf),
-        train=TensorLoader(prepare(x_student), torch.from_numpy(y_student), bs, True, seed, transform=train_tf),
+        teacher_train=TensorLoader(prepare(x_train), torch.from_numpy(y_train), bs, True, seed,
+                                   transform=train_tf, augment=augment),
+        train=TensorLoader(prepare(x_student), torch.from_numpy(y_student), bs, True, seed,
+                           transform=train_tf, augment=augment),
         val=TensorLoader(prepare(x[val_idx]), torch.from_numpy(y[val_idx]), ebs, transform=eval_tf),
         test=TensorLoader(prepare(x_test), torch.from_numpy(y_test), ebs, transform=eval_tf),
         num_classes=num_classes,

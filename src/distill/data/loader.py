@@ -1,14 +1,18 @@
 """An in-memory loader: the whole dataset lives in tensors, batches are formed by indexing.
 
 For data that fits in memory this replaces DataLoader's per-sample Python calls with one
-gather per batch. Items are (x, y, index); the index keys the teacher cache. The shuffle order
-of epoch e depends only on (seed, e), so a resumed run sees the same order. An optional
-`transform(x, epoch, index)` runs per batch on the device (augmentation, normalization).
+gather per batch. Items are `contracts.Batch`es with the sample index (the teacher cache's
+key). The shuffle order of epoch e depends only on (seed, e), so a resumed run sees the same
+order. A random `augment` is drawn once per batch, here: the batch carries the draw's view id,
+so the teacher cache keys its entry without drawing again. An optional
+`transform(x, epoch, index)` runs per batch after it (normalization for evaluation).
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..contracts import Batch
 
 
 class TensorLoader:
@@ -21,6 +25,8 @@ class TensorLoader:
         seed: int = 0,
         drop_last: bool = False,
         transform=None,
+        augment=None,
+        y_is_mask: bool = False,
     ):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
@@ -31,6 +37,8 @@ class TensorLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.transform = transform  # transform(x, epoch, index) -> x, applied per batch
+        self.augment = augment if augment is not None and augment.is_random else None
+        self.y_is_mask = y_is_mask  # an LM's target mask, not class labels
         self.epoch = 0
         self.rank, self.world = 0, 1
 
@@ -64,7 +72,17 @@ class TensorLoader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if self.world > 1:
                 idx = idx.tensor_split(self.world)[self.rank]
-            x = self.x[idx]
-            if self.transform is not None:
-                x = self.transform(x, epoch, idx)
-            yield x, self.y[idx], idx
+            yield self.batch(idx, epoch)
+
+    def batch(self, idx: torch.Tensor, epoch: int) -> Batch:
+        """The Batch of samples `idx` as epoch `epoch` draws them."""
+        x, view = self.x[idx], None
+        if self.augment is not None:
+            params = self.augment.draw(self.seed, epoch, idx)
+            x = self.augment.apply(x, params)
+            view = self.augment.view_id(params) if self.augment.num_views else None
+        if self.transform is not None:
+            x = self.transform(x, epoch, idx)
+        if self.y_is_mask:
+            return Batch(x, mask=self.y[idx], index=idx)
+        return Batch(x, self.y[idx], idx, view)

@@ -11,8 +11,8 @@ import math
 import os
 import zlib
 
-from ..cache import format_bytes
 from ..errors import DistillError, clip
+from ..stores import format_bytes
 
 MAX_SIDE = 4096  # the largest data.size / data.crop side: far above any image classifier's input
 CSV_BYTES_PER_VALUE = 36  # while parsed: a Python float (24) and its list slot (8), then float32

@@ -142,7 +142,7 @@ def _split(n: int, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
 
 
 def build_lm_data(cfg, seed: int = 0) -> LMData:
-    """Loaders of (ids, target mask, index) rows for the train / val / test splits."""
+    """Loaders of Batches (inputs = ids, mask = target mask, index) for the train / val / test splits."""
     tokenizer = load_tokenizer(cfg.tokenizer)
     examples = read_examples(cfg.name, cfg.path)
     packing = cfg.packing if cfg.packing is not None else not any(e.prompt for e in examples)
@@ -161,7 +161,7 @@ def build_lm_data(cfg, seed: int = 0) -> LMData:
 
     def loader(split, shuffle):
         x, m = splits[split]
-        return TensorLoader(x, m, cfg.batch_size, shuffle=shuffle, seed=seed)
+        return TensorLoader(x, m, cfg.batch_size, shuffle=shuffle, seed=seed, y_is_mask=True)
 
     counts["vocab_size"] = tokenizer.vocab_size
     counts["packing"] = int(packing)

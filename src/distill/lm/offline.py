@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from ..cache import FORMAT, data_hash, open_arrays, teacher_hash
+from ..contracts import Batch
 from ..errors import DistillError, short
 from ..progress import progress_bar
-from .chunked import Head, chunk_rows
+from ..stores import FORMAT, data_hash, open_arrays, teacher_hash
+from .chunked import Head, TeacherRows, chunk_rows
 from .models import hidden_states
 
 BYTES_PER_ENTRY = 2 + 4  # fp16 log-probability + int32 token id
@@ -37,6 +38,7 @@ class TopKStore:
     def __init__(self, rows: int, positions: int, k: int, T: float, meta: dict,
                  storage: str = "memory", path=None, rebuild: bool = True):
         self.k, self.T = int(k), float(T)
+        self.complete = False  # every row stored (after `fill`): lookups check nothing
         self.meta = {**meta, "format": FORMAT, "kind": "lm-topk", "k": self.k, "T": self.T,
                      "rows": rows, "positions": positions}
         specs = {"filled": ((), torch.bool), "logp": ((positions, k), torch.float16),
@@ -63,10 +65,19 @@ class TopKStore:
         self.logp[index, positions] = top.to("cpu", torch.float16)
         self.ids[index, positions] = ids.to("cpu", torch.int32)
 
+    def targets(self, batch: Batch) -> TeacherRows:
+        """The stored top-k of the batch's counted positions (a `contracts.TeacherSource`)."""
+        if batch.index is None:
+            raise DistillError("This batch has no stored teacher targets (it is in no dataset) "
+                               "and the teacher was dropped; on-policy batches need the online "
+                               "teacher (cache.topk=null).")
+        logp, top = self.rows(batch.index, batch.mask[:, 1:].bool(), batch.inputs.device)
+        return TeacherRows(topk_logp=logp, topk_ids=top, topk_T=self.T)
+
     def rows(self, index: torch.Tensor, target: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs [M, k] fp32, ids [M, k] int64) of the counted positions (`target`, [B, P])."""
         index = index.cpu()
-        if not bool(self.filled[index].all()):
+        if not self.complete and not bool(self.filled[index].all()):
             raise DistillError("The offline teacher store lacks rows of this batch; rebuild it "
                                "(delete cache_dir) with the teacher available.")
         target = target.cpu()
@@ -92,6 +103,7 @@ class TopKStore:
                 self.filled[idx] = True  # last: a row counts only once all its positions are in
                 advance(len(idx))
         self.flush()
+        self.complete = bool(self.filled.all())  # then a lookup checks nothing
         return len(todo)
 
     def flush(self) -> None:

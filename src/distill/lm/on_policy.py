@@ -21,6 +21,8 @@ import hashlib
 
 import torch
 
+from ..contracts import Batch
+
 
 class OnPolicy:
     def __init__(self, fraction: float, temperature: float, max_new_tokens: int,
@@ -49,9 +51,10 @@ class OnPolicy:
         return out
 
     @torch.no_grad()
-    def make_batch(self, student, batch) -> list[torch.Tensor]:
-        """(ids, mask, index = -1, on-policy flag) rows of prompts and sampled continuations."""
-        ids, mask = batch[0], batch[1]
+    def make_batch(self, student, batch: Batch) -> Batch:
+        """An on-policy Batch (no sample index: the rows are in no dataset) of the batch's
+        prompts and the student's sampled continuations."""
+        ids, mask = batch.inputs, batch.mask
         prompts = self.prompts(ids, mask)
         width = max(len(p) for p in prompts)
         # left-pad for generation: every prompt then ends at the same position
@@ -69,8 +72,8 @@ class OnPolicy:
         student.train(was_training)
         return self.rows(prompts, out[:, width:])
 
-    def rows(self, prompts: list[torch.Tensor], sampled: torch.Tensor) -> list[torch.Tensor]:
-        """Right-padded (ids, mask, index, flag) from prompts and sampled tokens [B, new]."""
+    def rows(self, prompts: list[torch.Tensor], sampled: torch.Tensor) -> Batch:
+        """Right-padded ids and target mask from prompts and sampled tokens [B, new]."""
         length = max(len(p) for p in prompts) + sampled.shape[1]
         device = sampled.device
         ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long, device=device)
@@ -80,6 +83,4 @@ class OnPolicy:
             s = s[: int(ends[0]) + 1] if len(ends) else s  # keep the first <eos>: it is a target
             ids[r, :len(p)], ids[r, len(p):len(p) + len(s)] = p, s
             mask[r, len(p):len(p) + len(s)] = 1
-        index = torch.full((len(prompts),), -1, dtype=torch.long, device=device)
-        flag = torch.ones(len(prompts), dtype=torch.bool, device=device)
-        return [ids, mask, index, flag]
+        return Batch(ids, mask=mask, on_policy=True)

@@ -1,61 +1,68 @@
-"""`distill eval` and `distill export` for language-model run folders."""
+"""A language-model run rebuilt from its folder (`LanguageModelTask.load_run`), evaluated
+(`distill eval`) and exported as a Hugging Face folder (`distill export --format hf`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..config import load_config
 from ..errors import DistillError
 from ..io import load_weights
-from ..trust import require_trust
-from .data import build_lm_data
+from ..run_folder import require
+from ..run_reader import eval_target, run_config, saved_models, weights_file
+from ..tables import narrow_table
+from ..trust import NO_TRUST, Trust
+from .data import LMData, build_lm_data
 from .distiller import evaluate_lm
 from .models import create_lm
+from .tokenizer import HFTokenizer
 
-STAGES = ("teacher", "scratch", "distill")
-
-
-def is_lm_run(path: str | Path) -> bool:
-    path = Path(path)
-    config = (path if path.is_dir() else path.parent) / "config.yaml"
-    return config.is_file() and load_config(config).task == "language_model"
+FORMATS = ("hf",)
 
 
-def load_lm(run_dir: Path, weights: Path, stage: str, data=None, trust_code: bool = False):
-    cfg = load_config(run_dir / "config.yaml")
-    require_trust(cfg, run_dir, trust_code)  # refused before anything is built
+def load_run(run_dir: str | Path, stage: str, trust: Trust = NO_TRUST, data: LMData | None = None,
+             last: bool = False) -> tuple[nn.Module, LMData]:
+    """(the stage's model in eval mode with its validation-selected weights, or the last
+    epoch's with `last`; the run's LMData, rebuilt unless `data` is given)."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, trust=trust)  # a config naming code: refused before anything is built
+    weights = weights_file(run_dir, stage, last)
+    if weights is None:
+        name = f"{stage}{'-last' if last else ''}.safetensors"
+        raise DistillError(f"'{run_dir}' has no finished '{stage}' stage ({name} is missing).")
     data = data or build_lm_data(cfg.data, seed=cfg.seed)
     spec = cfg.teacher if stage == "teacher" else cfg.student
     model = create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer)
     load_weights(model, weights)
-    return cfg, model.eval(), data
+    return model.eval(), data
 
 
-def evaluate_lm_run(target: str | Path, split: str = "test", trust_code: bool = False) -> dict:
-    """Perplexity, NLL and next-token accuracy of every saved model of a run (or one file)."""
-    target = Path(target)
-    run_dir = target if target.is_dir() else target.parent
-    files = sorted(run_dir.glob("*.safetensors")) if target.is_dir() else [target]
+def evaluate_run(target: str | Path, overrides: Sequence[str] = (), split: str = "test",
+                 trust: Trust = NO_TRUST) -> dict:
+    """Perplexity, NLL and next-token accuracy of every saved model of a run (or one weights
+    file): {"split", "models": {"<stage>[-last]": evaluate_lm's dict}}."""
+    if overrides:
+        raise DistillError("distill eval of a language-model run takes no --data or overrides.")
+    if split not in ("test", "val"):
+        raise DistillError(f"Unknown split '{split}'. Use 'test' or 'val'.")
+    run_dir, only = eval_target(target)
+    cfg = run_config(run_dir, trust=trust)
     rows, data = {}, None
-    for f in files:
-        stem = f.name.removesuffix(".safetensors")
-        stage = stem.removesuffix("-last")
-        if stage not in STAGES:
-            continue
-        cfg, model, data = load_lm(run_dir, f, stage, data, trust_code)
-        loader = {"test": data.test, "val": data.val, "train": data.train}[split]
-        rows[stem] = evaluate_lm(model, loader, "cpu", cfg.lm.chunk)
+    for stage, key in saved_models(run_dir, only):
+        model, data = load_run(run_dir, stage, trust, data, last=key == "last")
+        loader = data.test if split == "test" else data.val
+        rows[stage + ("-last" if key == "last" else "")] = evaluate_lm(model, loader, "cpu", cfg.lm.chunk)
     if not rows:
         raise DistillError(f"'{target}' holds no teacher/scratch/distill weights of a language-model run.")
     return {"split": split, "models": rows}
 
 
-def lm_evaluation_table(evaluation: dict):
-    from rich.table import Table
-
-    t = Table(title=f"evaluation on {evaluation['split']} data (next-token, counted tokens only)")
+def evaluation_table(evaluation: dict):
+    """A rich Table of `evaluate_run`'s output, for `distill eval`."""
+    t = narrow_table(f"evaluation on {evaluation['split']} data (next-token, counted tokens only)")
     for col in ("model", "perplexity", "NLL (nats)", "next-token acc %", "tokens"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for name, m in evaluation["models"].items():
@@ -63,22 +70,26 @@ def lm_evaluation_table(evaluation: dict):
     return t
 
 
-def export_hf(run_dir: str | Path, out: str | Path | None = None, stage: str = "distill",
-              trust_code: bool = False) -> dict:
+def export(run_dir: str | Path, fmt: str = "hf", out: str | Path | None = None, stage: str = "distill",
+           trust: Trust = NO_TRUST) -> dict:
     """Write a stage's model as a Hugging Face folder (config.json, model.safetensors and, for a
     local tokenizer, its files) and check that transformers loads it back to the same logits."""
-    from transformers import AutoModelForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,  # the extra: LanguageModelTask checked it is there
+    )
 
     run_dir = Path(run_dir)
-    weights = run_dir / f"{stage}.safetensors"
-    if not weights.is_file():
-        raise DistillError(f"'{run_dir}' has no finished '{stage}' stage ({weights.name} is missing).")
-    _, model, data = load_lm(run_dir, weights, stage, trust_code=trust_code)
+    if fmt not in FORMATS:
+        raise DistillError(f"'{run_dir}' is a task=language_model run, which exports as a Hugging "
+                           f"Face folder: --format hf (not {fmt}).")
+    if not out:  # the default <stage>-hf/ lands in the run folder: only one distill wrote
+        require(run_dir, "run", "distill export")
+    model, data = load_run(run_dir, stage, trust)
     out = Path(out) if out else run_dir / f"{stage}-hf"
     model.save_pretrained(str(out))
-    if hasattr(data.tokenizer, "tok"):
+    if isinstance(data.tokenizer, HFTokenizer):  # the byte tokenizer has no files
         data.tokenizer.tok.save_pretrained(str(out))
-    ids = next(iter(data.test))[0][:2]
+    ids = next(iter(data.test)).inputs[:2]
     with torch.no_grad():
         expected = model(ids).logits
         got = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()(ids).logits

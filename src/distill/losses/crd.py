@@ -148,6 +148,10 @@ class CRD(LayerPair):
         self.register_buffer("queue_index", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
+        # queue_len mirrored on the host, so a step does not read it from the device (a sync
+        # on GPU); re-read once after a state dict (a resumed run's queue) is loaded
+        self._filled: int | None = 0
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_filled", None))
 
     def setup(self, student_shapes: dict, teacher_shapes: dict) -> None:
         s = feature_shape(student_shapes, self.student, "student")
@@ -165,7 +169,9 @@ class CRD(LayerPair):
             z_t = F.normalize(self.embed_t(f_t.reshape(f_t.shape[0], -1).float()), dim=1)
         index = _sample_index(batch, z_s)
 
-        filled = int(self.queue_len)
+        if self._filled is None:
+            self._filled = int(self.queue_len)
+        filled = self._filled
         if filled:
             queue_t, queue_s = self.queue_t[:filled], self.queue_s[:filled]
             known = self.queue_index[:filled]
@@ -194,6 +200,8 @@ class CRD(LayerPair):
         self.queue_index[pos] = index.to(self.queue_index.device)
         self.queue_ptr.copy_((self.queue_ptr + n) % self.queue_size)
         self.queue_len.copy_(torch.clamp(self.queue_len + n, max=self.queue_size))
+        if self._filled is not None:
+            self._filled = min(self._filled + n, self.queue_size)
 
     def extra_repr(self) -> str:
         return (
@@ -203,8 +211,8 @@ class CRD(LayerPair):
 
 
 def _sample_index(batch, like: torch.Tensor) -> torch.Tensor | None:
-    """The batch's per-sample data-set indices (batch[2]) as a long tensor, if it has them."""
-    if not isinstance(batch, (list, tuple)) or len(batch) < 3 or batch[2] is None:
+    """The batch's per-sample data-set indices (Batch.index) as a long tensor, if it has them."""
+    if batch is None or batch.index is None:
         return None
-    index = torch.as_tensor(batch[2], device=like.device).reshape(-1).long()
+    index = torch.as_tensor(batch.index, device=like.device).reshape(-1).long()
     return index if index.shape[0] == like.shape[0] else None

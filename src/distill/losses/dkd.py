@@ -138,7 +138,7 @@ class DKD(nn.Module):
         s, t = student.logits, teacher.logits.detach()
         if self.standardize:
             s, t = standardize_logits(s), standardize_logits(t)
-        loss = dkd_loss(s, t, batch[1], self.alpha, self.beta, self.T)
+        loss = dkd_loss(s, t, batch.targets, self.alpha, self.beta, self.T)
         return self.warmup_factor() * loss
 
     def extra_repr(self) -> str:

@@ -14,16 +14,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import classifier_run, export, report
 from ..cache import open_cache
 from ..contracts import Selection
 from ..data import Data, build_data, fingerprint
 from ..distiller import Distiller
-from ..engine import evaluate
 from ..errors import DistillError
+from ..metrics import evaluate_classifier
 from ..models import create_model
 from ..models.outputs import logits_of
 from ..runtime import DTYPES
 from ..terms import build_terms
+from ..trust import NO_TRUST, Trust
 
 
 def _check_classes(model: nn.Module, role: str, data: Data, x: torch.Tensor) -> None:
@@ -57,14 +59,14 @@ def _probe_term(teacher, student, name: str, term: nn.Module, batch: list) -> No
     what = f"loss.{name} ({type(term).__name__}: {term.extra_repr()})"
     distiller = Distiller(teacher, student, {name: (copy.deepcopy(term), 1.0)})
     distiller.eval()
-    role, x = "student", batch[0]
+    part, role, x = distiller.part, "student", batch.inputs
     try:
         with torch.no_grad():
-            s_out = distiller.student_outputs(x)
+            s_out = part.student_outputs(student, x)
             role = "teacher"
-            t_out = distiller.teacher_outputs(x)
+            t_out = distiller.live.outputs(x)
             role = None
-            distiller.setup(x)
+            distiller.setup(batch)
             distiller(batch)
     except DistillError as e:  # e.g. a hooked module that never runs, or runs twice
         raise DistillError(f"{what}: {e}") from None
@@ -82,8 +84,7 @@ def _probe_term(teacher, student, name: str, term: nn.Module, batch: list) -> No
             "pair whose shapes this method takes (`distill models` lists module paths)."
         ) from None
     finally:
-        distiller.student_capture.remove()
-        distiller.teacher_capture.remove()
+        part.remove_hooks()
 
 
 class ClassificationTask:
@@ -112,12 +113,12 @@ class ClassificationTask:
         """Before any stage trains: each model's forward on 2 samples (CPU), and with a distill
         stage one distill step per term on fresh models (discarded), so a layer mistake is
         not found after the teacher and scratch stages have trained."""
-        batch = [t[:2] for t in next(iter(data.val))]  # val: no shuffle, no augmentation draw
+        batch = next(iter(data.val)).rows(2)  # val: no shuffle, no augmentation draw
         student = self.create_model("student", data)
-        _check_classes(student, "student", data, batch[0])
+        _check_classes(student, "student", data, batch.inputs)
         if has_teacher:
             teacher = self.create_model("teacher", data)
-            _check_classes(teacher, "teacher", data, batch[0])
+            _check_classes(teacher, "teacher", data, batch.inputs)
             if "distill" in self.cfg.stages:
                 for name, (term, _) in terms.items():  # each resolves its layer paths
                     _probe_term(teacher, student, name, term, batch)
@@ -126,7 +127,7 @@ class ClassificationTask:
         return Distiller(teacher, student, terms, ce_weight)
 
     def evaluate(self, model: nn.Module, loader, device) -> dict:
-        return evaluate(model, loader, device)
+        return evaluate_classifier(model, loader, device)
 
     def ready_teacher(self, teacher: nn.Module, device) -> nn.Module:
         return teacher.to(device, DTYPES[self.cfg.train.teacher_dtype]).eval()
@@ -134,9 +135,9 @@ class ClassificationTask:
     def open_cache(self, distiller, data: Data, run_dir: Path, quiet: bool) -> str:
         cfg = self.cfg
         _, why = open_cache(
-            cfg.cache, distiller, data.train, augment=data.augment, seed=cfg.seed,
-            epochs=cfg.train.epochs, dtype=cfg.cache_dtype, topk=cfg.cache_topk,
-            path=Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "teacher_cache",
+            cfg.cache.mode, distiller, data.train,
+            epochs=cfg.train.epochs, dtype=cfg.cache.dtype, topk=cfg.cache.topk,
+            path=Path(cfg.cache.dir) if cfg.cache.dir else run_dir / "teacher_cache",
         )
         return why
 
@@ -158,3 +159,27 @@ class ClassificationTask:
     def data_summary(self, data: Data) -> dict:
         return {"num_classes": data.num_classes, **data.counts, "sha256": fingerprint(data)}
 
+    # ---------------------------------------------------------------- a run folder read back
+
+    export_formats = export.FORMATS
+
+    def load_run(self, run_dir: Path, stage: str, trust: Trust = NO_TRUST, data: Data | None = None,
+                 last: bool = False) -> tuple[nn.Module, Data]:
+        """A stage's classifier with its weights, and the run's Data (distill.classifier_run)."""
+        return classifier_run.load_run(run_dir, stage, trust, data, last)
+
+    def evaluate_run(self, target: Path, overrides=(), split: str = "test", trust: Trust = NO_TRUST) -> dict:
+        """Accuracy, top-5, NLL, ECE and agreement with the teacher of the saved models."""
+        return report.evaluate_target(target, overrides, split, device="auto", trust=trust)
+
+    def evaluation_table(self, evaluation: dict):
+        return report.evaluation_table(evaluation)
+
+    def export(self, run_dir: Path, fmt: str, out: Path | None = None, stage: str = "distill",
+               trust: Trust = NO_TRUST) -> dict:
+        """ONNX or TorchScript (checked against torch), or the safetensors weights."""
+        return export.export(run_dir, fmt, out, stage, trust)
+
+    def write_report(self, run_dir: Path, trust: Trust = NO_TRUST) -> Path:
+        """report.md, report.json and PNGs: evaluation, calibration, agreement, cost (distill.report)."""
+        return report.write_report(run_dir, trust=trust)

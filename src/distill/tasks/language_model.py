@@ -7,15 +7,19 @@ from pathlib import Path
 from torch import nn
 
 from ..contracts import Selection
+from ..distiller import Distiller
 from ..errors import DistillError, short
+from ..lm import report as lm_report
+from ..lm import tools as lm_tools
 from ..lm.data import LMData, build_lm_data
-from ..lm.distiller import LMDistiller, check_vocab, evaluate_lm
+from ..lm.distiller import check_vocab, evaluate_lm, lm_distiller
 from ..lm.models import check_head, create_lm, transformers
 from ..lm.offline import open_topk_store
 from ..lm.on_policy import OnPolicy
 from ..lm.tokenizer import load_tokenizer, vocab_digest
 from ..runtime import DTYPES, barrier, is_main
 from ..terms import build_terms
+from ..trust import NO_TRUST, Trust
 
 
 def _model_tokenizer(spec: str):
@@ -58,18 +62,18 @@ class LanguageModelTask:
     def preflight(self, data: LMData, terms: dict, has_teacher: bool) -> None:
         cfg = self.cfg
         on_policy = cfg.lm.on_policy.fraction > 0
-        if on_policy and cfg.cache_topk:
+        if on_policy and cfg.cache.topk:
             raise DistillError("On-policy batches need the online teacher to score the student's "
-                               "samples; set lm.on_policy.fraction=0 or cache_topk=null.")
-        if cfg.cache_topk and cfg.cache not in ("memory", "disk"):
-            raise DistillError(f"cache_topk stores an offline teacher: set cache: disk (or memory); "
-                               f"cache is {short(cfg.cache)}.")
-        if cfg.cache_topk and cfg.lm.shared_vocab:
+                               "samples; set lm.on_policy.fraction=0 or cache.topk=null.")
+        if cfg.cache.topk and cfg.cache.mode not in ("memory", "disk"):
+            raise DistillError(f"cache.topk stores an offline teacher: set cache: disk (or memory); "
+                               f"cache.mode is {short(cfg.cache.mode)}.")
+        if cfg.cache.topk and cfg.lm.shared_vocab:
             raise DistillError("An offline top-k teacher stores probabilities over the teacher's "
                                "whole vocabulary; with lm.shared_vocab use the online teacher "
-                               "(cache_topk=null).")
+                               "(cache.topk=null).")
         temps = {term.T for term, _ in terms.values()}
-        if cfg.cache_topk and len(temps) > 1:
+        if cfg.cache.topk and len(temps) > 1:
             raise DistillError(f"An offline top-k teacher is stored at one temperature; the loss "
                                f"terms use several ({sorted(temps)}). Give them the same T.")
         roles = ["student"] + (["teacher"] if has_teacher else [])
@@ -109,16 +113,14 @@ class LanguageModelTask:
         config = model.config
         return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
-    def distiller(self, teacher, student, terms: dict, ce_weight: float) -> LMDistiller:
-        cfg = self.cfg
-        distiller = LMDistiller(teacher, student, terms, ce_weight, cfg.lm.shared_vocab, cfg.lm.chunk)
-        policy = cfg.lm.on_policy
+    def distiller(self, teacher, student, terms: dict, ce_weight: float) -> Distiller:
+        cfg, policy, sampler = self.cfg, self.cfg.lm.on_policy, None
         if terms and policy.fraction > 0:
             tok = self.tokenizer
-            distiller.on_policy = OnPolicy(policy.fraction, policy.temperature, policy.max_new_tokens,
-                                           policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed,
-                                           max_positions=self._positions(student))
-        return distiller
+            sampler = OnPolicy(policy.fraction, policy.temperature, policy.max_new_tokens,
+                               policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed,
+                               max_positions=self._positions(student))
+        return lm_distiller(teacher, student, terms, ce_weight, cfg.lm.shared_vocab, cfg.lm.chunk, sampler)
 
     def evaluate(self, model: nn.Module, loader, device) -> dict:
         return evaluate_lm(model, loader, device, self.cfg.lm.chunk)
@@ -126,23 +128,23 @@ class LanguageModelTask:
     def ready_teacher(self, teacher: nn.Module, device) -> nn.Module:
         return teacher.to(device, DTYPES[self.cfg.train.teacher_dtype]).eval()
 
-    def open_cache(self, distiller: LMDistiller, data: LMData, run_dir: Path, quiet: bool) -> str:
-        """With cache_topk: store the teacher's top-k once, then train without the teacher.
+    def open_cache(self, distiller: Distiller, data: LMData, run_dir: Path, quiet: bool) -> str:
+        """With cache.topk: store the teacher's top-k once, then train without the teacher.
         Otherwise off: a full-vocabulary cache would take 4V bytes per token."""
         cfg = self.cfg
-        if not cfg.cache_topk:
-            return "off: language models use an offline teacher only with cache_topk (top-k per token)"
+        if not cfg.cache.topk:
+            return "off: language models use an offline teacher only with cache.topk (top-k per token)"
         T = next(iter(distiller.terms.values())).T
         device = next(distiller.student.parameters()).device
-        path = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "teacher_cache"
+        path = Path(cfg.cache.dir) if cfg.cache.dir else run_dir / "teacher_cache"
         for builder in (True, False):  # under torchrun, rank 0 builds a disk store, then the rest reuse it
-            if is_main() == builder or cfg.cache == "memory":
-                store, why = open_topk_store(distiller.teacher, data.train, k=cfg.cache_topk, T=T,
-                                             storage=cfg.cache, path=path, device=device, quiet=quiet)
-            if cfg.cache == "memory":
+            if is_main() == builder or cfg.cache.mode == "memory":
+                store, why = open_topk_store(distiller.teacher, data.train, k=cfg.cache.topk, T=T,
+                                             storage=cfg.cache.mode, path=path, device=device, quiet=quiet)
+            if cfg.cache.mode == "memory":
                 break
             barrier()
-        distiller.attach_cache(store)
+        distiller.attach_source(store)
         distiller.drop_teacher()  # the student trains from the store alone
         return why
 
@@ -159,3 +161,28 @@ class LanguageModelTask:
     def data_summary(self, data: LMData) -> dict:
         return {"tokenizer": data.tokenizer.name, **data.counts}
 
+    # ---------------------------------------------------------------- a run folder read back
+
+    export_formats = lm_tools.FORMATS
+
+    def load_run(self, run_dir: Path, stage: str, trust: Trust = NO_TRUST, data: LMData | None = None,
+                 last: bool = False) -> tuple[nn.Module, LMData]:
+        """A stage's causal LM with its weights, and the run's LMData (distill.lm.tools)."""
+        return lm_tools.load_run(run_dir, stage, trust, data, last)
+
+    def evaluate_run(self, target: Path, overrides=(), split: str = "test", trust: Trust = NO_TRUST) -> dict:
+        """Perplexity, NLL and next-token accuracy of the saved models (no data overrides)."""
+        return lm_tools.evaluate_run(target, overrides, split, trust)
+
+    def evaluation_table(self, evaluation: dict):
+        return lm_tools.evaluation_table(evaluation)
+
+    def export(self, run_dir: Path, fmt: str, out: Path | None = None, stage: str = "distill",
+               trust: Trust = NO_TRUST) -> dict:
+        """A Hugging Face folder, loaded back by transformers and checked against the logits."""
+        return lm_tools.export(run_dir, fmt, out, stage, trust)
+
+    def write_report(self, run_dir: Path, trust: Trust = NO_TRUST) -> Path:
+        """report.md and curves.png from summary.json and metrics.jsonl (distill.lm.report):
+        nothing is rebuilt, so no code is imported and `trust` is not needed."""
+        return lm_report.write_report(run_dir)

@@ -1,0 +1,94 @@
+"""Reading a finished run folder back, whatever its task: its config (checked for code before
+anything is built), summary and metrics, and which weights files it holds.
+
+What is task-specific — rebuilding a stage's model and data — is each Task's `load_run`
+(classifiers: distill.classifier_run; language models: distill.lm.tools); `eval`, `export`,
+`report` and `--seeds` reach it through `distill.tasks.task_of_run`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .config import RunConfig, load_config
+from .errors import DistillError
+from .io import read_lines
+from .trust import NO_TRUST, Trust, require_trust
+
+STAGES = ("teacher", "scratch", "distill")
+KEYS = ("best", "last")  # the validation-selected weights (<stage>.safetensors) and the last epoch's
+
+
+def run_config(run_dir: str | Path, overrides: Sequence[str] = (), trust: Trust = NO_TRUST) -> RunConfig:
+    """config.yaml of a run folder plus `overrides`; a config naming code is refused unless
+    `trust.code` (distill.trust), before anything is built."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DistillError(f"'{run_dir}' has no config.yaml; give a run folder written by `distill run`.")
+    cfg = load_config(path, list(overrides))
+    require_trust(cfg, run_dir, trust.code)
+    return cfg
+
+
+def read_run(run_dir: str | Path) -> tuple[RunConfig, dict, list[dict]]:
+    """(config, summary, metrics.jsonl rows) of a finished run folder."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "summary.json"):
+        if not (run_dir / name).is_file():
+            raise DistillError(
+                f"'{run_dir}' has no {name}, so it is not a finished run folder. "
+                "Give the folder `distill run` wrote (it holds config.yaml and summary.json)."
+            )
+    cfg = load_config(run_dir / "config.yaml")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_lines(run_dir / "metrics.jsonl")  # without a torn last line (a kill or a full disk mid-append)
+    return cfg, summary, rows
+
+
+def weights_file(run_dir: str | Path, stage: str, last: bool = False) -> Path | None:
+    """RUN_DIR/<stage>[-last].safetensors, or None when the run saved no such weights."""
+    path = Path(run_dir) / f"{stage}{'-last' if last else ''}.safetensors"
+    return path if path.is_file() else None
+
+
+def eval_target(target: str | Path) -> tuple[Path, tuple[str, str] | None]:
+    """(run folder, None) for a run folder; (its folder, (stage, "best"|"last")) for one of its
+    teacher/scratch/distill[-last].safetensors files."""
+    target = Path(target)
+    if target.is_dir():
+        return target, None
+    if not target.is_file():
+        raise DistillError(f"'{target}' is neither a run folder nor a weights file.")
+    stem = target.name.removesuffix(".safetensors")
+    stage, key = (stem.removesuffix("-last"), "last") if stem.endswith("-last") else (stem, "best")
+    if stage not in STAGES or not (target.parent / "config.yaml").is_file():
+        raise DistillError(
+            f"Cannot tell which model '{target.name}' holds. Give a run folder, or one of its "
+            "teacher/scratch/distill[-last].safetensors files (its config.yaml must sit beside it)."
+        )
+    return target.parent, (stage, key)
+
+
+def saved_models(run_dir: Path, only: tuple[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """(stage, "best"|"last") of every weights file the run saved, in stage order; `only`
+    restricts it to one."""
+    for stage in STAGES:
+        for key in KEYS:
+            if (only is None or only == (stage, key)) and weights_file(run_dir, stage, key == "last"):
+                yield stage, key
+
+
+def config_of(path: str | Path) -> Path:
+    """The config.yaml that describes `path`: a run folder's own, or the one beside a weights file."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if not path.exists():
+        raise DistillError(f"'{path}' is neither a run folder nor a weights file.")
+    if not (folder / "config.yaml").is_file():
+        raise DistillError(
+            f"'{folder}' has no config.yaml, so it holds no run of `distill run`. Give a run folder "
+            "it wrote, or one of its <stage>.safetensors files."
+        )
+    return folder / "config.yaml"
