@@ -87,8 +87,9 @@ def config_of(path: str | Path) -> Path:
     if not path.exists():
         raise DistillError(f"'{path}' is neither a run folder nor a weights file.")
     if not (folder / "config.yaml").is_file():
+        seeds = " It holds --seeds runs: give one of its seed-<k>/ folders." if any(folder.glob("seed-*/config.yaml")) else ""
         raise DistillError(
             f"'{folder}' has no config.yaml, so it holds no run of `distill run`. Give a run folder "
-            "it wrote, or one of its <stage>.safetensors files."
+            f"it wrote, or one of its <stage>.safetensors files.{seeds}"
         )
     return folder / "config.yaml"
