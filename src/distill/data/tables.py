@@ -77,6 +77,27 @@ def read_npz(path):
     return x, y, x_test, y_test
 
 
+def _feature(text: str, where: str, layout: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DistillError(f"{where}: {short(text)} is not a number. {layout}.") from None
+    if not math.isfinite(value):
+        raise DistillError(f"{where}: {short(text)} is not a finite number (NaN and Inf train "
+                           "nothing but NaN). Fill in or drop the missing values.")
+    return value
+
+
+def _label(text: str, where: str, layout: str) -> int:
+    try:
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError
+    except ValueError:
+        raise DistillError(f"{where}: {short(text)} is not an integer class label. {layout}.") from None
+    return int(value)
+
+
 def read_csv(path, label_column: str = "label", delimiter: str = ","):
     """Read a CSV with a header row: numeric feature columns plus an integer label column.
 
@@ -110,36 +131,13 @@ def read_csv(path, label_column: str = "label", delimiter: str = ","):
     for row in reader:
         if not row or all(not c.strip() for c in row):
             continue
-        line = reader.line_num
         if len(row) != len(header):
             raise DistillError(
-                f"'{p}' line {line} has {len(row)} fields but the header has {len(header)}."
+                f"'{p}' line {reader.line_num} has {len(row)} fields but the header has {len(header)}."
             )
-        vals = []
-        for i in feat:
-            try:
-                vals.append(float(row[i]))
-                if not math.isfinite(vals[-1]):
-                    raise DistillError(
-                        f"'{p}' line {line}, column '{header[i]}': {short(row[i])} is not a finite number "
-                        "(NaN and Inf train nothing but NaN). Fill in or drop the missing values."
-                    )
-            except ValueError:
-                raise DistillError(
-                    f"'{p}' line {line}, column '{header[i]}': {short(row[i])} is not a number. "
-                    f"{layout}."
-                ) from None
-        try:
-            lab = float(row[li])
-            if not lab.is_integer():
-                raise ValueError
-        except ValueError:
-            raise DistillError(
-                f"'{p}' line {line}, column '{label_column}': {short(row[li])} is not an integer "
-                f"class label. {layout}."
-            ) from None
-        rows.append(vals)
-        labels.append(int(lab))
+        where = f"'{p}' line {reader.line_num}"
+        rows.append([_feature(row[i], f"{where}, column '{header[i]}'", layout) for i in feat])
+        labels.append(_label(row[li], f"{where}, column '{label_column}'", layout))
     if not rows:
         raise DistillError(f"The dataset is empty: '{p}' has a header but no data rows.")
     x = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(feat))
