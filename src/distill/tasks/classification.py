@@ -14,15 +14,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import classifier_run, export, report
 from ..cache import open_cache
+from ..classifier_run import load_run as load_classifier_run
 from ..contracts import Selection
 from ..data import Data, build_data, fingerprint
 from ..distiller import Distiller
 from ..errors import DistillError
+from ..export import FORMATS
+from ..export import export as export_classifier
 from ..metrics import evaluate_classifier
 from ..models import create_model
 from ..models.outputs import logits_of
+from ..report import evaluate_target, evaluation_table
+from ..report import write_report as write_classifier_report
 from ..runtime import DTYPES
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
@@ -161,25 +165,25 @@ class ClassificationTask:
 
     # ---------------------------------------------------------------- a run folder read back
 
-    export_formats = export.FORMATS
+    export_formats = FORMATS
 
     def load_run(self, run_dir: Path, stage: str, trust: Trust = NO_TRUST, data: Data | None = None,
                  last: bool = False) -> tuple[nn.Module, Data]:
         """A stage's classifier with its weights, and the run's Data (distill.classifier_run)."""
-        return classifier_run.load_run(run_dir, stage, trust, data, last)
+        return load_classifier_run(run_dir, stage, trust, data, last)
 
     def evaluate_run(self, target: Path, overrides=(), split: str = "test", trust: Trust = NO_TRUST) -> dict:
         """Accuracy, top-5, NLL, ECE and agreement with the teacher of the saved models."""
-        return report.evaluate_target(target, overrides, split, device="auto", trust=trust)
+        return evaluate_target(target, overrides, split, device="auto", trust=trust)
 
     def evaluation_table(self, evaluation: dict):
-        return report.evaluation_table(evaluation)
+        return evaluation_table(evaluation)
 
     def export(self, run_dir: Path, fmt: str, out: Path | None = None, stage: str = "distill",
                trust: Trust = NO_TRUST) -> dict:
         """ONNX or TorchScript (checked against torch), or the safetensors weights."""
-        return export.export(run_dir, fmt, out, stage, trust)
+        return export_classifier(run_dir, fmt, out, stage, trust)
 
     def write_report(self, run_dir: Path, trust: Trust = NO_TRUST) -> Path:
         """report.md, report.json and PNGs: evaluation, calibration, agreement, cost (distill.report)."""
-        return report.write_report(run_dir, trust=trust)
+        return write_classifier_report(run_dir, trust=trust)
