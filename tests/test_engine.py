@@ -286,3 +286,27 @@ def test_channels_last_trains_the_same_model_closely():
     # 2 epochs of Adam they stay ~3e-8 here; 1e-4 leaves room for other CPUs and Adam's growth
     for a, b in zip(plain.parameters(), nhwc.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_deferred_finite_check_names_the_first_bad_step():
+    """On an accelerator the loss is checked every CHECK_EVERY steps (a host sync); the error
+    still names the step where the loss first went bad, and says where it was found."""
+    from distill.contracts import Batch, StepOutput
+    from distill.engine import FiniteWatch, NonFiniteLoss
+
+    distiller = Distiller(None, nn.Linear(2, 2))
+    watch = FiniteWatch(distiller, torch.device("cpu"), every=4)
+    batch = Batch(torch.ones(3, 2), torch.zeros(3, dtype=torch.long))
+    good = StepOutput(torch.tensor(1.0), {"ce": torch.tensor(1.0)}, torch.tensor(3.0), torch.tensor(0.0))
+    bad = StepOutput(torch.tensor(float("nan")), {"ce": torch.tensor(float("nan"))}, torch.tensor(3.0),
+                     torch.tensor(0.0), torch.full((3, 2), float("nan")))
+    for step, out in enumerate([good, bad, good]):
+        watch.observe(out, 0, step, batch)  # no raise: nothing is read on the host yet
+        watch.check(out, 0, step, batch)
+    watch.observe(bad, 0, 3, batch)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2 \(found at the check after step 4\).*'ce'"):
+        watch.check(bad, 0, 3, batch)
+    eager = FiniteWatch(distiller, torch.device("cpu"))
+    assert eager.every == 1
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2: term"):
+        eager.observe(bad, 0, 1, batch)

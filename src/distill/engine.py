@@ -103,11 +103,12 @@ class NonFiniteLoss(DistillError):
 
 class FiniteWatch:
     """Stops training at the first non-finite loss, syncing with the host only every `every`
-    steps (1 on the CPU: then before the backward pass of the bad step)."""
+    steps (1 on the CPU: then before the backward pass of the bad step). The stop flag is read
+    on the same steps."""
 
-    def __init__(self, distiller: Distiller, device: torch.device):
+    def __init__(self, distiller: Distiller, device: torch.device, every: int | None = None):
         self.distiller = distiller
-        self.every = 1 if device.type == "cpu" else CHECK_EVERY
+        self.every = every or (1 if device.type == "cpu" else CHECK_EVERY)
         self.first_bad = torch.tensor(-1, device=device)  # the first bad step of this epoch
 
     def observe(self, out: StepOutput, epoch: int, step: int, batch: Batch) -> None:
@@ -256,7 +257,6 @@ def train_epoch(distiller: Distiller, t: Training, train_loader, cfg, device, ep
     state = t.state
     sums = EpochSums(state.partial, state.step, t.optimizer.param_groups[0]["lr"], device)
     watch = FiniteWatch(distiller, device)
-    every = 1 if device.type == "cpu" else CHECK_EVERY
     out = batch = None
     for step, item in enumerate(train_loader):
         if step < state.step:  # resuming mid-epoch: these steps were done before the stop
@@ -277,7 +277,7 @@ def train_epoch(distiller: Distiller, t: Training, train_loader, cfg, device, ep
         if on_step is not None:
             on_step({"loss": out.loss})
         watch.check(out, epoch, step, batch)
-        if (step + 1) % every == 0 and stop_requested():
+        if (step + 1) % watch.every == 0 and stop_requested():  # the stop flag: a sync under DDP
             watch.check(out, epoch, step, batch, force=True)
             state.step, state.partial = step + 1, sums.partial()
             save()
