@@ -358,7 +358,7 @@ def test_the_cache_keys_the_view_the_loader_drew():
     batch = next(iter(ld))
     assert torch.equal(batch.view, augment.view_id(augment.draw(SEED, 0, batch.index)))
     cache.targets(batch)
-    assert bool(cache.filled[batch.index, batch.view].all()) and int(cache.filled.sum()) == len(batch)
+    assert bool(cache.filled[cache.keys(batch.index, batch.view)].all()) and int(cache.filled.sum()) == len(batch)
 
 
 def test_checkpoints_record_the_cache_they_used(tmp_path):

@@ -99,7 +99,7 @@ class TeacherCache:
         self.layers = [k for k in shapes if k != "logits"]
         self.meta = json.loads(json.dumps({
             **meta, "format": FORMAT, "distill": __version__, "num_samples": self.num_samples,
-            "num_views": self.num_views, "dtype": dtype, "topk": self.topk,
+            "num_views": self.num_views, "dtype": dtype, "topk": self.topk, "layout": "entries",
             "shapes": {k: list(v) for k, v in shapes.items()},
         }))
         self.specs = self._specs(shapes)
@@ -116,7 +116,7 @@ class TeacherCache:
                     f"({self.num_samples} samples x {self.num_views} views); the budget is "
                     f"{format_bytes(budget)}. Use cache: disk, cache_dtype: fp16, fewer views, or cache: off."
                 )
-            shape, device = (self.num_samples, self.num_views), device or "cpu"
+            shape, device = (self.num_samples * self.num_views,), device or "cpu"
             self.filled = torch.zeros(shape, dtype=torch.bool, device=device)
             self.arrays = {k: torch.zeros(shape + s, dtype=d, device=device) for k, (s, d) in self.specs.items()}
         else:
@@ -141,7 +141,7 @@ class TeacherCache:
 
     def _open_disk(self, rebuild: bool) -> None:
         specs = {"filled": ((), torch.bool), **self.specs}
-        arrays, self._maps = open_arrays(self.path, self.meta, specs, (self.num_samples, self.num_views),
+        arrays, self._maps = open_arrays(self.path, self.meta, specs, (self.num_samples * self.num_views,),
                                          self.nbytes, rebuild)
         self.filled = arrays.pop("filled")
         self.arrays = arrays
@@ -174,11 +174,19 @@ class TeacherCache:
             return torch.zeros(len(index), dtype=torch.long, device=index.device)
         return self.augment.view_id(self.augment.draw(self.seed, self.epoch, index)).long()
 
-    def put(self, index: torch.Tensor, view: torch.Tensor, logits: torch.Tensor,
-            features: dict[str, torch.Tensor]) -> None:
-        """Store outputs for entries (index, view); the filled bits are set last."""
+    def keys(self, index: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
+        """The entry ids of (index, view) pairs, on the store's device: entries are stored flat,
+        index * num_views + view, so a lookup is one row gather. `view` None: re-derived."""
+        index = index.detach().to(self.filled.device, torch.long)
+        if self.num_views == 1:
+            return index
+        view = self.views(index) if view is None else view.detach().to(index.device, torch.long)
+        return index * self.num_views + view
+
+    def put(self, keys: torch.Tensor, logits: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
+        """Store outputs for entries `keys`; the filled bits are set last."""
         where = self.filled.device
-        index, view = index.to(where), view.to(where)
+        keys = keys.to(where)
         values: dict[str, torch.Tensor] = {f"feature:{k}": features[k] for k in self.layers}
         if self.topk:
             z = logits.float()
@@ -193,21 +201,18 @@ class TeacherCache:
                     (stored.isinf() & v.detach().to(where).isfinite()).any()):
                 raise DistillError(f"Teacher output '{name}' exceeds fp16's range (65504); "
                                    "use cache_dtype: fp32.")
-            self.arrays[name][index, view] = stored
-        self.filled[index, view] = True
+            self.arrays[name][keys] = stored
+        self.filled[keys] = True
 
-    def get(self, index: torch.Tensor, view: torch.Tensor, device) -> Outputs:
-        """Stored outputs of entries (index, view), as fp32 on `device`."""
-        where = self.filled.device
-        index, view = index.to(where), view.to(where)
+    def get(self, keys: torch.Tensor, device) -> Outputs:
+        """Stored outputs of entries `keys` (on the store's device), as fp32 on `device`."""
         a = self.arrays
         if self.topk:
-            logits = topk_logits(a["logits.values"][index, view].float(),
-                                 a["logits.indices"][index, view].long(),
-                                 a["logits.lse"][index, view], self.num_classes)
+            logits = topk_logits(a["logits.values"][keys].float(), a["logits.indices"][keys].long(),
+                                 a["logits.lse"][keys], self.num_classes)
         else:
-            logits = a["logits"][index, view]
-        features = {k: a[f"feature:{k}"][index, view].to(device, torch.float32) for k in self.layers}
+            logits = a["logits"].index_select(0, keys)
+        features = {k: a[f"feature:{k}"].index_select(0, keys).to(device, torch.float32) for k in self.layers}
         return Outputs(logits.to(device, torch.float32), features)
 
     def lookup(self, inputs: torch.Tensor, index: torch.Tensor, compute,
@@ -215,15 +220,13 @@ class TeacherCache:
         """Teacher outputs for a training batch: hits come from the store, misses run
         `compute(x) -> Outputs` on their rows of `inputs` and are stored. `view`: each row's
         view id as the loader drew it (None: re-derived from the index; 0 without augmentation)."""
-        device, where = inputs.device, self.filled.device
-        index = index.detach().to(where, torch.long)
-        view = self.views(index) if view is None else view.detach().to(where, torch.long)
+        device, keys = inputs.device, self.keys(index, view)
         # every entry is in (checked per epoch; under DDP every process holds the same entries,
         # `_share`): no miss check, no host sync
         if self.complete:
-            self.hits += len(index)
-            return self.get(index, view, device)
-        hit = self.filled[index, view]
+            self.hits += len(keys)
+            return self.get(keys, device)
+        hit = self.filled[keys]
         miss = ~hit
         m = int(miss.sum())
         new = None
@@ -234,24 +237,24 @@ class TeacherCache:
             x = inputs if bool(rows.all()) else inputs[rows.to(device)]
             out = compute(x)
             keep = miss[rows].to(device)
-            new = (index[miss], view[miss], out.logits[keep], {k: v[keep] for k, v in out.features.items()})
+            new = (keys[miss], out.logits[keep], {k: v[keep] for k, v in out.features.items()})
             self.put(*new)
             self.padded += int(rows.sum()) - m
         if distributed():
             self._share(new)
         self.misses += m
-        self.hits += len(index) - m
+        self.hits += len(keys) - m
         # Hits and misses alike are read back from the store, so a (sample, view) gets the same
         # target on first use as later (this matters for fp16 / top-k; fp32 is bit-exact).
-        return self.get(index, view, device)
+        return self.get(keys, device)
 
     def _share(self, new) -> None:
         """Under DDP each process computes the teacher on its own shard only; exchanging the
         new entries every step gives every process the whole cache, so no (sample, view) is
         ever computed twice across processes."""
         if new is not None:
-            index, view, logits, features = new
-            new = (index, view, logits.cpu(), {k: v.cpu() for k, v in features.items()})
+            keys, logits, features = new
+            new = (keys.cpu(), logits.cpu(), {k: v.cpu() for k, v in features.items()})
         for r, entry in enumerate(all_gather_objects(new)):
             if entry is not None and r != rank():
                 self.put(*entry)
@@ -262,8 +265,9 @@ class TeacherCache:
         re-created with `augment.params_for_view`; without augmentation the loader's own
         (epoch-independent) transform is applied."""
         device = loader.x.device
+        by_view = self.filled.view(self.num_samples, self.num_views)
         for v in range(self.num_views):
-            todo = (~self.filled[:, v]).nonzero().flatten()
+            todo = (~by_view[:, v]).nonzero().flatten()
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
                 x = loader.x[idx.to(device)]
@@ -272,7 +276,7 @@ class TeacherCache:
                 elif loader.transform is not None:
                     x = loader.transform(x, 0, idx.to(device))
                 out = compute(x)
-                self.put(idx, torch.full_like(idx, v), out.logits, out.features)
+                self.put(self.keys(idx, torch.full_like(idx, v)), out.logits, out.features)
         self.flush()
         self.complete = bool(self.filled.all())
 

@@ -165,6 +165,9 @@ def accumulate_step(model, distiller: Distiller, batch: Batch, cfg, scaler, devi
                 out = model(micro)
             watch.observe(out, epoch, step, micro)
             scaler.scale(out.loss * shares[i]).backward()
+        if parts == 1:  # the batch's own means (a loop over one micro-batch adds nothing)
+            return StepOutput(out.loss.detach().float(), {k: v.detach().float() for k, v in out.terms.items()},
+                              out.counted.detach(), out.correct.detach(), out.logits)
         loss = loss + out.loss.detach().float() * local_shares[i]
         for name, value in out.terms.items():
             terms[name] = terms.get(name, 0.0) + value.detach().float() * local_shares[i]

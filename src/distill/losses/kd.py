@@ -62,7 +62,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     p_t = F.softmax(teacher_logits / T, dim=-1)
     log_p_s = F.log_softmax(student_logits / T, dim=-1)
     terms = p_t * (p_t.log() - log_p_s)
-    terms = torch.where(p_t > 0, terms, torch.zeros_like(terms))
+    terms = torch.where(p_t > 0, terms, 0.0)
     return torch.sum(terms) / log_p_s.size(0) * (T**2)
 
 
