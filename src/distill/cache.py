@@ -11,8 +11,10 @@ precompute every view. Draws that cannot be replayed (Cutout: num_views None, or
 refused: the cache would have to key on (seed, epoch, index) and would never hit.
 
 Storage: tensors on the teacher's device (`memory`; once every entry is filled, a lookup is
-one gather there, with no host sync: the check runs once per epoch) or .npy memmaps under a directory (`disk`; sparse files, only
-filled pages use space; the directory can be reused by a later run), plus a filled bitmap.
+one gather there, with no host sync: the check runs once per epoch), or .npy memmaps under a
+directory (`disk`; sparse files, only filled pages use space; the directory can be reused by a
+later run; being on the host, its lookups copy the keys there and the targets back), plus a
+filled bitmap. Entries are stored flat, entry id = index * num_views + view.
 `fp32` stores the outputs bit for bit; `fp16` halves the bytes (values must fit fp16's range);
 `topk=k` keeps only the k largest logits, their class indices and the log-partition
 L = logsumexp(z), and rebuilds the logits as
