@@ -114,17 +114,17 @@ def test_unwritable_output_folder(tmp_path, capsys):
 
 
 def test_full_disk_mid_run_keeps_earlier_files(tmp_path, monkeypatch, capsys):
-    import distill.stages
+    import distill.run_files
 
     out = tmp_path / "run"
-    real = distill.stages.save_weights
+    real = distill.run_files.save_weights
 
     def full(module, path):
         if "scratch" in Path(path).name:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(module, path)
 
-    monkeypatch.setattr(distill.stages, "save_weights", full)
+    monkeypatch.setattr(distill.run_files, "save_weights", full)
     assert main(["run", "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err

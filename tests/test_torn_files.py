@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 
 import distill.checkpoint
 import distill.io
-import distill.stages
+import distill.run_files
 from distill.cli import main
 from distill.io import WriteFailed, append_line, read_lines
 from full_disk import RESUME, TINY, interrupted
@@ -89,7 +89,7 @@ def _append_full(path, line):
 @pytest.mark.parametrize(("target", "name", "fake"), [
     (distill.checkpoint, "save_file", _safetensors_full),
     (distill.checkpoint.torch, "save", _torch_full),
-    (distill.stages, "append_line", _append_full),
+    (distill.run_files, "append_line", _append_full),
 ])
 def test_a_full_disk_is_one_paragraph_and_resumable(target, name, fake, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
