@@ -353,6 +353,20 @@ TINY = [
 ]
 
 
+def test_runs_keep_the_epoch_with_the_lowest_validation_perplexity(tmp_path):
+    """The task's Selection (ppl, lower is better) picks each stage's epoch, not accuracy."""
+    out = tmp_path / "run"
+    assert main(["run", *TINY, f"data.path={_text(tmp_path)}", "train.epochs=4", "train.lr=0.05",
+                 "stages=[teacher,scratch]", "teacher.train.epochs=4", "--out", str(out), "--quiet",
+                 "--no-report"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for stage in ("teacher", "scratch"):
+        ppl = [m["val_ppl"] for m in metrics if m["stage"] == stage]
+        best = summary["stages"][stage]["best_epoch"]
+        assert ppl[best - 1] == min(ppl) == pytest.approx(summary["stages"][stage]["val_ppl"])
+
+
 def test_end_to_end_run(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["run", *TINY, f"data.path={_text(tmp_path)}", "train.accumulate=2",
