@@ -310,3 +310,10 @@ def test_deferred_finite_check_names_the_first_bad_step():
     assert eager.every == 1
     with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2: term"):
         eager.observe(bad, 0, 1, batch)
+
+
+def test_the_teacher_is_dropped_only_behind_a_stored_source():
+    distiller = Distiller(nn.Linear(2, 2), nn.Linear(2, 2), {"kd": (KD(), 1.0)})
+    with pytest.raises(ValueError, match="attach_source"):
+        distiller.drop_teacher()  # the live teacher is the source: nothing would give targets
+    assert distiller.teacher is not None and distiller.source is distiller.live

@@ -112,7 +112,10 @@ class Distiller(nn.Module):
 
     def drop_teacher(self) -> None:
         """Free the teacher once every target it would give comes from the attached source."""
+        if self.source is None or self.source is self.live:
+            raise ValueError("drop_teacher needs a stored teacher source attached first (attach_source)")
         self.__dict__["teacher"] = None
+        self.live = None  # it held the teacher too
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device) / .double() move the teacher along with the registered modules.
