@@ -116,14 +116,14 @@ class TeacherCache:
                 raise DistillError(
                     f"The teacher cache would need {format_bytes(self.nbytes)} of memory "
                     f"({self.num_samples} samples x {self.num_views} views); the budget is "
-                    f"{format_bytes(budget)}. Use cache: disk, cache_dtype: fp16, fewer views, or cache: off."
+                    f"{format_bytes(budget)}. Use cache: disk, cache.dtype: fp16, fewer views, or cache: off."
                 )
             shape, device = (self.num_samples * self.num_views,), device or "cpu"
             self.filled = torch.zeros(shape, dtype=torch.bool, device=device)
             self.arrays = {k: torch.zeros(shape + s, dtype=d, device=device) for k, (s, d) in self.specs.items()}
         else:
             if path is None:
-                raise DistillError("cache: disk needs a directory (cache_dir).")
+                raise DistillError("cache: disk needs a directory (cache.dir).")
             self.path = Path(path)
             self._open_disk(rebuild)
 
@@ -202,7 +202,7 @@ class TeacherCache:
             if self.dtype == "fp16" and stored.is_floating_point() and bool(
                     (stored.isinf() & v.detach().to(where).isfinite()).any()):
                 raise DistillError(f"Teacher output '{name}' exceeds fp16's range (65504); "
-                                   "use cache_dtype: fp32.")
+                                   "use cache.dtype: fp32.")
             self.arrays[name][keys] = stored
         self.filled[keys] = True
 

@@ -85,7 +85,7 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
     ok = old == meta and all(f.is_file() for f in files.values())
     # only a folder with distill's marker is ever rebuilt (run_folder); an unmarked cache of
     # this very version and fingerprint is adopted, anything else unmarked is the user's
-    if claim(path, "cache", "cache_dir", adopt=ok) and ok:
+    if claim(path, "cache", "cache.dir", adopt=ok) and ok:
         record_files(path, [meta_file.name, *(f.name for f in files.values())])
     if old is not None and not ok:
         diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
@@ -93,7 +93,7 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
             raise DistillError(
                 f"The teacher cache in '{path}' was built for a different "
                 f"{', '.join(diff) or 'layout (files missing)'}; reusing it would train on "
-                "stale targets. Delete the directory, point cache_dir elsewhere, or allow a rebuild."
+                "stale targets. Delete the directory, point cache.dir elsewhere, or allow a rebuild."
             )
         warnings.warn(f"teacher cache in '{path}' is stale ({', '.join(diff)}): rebuilding",
                       stacklevel=4)
@@ -101,8 +101,8 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
         delete_owned_files(path)  # only files the marker lists: never a file of the user's
         theirs = [f.name for f in (meta_file, *files.values()) if f.exists()]
         if theirs:
-            raise DistillError(f"cache_dir '{path}' holds {', '.join(theirs)}, which distill did "
-                               "not write; move them away or point cache_dir elsewhere.")
+            raise DistillError(f"cache.dir '{path}' holds {', '.join(theirs)}, which distill did "
+                               "not write; move them away or point cache.dir elsewhere.")
         record_files(path, [meta_file.name, *(f.name for f in files.values())])
         free = shutil.disk_usage(path).free
         if nbytes > free:

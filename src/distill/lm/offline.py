@@ -11,7 +11,7 @@ That is exact for the coarsened distributions and a lower bound of the full dive
 The store lives in a folder (`cache: disk`, reusable by later runs) or in memory. Its
 meta.json records the teacher's weights hash, the data's hash, k and T; a store built for
 anything else is rebuilt or refused, as for the classifier cache (distill.cache.open_arrays).
-Build one with `open_topk_store` (done by `distill run` when `cache_topk` is set).
+Build one with `open_topk_store` (done by `distill run` when `cache.topk` is set).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TopKStore:
         self.storage = storage
         if storage == "disk":
             if path is None:
-                raise DistillError("cache: disk needs a directory (cache_dir).")
+                raise DistillError("cache: disk needs a directory (cache.dir).")
             self.path = Path(path)
             arrays, self._maps = open_arrays(self.path, self.meta, specs, (rows,), nbytes, rebuild)
         else:
@@ -79,7 +79,7 @@ class TopKStore:
         index = index.cpu()
         if not self.complete and not bool(self.filled[index].all()):
             raise DistillError("The offline teacher store lacks rows of this batch; rebuild it "
-                               "(delete cache_dir) with the teacher available.")
+                               "(delete cache.dir) with the teacher available.")
         target = target.cpu()
         return (self.logp[index][target].to(device, torch.float32),
                 self.ids[index][target].to(device, torch.long))
@@ -126,7 +126,7 @@ def open_topk_store(teacher, loader, *, k: int, T: float, storage: str, path, de
         raise DistillError(f"An offline top-k teacher needs cache: memory or disk; got {short(storage)}.")
     vocab = int(teacher.get_output_embeddings().weight.shape[0])
     if not 0 < k < vocab:
-        raise DistillError(f"cache_topk must be between 1 and the vocabulary size - 1 ({vocab - 1}); got {k}.")
+        raise DistillError(f"cache.topk must be between 1 and the vocabulary size - 1 ({vocab - 1}); got {k}.")
     meta = {"teacher_sha256": teacher_hash(teacher), "data_sha256": data_hash(loader.x),
             "data_shape": list(loader.x.shape)}
     rows, length = loader.x.shape
