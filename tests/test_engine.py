@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill import KD, Distiller, evaluate, fit
+from distill import KD, Distiller, Selection, evaluate, fit
 from distill.config import TrainConfig
 from distill.distiller import ce_loss
 from distill.engine import build_optimizer, lr_factor
+from distill.errors import DistillError
 
 # ---------------------------------------------------------------- lr_factor
 
@@ -304,8 +305,9 @@ def test_deferred_finite_check_names_the_first_bad_step():
         watch.observe(out, 0, step, batch)  # no raise: nothing is read on the host yet
         watch.check(out, 0, step, batch)
     watch.observe(bad, 0, 3, batch)
-    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2 \(found at the check after step 4\).*'ce'"):
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2 \(found at the check after step 4.*'ce'") as e:
         watch.check(bad, 0, 3, batch)
+    assert "diverged" in str(e.value) and "inputs contain" not in str(e.value)  # no diagnosis of another batch
     eager = FiniteWatch(distiller, torch.device("cpu"))
     assert eager.every == 1
     with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2: term"):
@@ -317,3 +319,56 @@ def test_the_teacher_is_dropped_only_behind_a_stored_source():
     with pytest.raises(ValueError, match="attach_source"):
         distiller.drop_teacher()  # the live teacher is the source: nothing would give targets
     assert distiller.teacher is not None and distiller.source is distiller.live
+
+
+def test_an_empty_share_of_a_batch_is_a_zero_step_reaching_every_parameter():
+    """Under torchrun a process can get no rows of a small last batch: its step must report the
+    same terms as the others and a zero loss whose backward reaches every parameter (DDP)."""
+    from distill.contracts import Batch
+    from distill.losses.fitnet import FitNet
+
+    teacher, student = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    d = Distiller(teacher, student, {"kd": (KD(), 1.0), "hint": (FitNet("0", "0"), 1.0)}, ce_weight=0.5)
+    x, y = torch.randn(4, 4), torch.tensor([0, 1, 2, -1])
+    d.setup(Batch(x, y))
+    full = d(Batch(x, y, torch.arange(4)))
+    empty = d(Batch(x[:0], y[:0], torch.arange(0)))
+    assert set(empty.terms) == set(full.terms) and empty.loss.item() == 0 and empty.counted.item() == 0
+    empty.loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in d.parameters())
+
+
+@pytest.mark.parametrize("name", ["ce", "loss", "acc"])
+def test_terms_cannot_take_a_logged_name(name):
+    with pytest.raises(DistillError, match="taken"):
+        Distiller(nn.Linear(2, 2), nn.Linear(2, 2), {name: (KD(), 1.0)})
+
+
+def test_python_api_mistakes_name_the_fix():
+    from distill.contracts import Batch
+    from distill.engine import set_loader_epoch
+    from distill.lm.distiller import TokenPart
+
+    model = nn.Linear(2, 2)
+    with pytest.raises(DistillError, match="same module"):
+        Distiller(model, model, {"kd": (KD(), 1.0)})
+    d = Distiller(nn.Linear(2, 2), nn.Linear(2, 2), {"kd": (KD(), 1.0)})
+    with pytest.raises(DistillError, match="teacher source"):
+        d.attach_source(None)
+    with pytest.raises(DistillError, match="setup's batch must yield"):
+        d.setup(torch.zeros(2, 2))
+    with pytest.raises(DistillError, match="needs targets"):
+        d(Batch(torch.zeros(2, 2)))
+    with pytest.raises(DistillError, match="target mask"):
+        TokenPart().step(d, Batch(torch.zeros(2, 3, dtype=torch.long)), None)
+    loader = [(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))]
+    with pytest.raises(DistillError, match="val_loader must be a loader"):
+        fit(d, loader, None, TrainConfig(epochs=1), "cpu")
+    with pytest.raises(DistillError, match="not a Linear"):
+        fit(nn.Linear(2, 2), loader, loader, TrainConfig(epochs=1), "cpu")
+    with pytest.raises(DistillError, match="'ppl' is not among the validation metrics"):
+        fit(d, loader, loader, TrainConfig(epochs=1), "cpu", selection=Selection("ppl", True))
+    sampled = torch.utils.data.DataLoader(list(range(4)), sampler=torch.utils.data.DistributedSampler(
+        list(range(4)), num_replicas=1, rank=0))
+    set_loader_epoch(sampled, 3)
+    assert sampled.sampler.epoch == 3  # a DistributedSampler reshuffles only when told the epoch

@@ -127,3 +127,10 @@ def test_user_loss_arguments_are_checked_before_the_run_folder_exists(tmp_path, 
     err = capsys.readouterr().err
     assert "scael" in err and "scale" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["loss", "acc"])
+def test_a_term_cannot_be_named_like_a_logged_metric(name):
+    """train_loss and train_acc are the run's own columns: a term of that name would overwrite them."""
+    with pytest.raises(ConfigError, match="taken"):
+        load_config(None, [f"loss.{name}.type=kd", f"loss.{name}.weight=0.5"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from torch import nn
 from .errors import DistillError
 
 UNLABELLED = -1  # label value of transfer-set samples that have no label
+# Names a loss term cannot take: each term is logged as train_<name> beside the total
+# (train_loss), the train accuracy (train_acc) and the label term (ce).
+LOGGED_NAMES = ("ce", "loss", "acc")
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Selection:
         return value < best if self.lower_is_better else value > best
 
 
+@runtime_checkable
 class TeacherSource(Protocol):
     """Where the teacher's targets for a Batch come from: the live teacher, a view cache, a
     top-k store. `targets` returns them on the batch's device."""
@@ -133,8 +137,10 @@ class TeacherSource(Protocol):
 
 class StepPart(Protocol):
     """What one kind of model changes in the Distiller's step (classifiers:
-    `distiller.ClassifierPart`; causal LMs: `lm.step.TokenPart`). The Distiller keeps the
+    `distiller.ClassifierPart`; causal LMs: `lm.distiller.TokenPart`). The Distiller keeps the
     frozen-teacher plumbing; the part says how outputs come out, what a unit is, how CE is taken."""
+
+    selection: Selection  # how this kind of model's best epoch is picked by default
 
     def bind(self, distiller: Any) -> TeacherSource | None:
         """Called once by the Distiller: hooks, and the live teacher source (None: no teacher)."""
@@ -153,11 +159,15 @@ class StepPart(Protocol):
     def explain_nonfinite(self, distiller: Any, batch: Batch, out: StepOutput, first: bool) -> str: ...
 
 
+@runtime_checkable
 class Distiller(Protocol):
-    """What the engine trains: a student and loss terms against a frozen teacher."""
+    """What the engine trains: a student and loss terms against a frozen teacher. Besides these,
+    the engine uses it as the nn.Module it is (to, train, parameters, state_dict), the one
+    module an optimizer and DDP wrap."""
 
     student: nn.Module
     needs_setup: bool  # projectors are sized by `setup` before the optimizer is built
+    selection: Selection  # the default rule for the best epoch (fit's, when none is given)
 
     def __call__(self, batch: Batch) -> StepOutput: ...
 

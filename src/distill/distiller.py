@@ -10,7 +10,7 @@ submodules, so one optimizer and one DDP wrapper cover exactly what trains.
 What differs between kinds of run sits in a small `part` (a `contracts.StepPart`): how the
 teacher's targets and the student's outputs come out, what the unit of a mean is, how CE is
 taken, how the student is evaluated. Classifiers' part is `ClassifierPart` (below); language
-models' is `distill.lm.step.TokenPart`. The teacher's targets come from `source`, a
+models' is `distill.lm.distiller.TokenPart`. The teacher's targets come from `source`, a
 `contracts.TeacherSource`: the live teacher (the part's default), or a cache attached with
 `attach_source`.
 """
@@ -23,7 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contracts import UNLABELLED, Batch, Outputs, StepOutput, StepPart, TeacherSource, as_batch
+from .contracts import (
+    LOGGED_NAMES,
+    UNLABELLED,
+    Batch,
+    Outputs,
+    Selection,
+    StepOutput,
+    StepPart,
+    TeacherSource,
+    as_batch,
+)
 from .errors import DistillError
 from .hooks import FeatureCapture
 from .metrics import evaluate_classifier
@@ -67,6 +77,13 @@ def _check_args(teacher, student, terms, ce_weight) -> None:
         if not finite:
             raise DistillError(f"Distiller's {what} must be a finite number (got {w!r}); use 0 to "
                                "switch a term off.")
+    taken = [name for name in terms if name in LOGGED_NAMES]
+    if taken:
+        raise DistillError(f"Distiller's term name(s) {', '.join(map(repr, taken))} are taken: terms are "
+                           f"logged as train_<name> beside {', '.join(LOGGED_NAMES)}. Rename the term.")
+    if teacher is not None and teacher is student:
+        raise DistillError("Distiller's teacher and student are the same module; the teacher is "
+                           "frozen, so nothing would train. Pass a separate student (e.g. a fresh model).")
     if terms and teacher is None:
         raise ValueError("distillation terms need a teacher")
 
@@ -103,11 +120,15 @@ class Distiller(nn.Module):
         # terms (nothing to ask the teacher)
         self.source: TeacherSource | None = self.live if terms else None
         self.needs_setup = any(d.setup is not None for d in self.declared.values())
+        self.selection: Selection = self.part.selection
 
     def attach_source(self, source: TeacherSource) -> None:
         """Take the teacher's targets from `source` (a cache or a stored top-k teacher)."""
         if not self.terms:
             raise DistillError("a teacher source serves distillation terms; this Distiller has none")
+        if not isinstance(source, TeacherSource):
+            raise DistillError(f"attach_source takes a teacher source (targets, set_epoch, reference), "
+                               f"e.g. a distill.cache.TeacherCache; got a {type(source).__name__}.")
         self.source = source
 
     def drop_teacher(self) -> None:
@@ -133,6 +154,7 @@ class Distiller(nn.Module):
     def setup(self, batch: Batch) -> None:
         """Probe feature shapes with one batch and let each term size its projector. Call once
         before building the optimizer (`fit` does it when `needs_setup`)."""
+        batch = as_batch(batch, "Distiller.setup's batch")
         self.part.setup(self, batch)
         self.to(batch.inputs.device)
         self.needs_setup = False
@@ -188,6 +210,8 @@ class ClassifierPart:
     """Classifiers: logits (and hooked features) out of both models, CE over the labelled
     samples, samples as the unit of every mean."""
 
+    selection = Selection("acc")
+
     def bind(self, distiller: Distiller) -> LiveTeacher | None:
         """Hooks on the layers the terms declare; the live teacher (the default source)."""
         declared = distiller.declared.values()
@@ -195,20 +219,24 @@ class ClassifierPart:
                        "teacher": [p for d in declared for p in d.teacher_layers]}
         self.student_capture = FeatureCapture(distiller.student, self.layers["student"], "student")
         teacher = distiller.teacher
-        self.live = LiveTeacher(teacher, self.layers["teacher"]) if teacher is not None else None
-        return self.live
+        return LiveTeacher(teacher, self.layers["teacher"]) if teacher is not None else None
 
-    def remove_hooks(self) -> None:
+    def remove_hooks(self, distiller: Distiller) -> None:
         self.student_capture.remove()
-        if self.live is not None:
-            self.live.capture.remove()
+        if distiller.live is not None:
+            distiller.live.capture.remove()
 
     def student_outputs(self, student: nn.Module, inputs: torch.Tensor) -> Outputs:
         logits, features = self.student_capture.run(student, inputs)
         return Outputs(logits_of(logits, "student"), features)
 
     def step(self, distiller: Distiller, batch: Batch, teacher: Outputs | None) -> StepOutput:
+        if len(batch) == 0:  # a process's share of a last batch smaller than the process count
+            return empty_step(distiller)
         labels = batch.targets
+        if labels is None:
+            raise DistillError("A classifier's Batch needs targets (class labels, -1 = unlabelled): "
+                               "Batch(inputs, targets, index).")
         student = self.student_outputs(distiller.student, batch.inputs)
         ce = ce_loss(student.logits, labels)
         terms, total = {"ce": ce}, distiller.ce_weight * ce
@@ -221,7 +249,8 @@ class ClassifierPart:
 
     @staticmethod
     def count(batch: Batch) -> torch.Tensor:
-        return torch.tensor(float(len(batch)))
+        # made on the batch's device (a fill kernel), not copied there from the host
+        return torch.full((), float(len(batch)), device=batch.inputs.device)
 
     @staticmethod
     def prepare(distiller: Distiller, batch: Batch, epoch: int, step: int) -> Batch:
@@ -236,7 +265,7 @@ class ClassifierPart:
         was_training = distiller.student.training
         distiller.student.eval()
         student = self.student_outputs(distiller.student, batch.inputs)
-        teacher = self.live.outputs(batch.inputs)
+        teacher = distiller.live.outputs(batch.inputs) if distiller.live is not None else Outputs(student.logits)
         distiller.student.train(was_training)
         shapes = {"student": {k: tuple(v.shape) for k, v in student.features.items()},
                   "teacher": {k: tuple(v.shape) for k, v in teacher.features.items()}}
@@ -260,7 +289,7 @@ class ClassifierPart:
             return ("This batch's inputs contain NaN/Inf: check the data (missing values in a table, "
                     "a division by zero in normalisation); lowering the learning rate will not help.")
         if distiller.teacher is not None and distiller.terms:
-            teacher = self.live.outputs(x).logits  # live, whatever a cache holds
+            teacher = distiller.live.outputs(x).logits  # live, whatever a cache holds
             if not torch.isfinite(teacher).all():
                 return ("The teacher's logits contain NaN/Inf for this batch: check the teacher "
                         "checkpoint (its weights, or a half-precision train.teacher_dtype that "
@@ -275,3 +304,12 @@ class ClassifierPart:
         return ("The inputs and both models' logits are finite, so the loss term itself "
                 "overflowed: lower train.lr, set train.grad_clip (e.g. 1.0), or check the term's "
                 "settings (T, layers).")
+
+
+def empty_step(distiller: Distiller, names: list[str] | None = None) -> StepOutput:
+    """The step of an empty batch (a process's share of a last batch smaller than the process
+    count): zero loss that still reaches every trainable parameter (DDP's backward needs all of
+    them), and the terms a non-empty batch reports (default: ce and every term)."""
+    zero = sum(p.sum() for p in distiller.parameters() if p.requires_grad) * 0.0
+    names = ["ce", *distiller.terms] if names is None else names
+    return StepOutput(zero, {name: zero.detach() for name in names}, zero.detach(), zero.detach())

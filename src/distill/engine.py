@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import Checkpointer, TrainState, set_rng_state
 from .contracts import Batch, Distiller, Selection, StepOutput, as_batch
@@ -43,7 +44,6 @@ from .runtime import (
 
 __all__ = ["FitResult", "NonFiniteLoss", "build_optimizer", "evaluate", "fit", "lr_factor"]
 
-ACCURACY = Selection("acc")  # fit's default selection: the highest validation accuracy
 CHECK_EVERY = 32  # steps between host-side checks on an accelerator (see the module docstring)
 
 
@@ -82,7 +82,11 @@ def lr_factor(cfg, step: int, steps_per_epoch: int) -> float:
 
 def check_length(loader, name: str) -> int:
     """len(loader), which must be at least one batch."""
-    n = len(loader)
+    try:
+        n = len(loader)
+    except TypeError:
+        raise DistillError(f"{name} must be a loader with a length (a torch DataLoader or "
+                           f"distill's TensorLoader), not a {type(loader).__name__}.") from None
     if n == 0:
         raise DistillError(f"{name} is empty (no batches): give it at least one sample, or "
                            "drop_last=False when the dataset is smaller than one batch.")
@@ -117,7 +121,7 @@ class FiniteWatch:
                 raise self._error(out, epoch, step, batch, step)
             return
         bad = ~torch.isfinite(out.loss.detach()) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, torch.tensor(step, device=bad.device), self.first_bad)
+        self.first_bad = torch.where(bad, step, self.first_bad)  # a Python scalar: no copy to the device
 
     def check(self, out: StepOutput, epoch: int, step: int, batch: Batch, force: bool = False) -> None:
         """At every `every`-th step (or `force`: an epoch's end, a stop): raise if a loss was bad."""
@@ -130,8 +134,14 @@ class FiniteWatch:
         values = {"loss": out.loss, **out.terms}
         bad = [name for name, v in values.items() if not torch.isfinite(v).all()]
         terms = [b for b in bad if b != "loss"] or ["loss"]
-        seen = "" if first == step else f" (found at the check after step {step + 1})"
-        why = self.distiller.explain_nonfinite(batch, out, epoch == first == 0)
+        if first == step:
+            seen, why = "", self.distiller.explain_nonfinite(batch, out, epoch == first == 0)
+        else:  # the bad batch is gone: say what to look at, not a diagnosis of another batch
+            seen = f" (found at the check after step {step + 1}: on an accelerator the loss is read every {self.every} steps)"
+            why = ("Check the data for NaN/Inf (missing values, a division by zero in normalisation) "
+                   "and the teacher checkpoint; if both are finite, training diverged: lower train.lr "
+                   "or set train.grad_clip (e.g. 1.0). On the CPU every step is checked and the "
+                   "cause is diagnosed on the bad batch.")
         return NonFiniteLoss(
             f"The loss became non-finite at epoch {epoch + 1}, step {first + 1}{seen}: term(s) "
             f"{', '.join(repr(b) for b in terms)} = {values[terms[0]].item()}. {why} The last "
@@ -296,15 +306,27 @@ def end_epoch(distiller: Distiller, t: Training, sums: EpochSums, val_loader, de
     state = t.state
     record = sums.record(epoch)
     val = distiller.evaluate(val_loader, device)
-    record.update({f"val_{k}": v for k, v in val.items() if k != "tokens"})
+    m = selection.metric
+    if m not in val:
+        raise DistillError(f"The selection metric {m!r} is not among the validation metrics "
+                           f"({', '.join(val)}); pass fit(..., selection=Selection(<one of them>)).")
+    record.update({f"val_{k}": v for k, v in val.items()})
     record["seconds"] = seconds
     state.epoch, state.step, state.partial = epoch + 1, 0, {}
-    m = selection.metric
     if state.best_epoch < 0 or selection.better(val[m], state.best_val[m]):
         state.best_val, state.best_epoch = val, epoch + 1
         t.best_state = copy.deepcopy(distiller.state_dict())
     state.history.append(record)
     return record
+
+
+def set_loader_epoch(loader, epoch: int) -> None:
+    """The epoch's shuffle order: distill's loaders (so a resumed run starts at this epoch's
+    order) and a DataLoader's DistributedSampler (which reshuffles only when told the epoch)."""
+    if isinstance(loader, TensorLoader):
+        loader.set_epoch(epoch)
+    elif isinstance(loader, DataLoader) and isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
 
 
 class _Saver:
@@ -327,27 +349,32 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     checkpointer: Checkpointer | None = None,
     resume: dict | None = None,
-    selection: Selection = ACCURACY,
+    selection: Selection | None = None,
 ) -> FitResult:
     """Train `distiller`'s student (and loss modules) for `cfg.epochs`; select on validation.
 
     Loaders yield `contracts.Batch`es, or (inputs, labels[, index]) tensor tuples. `on_step`
     gets {"loss": tensor} after each step (for progress bars); `on_epoch` gets the epoch's
     record: every loss term's mean, train accuracy on the counted units, lr, seconds, and the
-    validation metrics. `selection` picks the best epoch (default: highest validation
-    accuracy). With a `checkpointer`, a checkpoint is written every `cfg.checkpoint_every`
+    validation metrics. `selection` picks the best epoch (default: the Distiller's, highest
+    validation accuracy for classifiers and lowest perplexity for language models). With a `checkpointer`, a checkpoint is written every `cfg.checkpoint_every`
     epochs and when a stop is requested (Ctrl-C, SIGTERM; see runtime.stop_requested);
     `resume` (from Checkpointer.load) continues exactly where it left.
     """
     device = torch.device(device)
+    if not isinstance(distiller, Distiller):
+        raise DistillError(f"fit trains a distill.Distiller (e.g. Distiller(teacher, student, terms)), "
+                           f"not a {type(distiller).__name__}.")
+    check_length(train_loader, "train_loader")
+    check_length(val_loader, "val_loader")  # selection is on validation: it needs data
+    selection = selection or distiller.selection
     t = prepare(distiller, train_loader, cfg, device, resume)
     save = _Saver(checkpointer, distiller, t)
     for epoch in range(t.state.epoch, cfg.epochs):
         start = time.perf_counter()
         distiller.train()
         distiller.set_epoch(epoch)
-        if isinstance(train_loader, TensorLoader):  # a resumed run starts at this epoch's order
-            train_loader.set_epoch(epoch)
+        set_loader_epoch(train_loader, epoch)
         sums = train_epoch(distiller, t, train_loader, cfg, device, epoch, on_step, save)
         record = end_epoch(distiller, t, sums, val_loader, device, epoch, selection,
                            time.perf_counter() - start)

@@ -104,6 +104,9 @@ def _check_term_name(name: str, params: dict[str, Any]) -> None:
         )
     if name in RESERVED_TERM_NAMES:
         raise ConfigError(f"Loss term name '{name}' is reserved by torch.nn.ModuleDict; rename the term.")
+    if name in ("loss", "acc"):  # logged as train_<name>: it would overwrite the total or the accuracy
+        raise ConfigError(f"Loss term name '{name}' is taken: train_{name} is logged for the run itself. "
+                          f"Rename the term, e.g. loss.{name}_term.type={kind}.")
     if (name == "ce") != (kind == "ce"):
         raise ConfigError(
             "The label (cross-entropy) term is named `ce` and has no type; "

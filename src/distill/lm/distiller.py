@@ -23,8 +23,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..contracts import Batch, StepOutput
-from ..distiller import Distiller
+from ..contracts import Batch, Selection, StepOutput
+from ..distiller import Distiller, empty_step
 from ..errors import DistillError
 from ..runtime import all_reduce_sum
 from .chunked import Head, TeacherRows, token_loss, token_sums
@@ -77,7 +77,12 @@ class TokenPart:
             own samples (GKD).
     """
 
+    selection = Selection("ppl", lower_is_better=True)
+
     def __init__(self, shared_vocab: int | None = None, chunk: int | None = None, on_policy=None):
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise DistillError(f"chunk must be a whole number of tokens >= 1, or None (sized from the "
+                               f"vocabulary); got {chunk!r}.")
         self.shared_vocab, self.chunk, self.on_policy = shared_vocab, chunk, on_policy
 
     def bind(self, distiller) -> LiveTokenTeacher | None:
@@ -107,8 +112,12 @@ class TokenPart:
         CE (its labels would be the student's own samples) and report no "ce": the engine
         averages each term over the steps that report it, so the logged train_ce is the mean
         over the data batches, the CE that trains."""
+        if batch.mask is None:
+            raise DistillError("A language model's Batch needs the target mask: Batch(ids, mask=mask, "
+                               "index=index) (a tuple (ids, mask) would read the mask as class labels).")
         if len(batch) == 0:  # a process's share of a last batch smaller than the process count
-            return self._empty(distiller, batch.on_policy)
+            # the same terms as a non-empty batch of the same kind (no "ce" on an on-policy step)
+            return empty_step(distiller, [*([] if batch.on_policy else ["ce"]), *distiller.terms])
         ids = batch.inputs
         target = batch.mask[:, 1:].bool()
         n = target.sum()
@@ -121,14 +130,6 @@ class TokenPart:
         skip = {"correct", "ce"} if batch.on_policy else {"correct"}
         terms = {k: v / n.clamp(min=1) for k, v in sums.items() if k not in skip}
         return StepOutput(loss, terms, n.float(), sums["correct"])
-
-    @staticmethod
-    def _empty(distiller, on_policy: bool) -> StepOutput:
-        """Zero loss that still reaches every parameter: DDP's backward needs all of them. The
-        same terms as a non-empty batch of the same kind (no "ce" on an on-policy step)."""
-        zero = sum(p.sum() for p in distiller.student.parameters()) * 0.0
-        names = [*([] if on_policy else ["ce"]), *distiller.terms]
-        return StepOutput(zero, {name: zero.detach() for name in names}, zero.detach(), zero.detach())
 
     def evaluate(self, student: nn.Module, loader, device) -> dict[str, float]:
         """Mean next-token NLL over counted tokens, perplexity exp(NLL), next-token accuracy %."""

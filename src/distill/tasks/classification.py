@@ -88,7 +88,7 @@ def _probe_term(teacher, student, name: str, term: nn.Module, batch: list) -> No
             "pair whose shapes this method takes (`distill models` lists module paths)."
         ) from None
     finally:
-        part.remove_hooks()
+        part.remove_hooks(distiller)
 
 
 class ClassificationTask:

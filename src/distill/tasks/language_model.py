@@ -1,4 +1,4 @@
-"""`task: language_model`: what stages.Run needs to distill causal LMs (see tasks.py)."""
+"""`task: language_model`: what stages.Run needs to distill causal LMs (see distill.tasks)."""
 
 from __future__ import annotations
 
