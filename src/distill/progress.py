@@ -1,10 +1,12 @@
-"""Rich progress bars: one per stage, with the live loss and the last validation accuracy."""
+"""Rich progress bars: one per stage, with the live loss and the last validation metric."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .engine import CHECK_EVERY
 
 
 class StageProgress:
@@ -13,8 +15,9 @@ class StageProgress:
     `start` is the number of steps already done: a resumed stage continues at epoch k, step s,
     so its bar starts at k * steps_per_epoch + s and still ends full."""
 
-    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, quiet: bool = False, start: int = 0):
-        self.stage, self.epochs = stage, epochs
+    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, quiet: bool = False, start: int = 0,
+                 metric: str = "acc"):
+        self.stage, self.epochs, self.metric = stage, epochs, metric
         self.bar = None if quiet else Progress(
             TextColumn("[bold]{task.description:<8}"),
             BarColumn(),
@@ -39,12 +42,14 @@ class StageProgress:
 
     def step(self, out: dict) -> None:
         self.steps += 1
-        if self.bar is not None and (self.steps % 10 == 0 or self.steps == self.total):
+        # reading the loss is a host sync on an accelerator: as often as the engine's own checks
+        if self.bar is not None and (self.steps % CHECK_EVERY == 0 or self.steps == self.total):
             status = f"loss {out['loss'].item():.4f}{self.val}"
             self.bar.update(self.task, completed=self.steps, status=status)
 
     def epoch_done(self, record: dict) -> None:
-        shown = f"val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else f"val acc {record['val_acc']:.1f}%"
+        value = record[f"val_{self.metric}"]
+        shown = f"val {self.metric} {value:.1f}%" if self.metric == "acc" else f"val {self.metric} {value:.3f}"
         self.val = f"  {shown} (epoch {record['epoch']}/{self.epochs})"
         if self.bar is not None:
             self.bar.update(self.task, completed=self.steps, status=f"loss {record['train_loss']:.4f}{self.val}")
