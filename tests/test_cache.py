@@ -40,13 +40,14 @@ def crop_flip():
     return Augment([RandomCrop(8, padding=1), HorizontalFlip(), NORM], 8)  # 3 * 3 * 2 = 18 views
 
 
-def loader(x, y, augment, batch_size=16, shuffle=True):
-    """A TensorLoader that draws `augment` (None: normalize only), as build_data makes it."""
+def loader(x, y, augment, batch_size=16, shuffle=True, transform=None):
+    """A TensorLoader that draws `augment` (None: normalize only), as build_data makes it;
+    with an augment, `transform` runs after it."""
     plain = Augment([NORM], 8)
     if augment is None:
         tf = lambda b, e, i: plain.apply_eval(b)  # noqa: E731
         return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=SEED, transform=tf)
-    return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=SEED, augment=augment)
+    return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=SEED, augment=augment, transform=transform)
 
 
 def teacher_net(seed: int = 1):
@@ -67,7 +68,8 @@ def count_rows(module):
     return rows
 
 
-def train(augment, cache_mode=None, features=True, epochs=4, teacher=None, shuffle=True, **cache_args):
+def train(augment, cache_mode=None, features=True, epochs=4, teacher=None, shuffle=True,
+          transform=None, **cache_args):
     """Fit a student with KD (+ AT on a hooked teacher layer); return (student, cache, rows)."""
     x, y = images()
     teacher = teacher or teacher_net()
@@ -75,7 +77,7 @@ def train(augment, cache_mode=None, features=True, epochs=4, teacher=None, shuff
     if features:
         terms["at"] = (AT("1", "2"), 10.0)
     distiller = Distiller(teacher, student_net(), terms, ce_weight=0.5)
-    train_loader = loader(x, y, augment, shuffle=shuffle)
+    train_loader = loader(x, y, augment, shuffle=shuffle, transform=transform)
     cache = None
     if cache_mode:
         cache, _ = open_cache(cache_mode, distiller, train_loader, epochs=epochs, **cache_args)
@@ -134,20 +136,28 @@ def test_cached_run_trains_the_identical_student(augment, mode, shuffle, tmp_pat
     assert_same_students(online, cached, exact=not shuffle)
 
 
-@pytest.mark.parametrize(("fill_batch", "shuffle"), [(16, False), (32, True)],
-                         ids=["same_rows", "other_rows"])
-def test_prefilled_cache_trains_the_identical_student(fill_batch, shuffle):
-    """`fill` re-creates every view with params_for_view: the same inputs as the loader's draws.
-    Filling in batches of 16 in index order puts each sample at the row position and row count
-    the unshuffled loader gives it (bit-exact); batches of 32 are another matmul (tolerance)."""
-    augment = crop_flip()
-    online, _, _ = train(augment, shuffle=shuffle)
+@pytest.mark.parametrize(("fill_batch", "shuffle", "split"),
+                         [(16, False, False), (32, True, False), (16, False, True)],
+                         ids=["same_rows", "other_rows", "augment_then_transform"])
+def test_prefilled_cache_trains_the_identical_student(fill_batch, shuffle, split):
+    """`fill` re-creates every view with params_for_view, then the loader's transform: the same
+    inputs as the loader's draws. Filling in batches of 16 in index order puts each sample at
+    the row position and row count the unshuffled loader gives it (bit-exact); batches of 32
+    are another matmul (tolerance). `split`: the augmentation only scales to [0, 1]; the
+    loader's transform standardizes after it."""
+    augment, tf = crop_flip(), None
+    if split:
+        augment = Augment([RandomCrop(8, padding=1), HorizontalFlip(), Normalize([0] * 3, [1] * 3, scale=1 / 255)], 8)
+        tf = lambda b, e, i: (b - 0.5) / 0.25  # noqa: E731
+    online, _, _ = train(augment, shuffle=shuffle, transform=tf)
     x, y = images()
     teacher = teacher_net()
     d = Distiller(teacher, student_net(), {"kd": (KD(T=4.0), 1.0), "at": (AT("1", "2"), 10.0)})
-    cache, _ = open_cache("memory", d, loader(x, y, augment))
-    cache.fill(d.live.outputs, loader(x, y, augment), batch_size=fill_batch)
+    cache, _ = open_cache("memory", d, loader(x, y, augment, transform=tf))
+    cache.fill(d.live.outputs, loader(x, y, augment, transform=tf), batch_size=fill_batch)
     assert cache.stats()["filled"] == N * 18
+    batch = next(iter(loader(x, y, augment, shuffle=False, transform=tf)))
+    torch.testing.assert_close(cache.targets(batch).logits, d.live.outputs(batch.inputs).logits)
     student = student_net()
     d2 = Distiller(teacher, student, {"kd": (KD(T=4.0), 1.0), "at": (AT("1", "2"), 10.0)},
                    ce_weight=0.5)
@@ -156,7 +166,7 @@ def test_prefilled_cache_trains_the_identical_student(fill_batch, shuffle):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=4, optimizer="sgd", lr=0.05, schedule="constant")
     val = TensorLoader(x[:16].float(), y[:16], 16, transform=lambda b, e, i: NORM.apply(b))
-    fit(d2, loader(x, y, augment, shuffle=shuffle), val, cfg, torch.device("cpu"))
+    fit(d2, loader(x, y, augment, shuffle=shuffle, transform=tf), val, cfg, torch.device("cpu"))
     assert sum(rows) == 0 and cache.misses == 0
     assert_same_students(online, student, exact=fill_batch == 16 and not shuffle)
 
@@ -346,6 +356,12 @@ def test_a_transform_that_changes_with_the_epoch_but_draws_no_view_is_refused():
     opaque = TensorLoader(x, y, 16, shuffle=True, seed=SEED, transform=lambda b, e, i: augment(b, SEED, e, i))
     with pytest.raises(DistillError, match="epoch"):
         open_cache("memory", d, opaque)
+    # with an augmentation too: its draw fixes the view, the transform after it must not change
+    crops = Augment([RandomCrop(8, padding=1), HorizontalFlip()], 8)
+    per_epoch = loader(x, y, crops, transform=lambda b, e, i: NORM.apply(b) + 0.1 * e)
+    with pytest.raises(DistillError, match="epoch"):
+        open_cache("memory", d, per_epoch)
+    assert open_cache("memory", d, loader(x, y, crops, transform=lambda b, e, i: NORM.apply(b)))[0]
 
 
 def test_the_cache_keys_the_view_the_loader_drew():

@@ -46,8 +46,9 @@ from pathlib import Path
 
 import torch
 
+from .cache_plan import MIN_HIT_RATE, check_epoch_independent, expected_hit_rate, plan
 from .contracts import Batch, Outputs
-from .errors import DistillError, short
+from .errors import DistillError
 from .runtime import all_gather_objects, distributed, rank
 from .stores import (
     FORMAT,
@@ -60,15 +61,7 @@ from .stores import (
 from .version import __version__
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-MIN_HIT_RATE = 0.25  # "auto" turns the cache on only when at least this share of lookups hit
-
-
-def expected_hit_rate(num_views: int, epochs: int) -> float:
-    """Share of lookups that hit over `epochs` epochs when each epoch draws one of `num_views`
-    equally likely views per sample: 1 - distinct / draws, distinct = V (1 - (1 - 1/V)^E)."""
-    epochs = max(int(epochs), 1)
-    distinct = num_views * (1 - (1 - 1 / num_views) ** epochs)
-    return 1 - distinct / epochs
+__all__ = ["MIN_HIT_RATE", "TeacherCache", "expected_hit_rate", "fingerprint", "open_cache", "topk_logits"]
 
 
 class TeacherCache:
@@ -263,9 +256,9 @@ class TeacherCache:
 
     @torch.no_grad()
     def fill(self, compute, loader, batch_size: int = 256) -> None:
-        """Ahead of time: compute every missing (sample, view) of `loader`'s data. Views are
-        re-created with `augment.params_for_view`; without augmentation the loader's own
-        (epoch-independent) transform is applied."""
+        """Ahead of time: compute every missing (sample, view) of `loader`'s data, built in the
+        loader's order: the view re-created with `augment.params_for_view`, then the loader's
+        transform (at epoch 0: open_cache checked it is the same in every epoch)."""
         device = loader.x.device
         by_view = self.filled.view(self.num_samples, self.num_views)
         for v in range(self.num_views):
@@ -275,7 +268,7 @@ class TeacherCache:
                 x = loader.x[idx.to(device)]
                 if self.augment is not None:
                     x = self.augment.apply(x, self.augment.params_for_view(torch.full_like(idx, v)))
-                elif loader.transform is not None:
+                if loader.transform is not None:
                     x = loader.transform(x, 0, idx.to(device))
                 out = compute(x)
                 self.put(self.keys(idx, torch.full_like(idx, v)), out.logits, out.features)
@@ -320,48 +313,25 @@ def fingerprint(teacher, loader) -> dict:
             "probe_sha256": data_hash(probe)}
 
 
-def _check_epoch_independent(loader) -> None:
-    """Without a drawn augmentation, a sample's input must not change with the epoch: the
-    cache keys it by index alone."""
-    if loader.augment is None:
-        idx = loader.index[:8]
-        if not torch.equal(loader.batch(idx, 0).inputs, loader.batch(idx, 1).inputs):
-            raise DistillError("The training transform changes with the epoch but the loader "
-                               "draws no augmentation the teacher cache can key (an Augment "
-                               "passed as the loader's `augment`); set cache: off.")
-
-
 def open_cache(mode: str, distiller, loader, *, epochs: int = 1, mixup: bool = False,
                dtype: str = "fp32", topk: int | None = None, path=None, rebuild: bool = True,
                memory_budget: int | None = None, min_rows: int = 32) -> tuple[TeacherCache | None, str]:
     """Decide, build and attach the teacher cache of a run; return (cache or None, reason).
 
     The views are the ones `loader` (a TensorLoader) draws: its `augment` and `seed`. Mode
-    "off": none. "memory" / "disk": as asked; a DistillError if the augmentation cannot be
-    replayed or memory exceeds the budget. "auto": in memory, fp32, no top-k, only when exact
-    (replayable views), worthwhile (expected hit rate >= MIN_HIT_RATE) and within the memory
-    budget; otherwise off, with the reason.
+    "off": none. Whether to build one is `cache_plan.plan` (a run asks it before training):
+    "memory" / "disk" as asked, a DistillError if the augmentation cannot be replayed; "auto"
+    in memory, fp32, no top-k, only when exact (replayable views) and worthwhile (expected hit
+    rate >= MIN_HIT_RATE). Then a DistillError if the loader's transform changes with the
+    epoch, or memory exceeds the budget ("auto": off instead, with the reason).
     """
     if mode == "off" or distiller.teacher is None or not distiller.terms:
         return None, "off" if mode == "off" else "off: no teacher terms"
-    if mode not in ("auto", "memory", "disk"):
-        raise DistillError(f"cache must be off, auto, memory or disk; got {short(mode)}.")
     augment = loader.augment
-    views = augment.num_views if augment is not None else 1
-    if views is None or mixup:
-        what = "mixup" if mixup else "its augmentation (not enumerable, e.g. Cutout)"
-        if mode == "auto":
-            return None, f"off: {what} cannot be replayed exactly"
-        raise DistillError(f"cache: {mode} cannot be used with {what}: the teacher's inputs "
-                           "cannot be replayed, so cached targets would be wrong. Set cache: off.")
-    if mode == "auto":
-        if dtype != "fp32" or topk:
-            raise DistillError("cache: auto only builds exact caches (fp32, no top-k); set "
-                               "cache: memory or disk to use cache.dtype fp16 or top-k.")
-        rate = expected_hit_rate(views, epochs)
-        if rate < MIN_HIT_RATE:
-            return None, f"off: expected hit rate {rate:.0%} ({views} views, {epochs} epochs)"
-    _check_epoch_independent(loader)
+    views, why = plan(mode, augment, epochs=epochs, mixup=mixup, dtype=dtype, topk=topk)
+    if views is None:
+        return None, why
+    check_epoch_independent(loader)
     live = distiller.live
     device = next(iter(distiller.teacher.parameters()), torch.empty(0)).device
     probe = live.outputs(loader.batch(loader.index[:2], 0).inputs.to(device))

@@ -135,6 +135,12 @@ class Run:
         if "distill" in cfg.stages and not terms:
             raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
         if cfg.cache.mode == "disk" and cfg.cache.dir and "distill" in cfg.stages:  # a folder of yours: now, not after training
+            cache, run = Path(cfg.cache.dir).resolve(), self.folder.dir.resolve()
+            if cache == run or cache in run.parents:
+                where = "is this run's folder" if cache == run else f"holds this run's folder '{run}'"
+                raise DistillError(f"cache.dir '{cfg.cache.dir}' {where}; the teacher cache needs a "
+                                   "folder of its own. Leave cache.dir unset to keep it in "
+                                   "<run folder>/teacher_cache, or choose another folder.")
             check(cfg.cache.dir, "cache", "cache.dir", adopt=legacy(cfg.cache.dir, "cache"))
         self.task.preflight(data, terms, has_teacher)
 

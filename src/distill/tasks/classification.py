@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..cache import open_cache
+from ..cache_plan import plan as plan_cache
 from ..classifier_run import load_run as load_classifier_run
 from ..contracts import Selection
 from ..data import Data, build_data, fingerprint
@@ -114,9 +115,14 @@ class ClassificationTask:
         return self.cfg.teacher.checkpoint
 
     def preflight(self, data: Data, terms: dict, has_teacher: bool) -> None:
-        """Before any stage trains: each model's forward on 2 samples (CPU), and with a distill
-        stage one distill step per term on fresh models (discarded), so a layer mistake is
-        not found after the teacher and scratch stages have trained."""
+        """Before any stage trains: with a distill stage, the cache settings (cache_plan.plan,
+        as open_cache will decide); each model's forward on 2 samples (CPU), and with a distill
+        stage one distill step per term on fresh models (discarded), so a layer or cache
+        mistake is not found after the teacher and scratch stages have trained."""
+        cfg = self.cfg
+        if has_teacher and terms and "distill" in cfg.stages:
+            plan_cache(cfg.cache.mode, data.train.augment, epochs=cfg.train.epochs,
+                       dtype=cfg.cache.dtype, topk=cfg.cache.topk)
         batch = next(iter(data.val)).rows(2)  # val: no shuffle, no augmentation draw
         student = self.create_model("student", data)
         _check_classes(student, "student", data, batch.inputs)
