@@ -250,7 +250,8 @@ class Run:
     def _fit(self, stage: str, distiller, loader, data, checkpointer, resume: dict | None):
         train = stage_train(self.cfg, stage)
         done = resume["state"].epoch * len(loader) + resume["state"].step if resume else 0
-        with StageProgress(stage, train.epochs, len(loader), self.quiet, start=done) as bar:
+        with StageProgress(stage, train.epochs, len(loader), self.quiet, start=done,
+                           metric=self.task.selection.metric) as bar:
 
             def on_epoch(record):
                 self.folder.log_epoch(stage, record)
