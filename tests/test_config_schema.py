@@ -99,6 +99,20 @@ def test_an_unknown_task_lists_the_tasks():
     assert "'task'" in msg and "classification" in msg and "language_model" in msg
 
 
+@pytest.mark.parametrize("task", ["languagemodel", "Language_Model", "classifcation"])
+def test_a_misspelt_task_gets_did_you_mean(task):
+    meant = "classification" if task.startswith("class") else "language_model"
+    assert f"is not a task. Did you mean '{meant}'?" in config_error(f"task={task}")
+    assert "Did you mean" not in config_error("task=[1, 2]")  # not a name: no guess, still the list
+
+
+def test_a_task_without_built_in_data_is_checked(monkeypatch):
+    import distill.config
+
+    monkeypatch.delitem(distill.config.BUILT_IN_DATA, "classification")  # as for a new task
+    assert load_config(overrides=["data.path=/tmp"]).data.path == "/tmp"  # no KeyError
+
+
 @pytest.mark.parametrize(("overrides", "key"), [([LM, "train.channels_last=true"], "train.channels_last"),
                                                 ([LM, "cache.dtype=fp16"], "cache.dtype")])
 def test_shared_section_keys_a_language_model_does_not_read(overrides, key):
@@ -137,8 +151,8 @@ def test_yaml_off_read_as_false_means_off():
         (["cache.mode=memory"], {"mode": "memory"}),
         (["cache={mode: disk, dir: x}"], {"mode": "disk", "dir": "x"}),
         (["cache=disk", "cache.dir=/x"], {"mode": "disk", "dir": "/x"}),
-        (["cache.dir=/x", "cache=memory"], {"mode": "memory", "dir": "/x"}),  # the shorthand sets only the mode
-        (["cache=off", "cache.topk=3"], {"mode": "off", "topk": 3}),
+        (["cache.dir=/x", "cache=disk"], {"mode": "disk", "dir": "/x"}),  # the shorthand sets only the mode
+        (["cache.topk=3", "cache=memory"], {"mode": "memory", "topk": 3}),
         (["cache=memory", "cache.dtype=fp16", "cache.topk=8"], {"mode": "memory", "dtype": "fp16", "topk": 8}),
     ],
 )
@@ -150,9 +164,10 @@ def test_cache_section_from_a_file_with_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("cache: {mode: disk, dir: x}\n")
     assert load_config(path).cache == CacheConfig(mode="disk", dir="x")
-    assert load_config(path, ["cache=memory"]).cache == CacheConfig(mode="memory", dir="x")
+    path.write_text("cache: {mode: memory, dtype: fp16}\n")
+    assert load_config(path, ["cache=disk"]).cache == CacheConfig(mode="disk", dtype="fp16")
     path.write_text("cache: off\n")
-    assert load_config(path, ["cache.dir=y"]).cache == CacheConfig(mode="off", dir="y")
+    assert load_config(path, ["cache.dir=y", "cache.mode=disk"]).cache == CacheConfig(mode="disk", dir="y")
 
 
 @pytest.mark.parametrize(("old", "new"), [("cache_dtype=fp16", "cache.dtype=fp16"), ("cache_topk=4", "cache.topk=4"),
@@ -177,7 +192,7 @@ def test_bad_cache_values_name_the_key(overrides):
 def test_cache_dir_is_made_absolute(tmp_path):
     cfg = absolute_paths(load_config(overrides=["cache=disk", "cache.dir=c"]), tmp_path)
     assert cfg.cache.dir == str(tmp_path / "c") and cfg.cache.mode == "disk"
-    lm = absolute_paths(load_config(overrides=[LM, "cache.dir=c"]), tmp_path)
+    lm = absolute_paths(load_config(overrides=[LM, "cache=disk", "cache.topk=4", "cache.dir=c"]), tmp_path)
     assert type(lm) is LanguageModelConfig and lm.cache.dir == str(tmp_path / "c")
 
 
@@ -210,7 +225,8 @@ def test_model_copy_keeps_the_class():
 
 @pytest.mark.parametrize("task", [[], [LM]])
 def test_print_config_prints_a_cache_section(task, capsys):
-    assert main(["run", "--print-config", *task, "cache=disk", "cache.dir=somewhere"]) == 0
+    topk = ["cache.topk=4"] if task else []  # an LM's cache is a top-k teacher
+    assert main(["run", "--print-config", *task, *topk, "cache=disk", "cache.dir=somewhere"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["cache"]["mode"] == "disk" and printed["cache"]["dir"].endswith("somewhere")
     assert set(printed["cache"]) == {"mode", "dtype", "topk", "dir"}

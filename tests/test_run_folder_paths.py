@@ -53,7 +53,7 @@ def test_changed_data_is_noticed(npz_run, capsys):
 
 def test_absolute_paths_leaves_names_alone(tmp_path):
     (tmp_path / "mlp").mkdir()  # a folder that shares a zoo model's name is not the model
-    cfg = absolute_paths(load_config(overrides=["teacher.checkpoint=t.pt", "cache.dir=c"]), tmp_path)
+    cfg = absolute_paths(load_config(overrides=["teacher.checkpoint=t.pt", "cache=disk", "cache.dir=c"]), tmp_path)
     assert cfg.teacher.checkpoint == str(tmp_path / "t.pt") and cfg.cache.dir == str(tmp_path / "c")
     assert cfg.teacher.model == "cnn" and cfg.student.model == "mlp" and cfg.data.path is None
     lm = absolute_paths(load_config(overrides=["task=language_model", "data.tokenizer=tok"]), tmp_path)

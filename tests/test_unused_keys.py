@@ -43,6 +43,45 @@ def test_keys_at_their_defaults_are_fine():
     load_config(overrides=["data.size=null", "data.label_column=label", "data.path=null"])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["cache.dir=/x"], "cache.dir='/x' would be ignored: only cache: disk keeps a folder (cache.mode is auto). "
+                           "Set cache=disk"),
+        (["cache=memory", "cache.dir=/x"], "(cache.mode is memory)"),
+        (["cache=off", "cache.dir=/x"], "(cache.mode is off)"),
+        (["cache=off", "cache.topk=3"], "cache.topk=3 would be ignored: the cache is off (cache.mode is off). "
+                                        "Set cache=memory or cache=disk to use it, or remove cache.topk."),
+        (["cache=off", "cache.dtype=fp16"], "cache.dtype='fp16' would be ignored: the cache is off"),
+        ([LM, "cache=disk"], "cache.mode='disk' would be ignored: a language model's cache holds only an offline "
+                             "top-k teacher"),
+        ([LM, "cache=memory"], "Set cache.topk=K (e.g. cache.topk=16)"),
+        ([LM, "cache=memory", "cache.topk=4", "cache.dir=/x"], "cache.dir='/x' would be ignored"),
+        ([LM, "cache=off", "cache.topk=4"], "cache.topk=4 would be ignored: the cache is off"),
+        ([LM, "cache.dir=/x"], "only cache: disk keeps a folder"),
+    ],
+)
+def test_cache_keys_the_run_ignores_are_errors(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["cache=disk", "cache.dir=/x", "cache.dtype=fp16", "cache.topk=3"],
+        ["cache=memory", "cache.dtype=fp16", "cache.topk=3"],
+        ["cache=off", "cache.dir=null", "cache.topk=null", "cache.dtype=fp32"],  # at their defaults
+        [LM, "cache=disk", "cache.topk=4", "cache.dir=/x"],
+        [LM, "cache=memory", "cache.topk=4"],
+        [LM, "cache=off"],
+    ],
+)
+def test_cache_keys_the_run_reads_are_accepted(overrides):
+    load_config(overrides=overrides)
+
+
 def test_a_missing_student_checkpoint_stops_before_the_folder_exists(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), "student.checkpoint=nope.pt", "--quiet"]) == 2

@@ -37,10 +37,12 @@ from .config_schema import (
     Strict,
     TrainConfig,
     parse,
+    unread_cache_keys,
 )
 from .config_yaml import AliasRefused, load_yaml, read_text
 from .errors import ConfigError, clip, short
-from .naming import unknown_key
+from .naming import did_you_mean, unknown_key
+from .saved_config import migrate, saved_by_distill
 from .terms import check_loss
 
 __all__ = [
@@ -124,10 +126,13 @@ def _read_file(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Load a YAML config (or the built-in default), apply overrides, validate."""
     raw: dict = {} if path is None else _read_file(path)
+    if path is not None and saved_by_distill(path):
+        raw = migrate(raw)  # a run folder's config.yaml, maybe in an older schema (saved_config)
     parsed = [parse_override(text) for text in overrides]
     task = next((v for k, v in reversed(parsed) if k == ["task"]), raw.get("task"))
     lm = task == "language_model"
-    defaults = (LanguageModelConfig if lm else ClassificationConfig)().model_dump()
+    schema = SCHEMAS.get(task, SCHEMAS[DEFAULT_TASK]) if isinstance(task, str) else SCHEMAS[DEFAULT_TASK]
+    defaults = schema().model_dump()  # an unknown task: validate names the valid ones
     if "loss" not in raw:
         raw["loss"] = copy.deepcopy(defaults["loss"])  # overrides of loss.* refine the default terms
     if lm:
@@ -223,18 +228,17 @@ def check_unused(cfg: RunConfig) -> None:
     """A ConfigError for every key set away from its default that this run would ignore."""
     default = type(cfg)()
     ignored = [(key, f"task={cfg.task} runs do not read it") for key in UNREAD.get(cfg.task, ())]
-    if cfg.data.name == BUILT_IN_DATA[cfg.task]:
+    if cfg.data.name == BUILT_IN_DATA.get(cfg.task):
         ignored.append(("data.path", f"data.name={cfg.data.name} is built in and reads no files"))
     if cfg.task == "classification" and cfg.data.name != "folder":
         ignored += [(k, "only data.name=folder resizes and crops") for k in ("data.size", "data.crop")]
     if cfg.task == "classification" and cfg.data.name != "csv":
         ignored.append(("data.label_column", "only data.name=csv has columns"))
-    for key, why in ignored:
+    ignored = [(key, why, "Remove it, or change the setting that makes it unused.") for key, why in ignored]
+    ignored += unread_cache_keys(cfg.task, cfg.cache.mode, cfg.cache.topk)
+    for key, why, fix in ignored:
         if _value(cfg, key) != _value(default, key):
-            raise ConfigError(
-                f"{key}={_value(cfg, key)!r} would be ignored: {why}. Remove it, or change the "
-                "setting that makes it unused."
-            )
+            raise ConfigError(f"{key}={_value(cfg, key)!r} would be ignored: {why}. {fix}")
 
 
 PATH_KEYS = ("data.path", "data.unlabelled_path", "teacher.checkpoint", "student.checkpoint", "cache.dir")
@@ -329,7 +333,10 @@ def _explain(error: ValidationError, prefix: str = "", schema: type[RunBase] | N
     """The ValidationError of the RunConfig union (whose locations start with the task's tag)
     or, with `schema` and `prefix`, of a section of that schema, as one message."""
     msgs = []
-    for err in error.errors()[:3]:
+    # a moved key first (cache_dtype -> cache.dtype): a config of the old schema learns the new one
+    moved = [e for e in error.errors() if e["type"] == "extra_forbidden" and len(e["loc"]) == 2
+             and e["loc"][0] in SCHEMAS and e["loc"][1] in RENAMED and schema is None]
+    for err in [*moved, *(e for e in error.errors() if e not in moved)][:3]:
         loc, of = tuple(err["loc"]), schema
         if of is None and loc and loc[0] in SCHEMAS:
             of, loc = SCHEMAS[loc[0]], loc[1:]
@@ -337,8 +344,9 @@ def _explain(error: ValidationError, prefix: str = "", schema: type[RunBase] | N
         dotted = clip(".".join(str(p) for p in loc), 100)
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             given = err["input"].get("task") if isinstance(err["input"], dict) else err["input"]
-            msgs.append(f"Invalid value for 'task': {short(given)} is not a task. Set task to one of "
-                        f"{', '.join(SCHEMAS)} (without one: {DEFAULT_TASK}).")
+            hint = did_you_mean(given, SCHEMAS) if isinstance(given, str) else ""
+            msgs.append(f"Invalid value for 'task': {short(given)} is not a task.{hint} Set task to "
+                        f"one of {', '.join(SCHEMAS)} (without one: {DEFAULT_TASK}).")
         elif err["type"] == "extra_forbidden" and of is not None:
             msgs.append(_unknown(of, loc, err.get("input")))
         else:

@@ -134,6 +134,28 @@ class CacheConfig(Strict):
         return "off" if mode is False else mode  # YAML 1.1 reads a bare `off` as false
 
 
+def unread_cache_keys(task: str, mode: str, topk: int | None) -> list[tuple[str, str, str]]:
+    """(key, why, fix) for each cache key that a `task` run with cache `mode` and `topk`
+    does not read. config.check_unused refuses them away from their defaults; saved_config
+    drops them from configs older distill versions saved (those runs did not read them)."""
+    unread = []
+    if task == "language_model" and mode in ("memory", "disk") and topk is None:
+        # tasks/language_model.py open_cache: an LM caches only a top-k teacher, else none
+        unread.append(("cache.mode", "a language model's cache holds only an offline top-k teacher, "
+                       "and without cache.topk the run trains from the online teacher, uncached",
+                       "Set cache.topk=K (e.g. cache.topk=16) to train from a stored top-k teacher, "
+                       "or remove it."))
+        mode = "off"
+    if mode != "disk":
+        unread.append(("cache.dir", f"only cache: disk keeps a folder (cache.mode is {mode})",
+                       "Set cache=disk to keep the cache in that folder, or remove cache.dir."))
+    if mode == "off":
+        unread += [(key, "the cache is off (cache.mode is off)",
+                    f"Set cache=memory or cache=disk to use it, or remove {key}.")
+                   for key in ("cache.topk", "cache.dtype")]
+    return unread
+
+
 Stage = Literal["teacher", "scratch", "distill"]
 
 

@@ -20,6 +20,7 @@ from .io import write_json, write_text
 from .markdown import fmt, json_safe, table
 from .plots import COLORS, LABELS, STAGES, figure_grid, plot_accuracy_bars, save_png
 from .run_folder import require
+from .saved_config import migrate
 from .tasks import task_of_run
 from .trust import NO_TRUST, Trust, require_trust
 
@@ -171,7 +172,7 @@ def read_record(out_dir: str | Path) -> tuple[RunConfig, int, bool] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        cfg, n = validate(record["config"]), int(record["n"])
+        cfg, n = validate(migrate(record["config"])), int(record["n"])  # maybe an older schema
     except (ValueError, KeyError, TypeError) as e:
         raise DistillError(
             f"'{path}' is damaged ({e}); the seed-<k>/ runs beside it are intact. Resume each "
