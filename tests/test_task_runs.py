@@ -12,6 +12,7 @@ import pytest
 
 import distill.cli
 from distill.cli import main
+from distill.errors import DistillError
 from distill.tasks import ClassificationTask, LanguageModelTask, task_of_run
 from distill.trust import NO_TRUST
 
@@ -166,3 +167,13 @@ def test_cli_has_no_task_branches():
     source = Path(distill.cli.__file__).read_text()
     for word in ("language_model", "classification", "_is_lm", "cfg.task", "getattr(", "hasattr(", ".lm"):
         assert word not in source, word
+
+
+def test_eval_refuses_overrides_it_would_ignore(tmp_path, capsys):
+    """A finished run is evaluated as it trained: train.* and other non-data keys would be ignored."""
+    from distill.run_reader import run_config
+
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(DistillError, match="train.lr=5 would be ignored"):
+        run_config(tmp_path, ["data.batch_size=32", "train.lr=5"])
+    assert run_config(tmp_path, ["data.batch_size=32"]).data.batch_size == 32

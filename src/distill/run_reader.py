@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .config import RunConfig, load_config
+from .config import RunConfig, load_config, parse_override
 from .errors import DistillError
 from .io import read_lines
 from .trust import NO_TRUST, Trust, require_trust
@@ -27,6 +27,11 @@ def run_config(run_dir: str | Path, overrides: Sequence[str] = (), trust: Trust 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise DistillError(f"'{run_dir}' has no config.yaml; give a run folder written by `distill run`.")
+    ignored = [text for text in overrides if parse_override(text)[0][0] != "data"]
+    if ignored:  # a trained run is only read back: anything but the data would be ignored
+        raise DistillError(f"{', '.join(ignored)} would be ignored: a finished run is evaluated with "
+                           "the settings it trained with; only data.* overrides (the data to "
+                           "evaluate on, e.g. data.path=other.npz) apply.")
     cfg = load_config(path, list(overrides))
     require_trust(cfg, run_dir, trust.code)
     return cfg
