@@ -140,6 +140,11 @@ class RunFolder:
             sweep(self.dir)
 
     def unlock(self) -> None:
+        """The run is over (finished, stopped or failed): close the TensorBoard writer and free
+        the folder's lock."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.lock is not None:
             os.close(self.lock)
             self.lock = None
