@@ -20,6 +20,28 @@ from distill.saved_config import migrate
 from distill.seeds import read_record
 from full_disk import RESUME, TINY, interrupted
 
+# The sections bbe454d wrote the same way for both tasks (every key of both, at its defaults).
+OLD_SECTIONS = """\
+stages:
+- teacher
+- scratch
+- distill
+log:
+  tensorboard: false
+cache: auto
+cache_dtype: fp32
+cache_topk: null
+cache_dir: null
+lm:
+  shared_vocab: null
+  chunk: null
+  on_policy:
+    fraction: 0.0
+    temperature: 1.0
+    max_new_tokens: 32
+    prompt_tokens: 16
+"""
+
 # bbe454d: `distill run train.epochs=EPOCHS teacher.model=mlp teacher.kwargs.hidden=[16] data.batch_size=256`
 OLD_CLASSIFIER = """\
 name: digits-transfer
@@ -83,25 +105,7 @@ train:
   teacher_dtype: fp32
   scale_lr: false
   device: auto
-stages:
-- teacher
-- scratch
-- distill
-log:
-  tensorboard: false
-cache: auto
-cache_dtype: fp32
-cache_topk: null
-cache_dir: null
-lm:
-  shared_vocab: null
-  chunk: null
-  on_policy:
-    fraction: 0.0
-    temperature: 1.0
-    max_new_tokens: 32
-    prompt_tokens: 16
-"""
+""" + OLD_SECTIONS
 
 # bbe454d: tests/lm/test_lm.py's TINY run on the text file CORPUS
 OLD_LM = """\
@@ -178,25 +182,7 @@ train:
   teacher_dtype: fp32
   scale_lr: false
   device: auto
-stages:
-- teacher
-- scratch
-- distill
-log:
-  tensorboard: false
-cache: auto
-cache_dtype: fp32
-cache_topk: null
-cache_dir: null
-lm:
-  shared_vocab: null
-  chunk: null
-  on_policy:
-    fraction: 0.0
-    temperature: 1.0
-    max_new_tokens: 32
-    prompt_tokens: 16
-"""
+""" + OLD_SECTIONS
 
 OLD_MARKER = """\
 {
