@@ -102,9 +102,7 @@ class Run:
         teacher = self.teacher_stage(data)
         for stage in self._students_left():
             self.student_stage(stage, data, teacher, terms, ce_weight)
-        summary = self.summary(data)
-        self.folder.write_summary(summary)
-        return summary
+        return self.summary(data)  # `run` writes it, once, with the wall time
 
     def _configure(self) -> None:
         cfg = self.cfg
