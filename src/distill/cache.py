@@ -259,17 +259,16 @@ class TeacherCache:
         """Ahead of time: compute every missing (sample, view) of `loader`'s data, built in the
         loader's order: the view re-created with `augment.params_for_view`, then the loader's
         transform (at epoch 0: open_cache checked it is the same in every epoch)."""
-        device = loader.x.device
         by_view = self.filled.view(self.num_samples, self.num_views)
         for v in range(self.num_views):
             todo = (~by_view[:, v]).nonzero().flatten()
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
-                x = loader.x[idx.to(device)]
+                x = loader.raw(idx)
                 if self.augment is not None:
                     x = self.augment.apply(x, self.augment.params_for_view(torch.full_like(idx, v)))
                 if loader.transform is not None:
-                    x = loader.transform(x, 0, idx.to(device))
+                    x = loader.transform(x, 0, idx.to(x.device))
                 out = compute(x)
                 self.put(self.keys(idx, torch.full_like(idx, v)), out.logits, out.features)
         self.flush()
@@ -306,9 +305,9 @@ def fingerprint(teacher, loader) -> dict:
     unaugmented cache), and a hash of the first 8 samples as epoch 0 gives them (catches a
     changed normalization)."""
     augment = loader.augment
-    probe = loader.batch(loader.index[:8], 0).inputs
-    return {"teacher_sha256": teacher_hash(teacher), "data_sha256": data_hash(loader.x),
-            "data_shape": list(loader.x.shape), "data_dtype": str(loader.x.dtype),
+    probe, row = loader.batch(loader.index[:8], 0).inputs, loader.raw(loader.index[:1])
+    return {"teacher_sha256": teacher_hash(teacher), "data_sha256": loader.data_digest(),
+            "data_shape": [loader.num_samples, *row.shape[1:]], "data_dtype": str(row.dtype),
             "transform": augment.spec() if augment else None, "seed": loader.seed if augment else None,
             "probe_sha256": data_hash(probe)}
 
@@ -318,7 +317,7 @@ def open_cache(mode: str, distiller, loader, *, epochs: int = 1, mixup: bool = F
                memory_budget: int | None = None, min_rows: int = 32) -> tuple[TeacherCache | None, str]:
     """Decide, build and attach the teacher cache of a run; return (cache or None, reason).
 
-    The views are the ones `loader` (a TensorLoader) draws: its `augment` and `seed`. Mode
+    The views are the ones `loader` (a data.loader.BatchLoader) draws: its `augment` and `seed`. Mode
     "off": none. Whether to build one is `cache_plan.plan` (a run asks it before training):
     "memory" / "disk" as asked, a DistillError if the augmentation cannot be replayed; "auto"
     in memory, fp32, no top-k, only when exact (replayable views) and worthwhile (expected hit
@@ -340,7 +339,7 @@ def open_cache(mode: str, distiller, loader, *, epochs: int = 1, mixup: bool = F
                 memory_budget=memory_budget, min_rows=min_rows, live=live, device=device)
     storage = "memory" if mode == "auto" else mode
     try:
-        cache = TeacherCache(len(loader.x), shapes, fingerprint(distiller.teacher, loader), storage=storage, **args)
+        cache = TeacherCache(loader.num_samples, shapes, fingerprint(distiller.teacher, loader), storage=storage, **args)
     except DistillError as e:
         if mode != "auto":
             raise

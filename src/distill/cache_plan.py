@@ -65,7 +65,7 @@ def check_epoch_independent(loader) -> None:
     elif transform is None:
         return
     else:
-        x = augment.apply(loader.x[idx], augment.draw(loader.seed, 0, idx))
+        x = augment.apply(loader.raw(idx), augment.draw(loader.seed, 0, idx))
         same = torch.equal(transform(x.clone(), 0, idx), transform(x.clone(), 1, idx))
     if same:
         return

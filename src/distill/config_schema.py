@@ -47,6 +47,17 @@ class DataConfig(DataBase):
     label_column: str = "label"  # csv
     label_fraction: float = Field(0.1, gt=0, le=1)
     unlabelled_path: str | None = None
+    val_max: int | None = Field(None, gt=0)  # validate on a fixed stratified subset of this many
+    # Which loader serves the data (distill.data.stream): memory holds every decoded row in RAM,
+    # stream reads batches on demand in `workers` processes; auto streams data read from disk
+    # on demand whose decoded size exceeds memory_limit_mb (default: an eighth of RAM).
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    workers: int | None = Field(None, ge=0, le=64)  # stream: reader processes; null: cores - 1 (at most 4)
+    prefetch: int = Field(2, gt=0, le=64)  # stream: batches each worker reads ahead
+    memory_limit_mb: int | None = Field(None, gt=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # data.name=package.module:function: its arguments
+    image_column: str = "image"  # hf: the column holding the inputs
+    skip_corrupt: bool = False  # lazy image folders: skip unreadable files (and count them) instead of stopping
 
 
 class LMDataConfig(DataBase):

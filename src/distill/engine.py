@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import Checkpointer, TrainState, set_rng_state
 from .contracts import Batch, Distiller, Selection, StepOutput, as_batch
-from .data.loader import TensorLoader
+from .data.loader import BatchLoader
 from .errors import DistillError
 from .metrics import evaluate_classifier as evaluate
 from .runtime import (
@@ -271,7 +271,8 @@ def train_epoch(distiller: Distiller, t: Training, train_loader, cfg, device, ep
     sums = EpochSums(state.partial, state.step, t.optimizer.param_groups[0]["lr"], device)
     watch = FiniteWatch(distiller, device)
     out = batch = None
-    for step, item in enumerate(train_loader):
+    first = state.step if isinstance(train_loader, BatchLoader) else 0  # distill's loaders skip unread
+    for step, item in enumerate(train_loader, first):
         if step < state.step:  # resuming mid-epoch: these steps were done before the stop
             continue
         batch = as_batch(item).to(device)
@@ -320,11 +321,12 @@ def end_epoch(distiller: Distiller, t: Training, sums: EpochSums, val_loader, de
     return record
 
 
-def set_loader_epoch(loader, epoch: int) -> None:
+def set_loader_epoch(loader, epoch: int, step: int = 0) -> None:
     """The epoch's shuffle order: distill's loaders (so a resumed run starts at this epoch's
-    order) and a DataLoader's DistributedSampler (which reshuffles only when told the epoch)."""
-    if isinstance(loader, TensorLoader):
-        loader.set_epoch(epoch)
+    order, at batch `step`, without reading the batches before it) and a DataLoader's
+    DistributedSampler (which reshuffles only when told the epoch)."""
+    if isinstance(loader, BatchLoader):
+        loader.set_epoch(epoch, step)
     elif isinstance(loader, DataLoader) and isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
 
@@ -374,7 +376,7 @@ def fit(
         start = time.perf_counter()
         distiller.train()
         distiller.set_epoch(epoch)
-        set_loader_epoch(train_loader, epoch)
+        set_loader_epoch(train_loader, epoch, t.state.step)
         sums = train_epoch(distiller, t, train_loader, cfg, device, epoch, on_step, save)
         record = end_epoch(distiller, t, sums, val_loader, device, epoch, selection,
                            time.perf_counter() - start)

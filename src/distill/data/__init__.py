@@ -1,85 +1,60 @@
 """Datasets and loaders. Items are `contracts.Batch`es; label -1 marks an unlabelled sample.
 
-`build_data` reads the named dataset (digits ships with scikit-learn; everything else is read
-from `data.path`), splits it with a fixed seed independent of the run's seed (seeds vary
-initialisation and order, not the data), and applies `label_fraction`: labels are kept on a
-seeded, stratified fraction of the training data and the rest form the unlabelled part of the
-transfer set. The teacher always trains on every training label.
+`build_data` opens the named dataset as `Samples` (distill.data.source: digits ships with
+scikit-learn; everything else is read from `data.path`), carves its splits
+(distill.data.splits), and serves them with the loader `data.loader` picks: the in-memory
+TensorLoader, or the StreamLoader whose workers read rows on demand (distill.data.stream).
+Both walk the same seeded order and draw the same augmentations, so they train the same
+student.
 
-Images (uint8, N x C x H x W) stay uint8 in memory and are normalized per channel with
-training statistics on the fly, after the optional augmentation; tabular and digits inputs
-are standardized per feature once.
+Images (uint8, N x C x H x W) stay uint8 and are normalized per channel with training
+statistics on the fly, after the optional augmentation; tabular and digits inputs are
+standardized per feature as they are read. Statistics take one pass over the training rows in
+bounded memory (float64 accumulators over chunks, not a float64 copy).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..contracts import UNLABELLED
 from ..errors import DistillError, short
+from ..stores import format_bytes
 from .augment import Augment, Normalize, build_augment, channel_stats
-from .digits import load_digits_arrays
-from .loader import TensorLoader
-from .readers import READERS, RawData, check_inputs, check_labels, read_dataset
+from .loader import BatchLoader, TensorLoader
+from .memory import data_memory_budget
+from .readers import check_inputs
+from .samples import ArraySamples, Mapped, Samples
+from .source import SOURCES, Source, class_count, open_source
+from .splits import Splits, make_splits
+from .stream import StreamLoader
 from .tables import load_npz
 
-DATASETS = ["digits", *READERS]
+DATASETS = list(SOURCES)
 
 
 @dataclass
 class Data:
-    teacher_train: TensorLoader  # every training label
-    train: TensorLoader  # the student's transfer set: labels only on label_fraction of it
-    val: TensorLoader
-    test: TensorLoader
+    teacher_train: BatchLoader  # every training label
+    train: BatchLoader  # the student's transfer set: labels only on label_fraction of it
+    val: BatchLoader
+    test: BatchLoader
     num_classes: int
     in_shape: tuple[int, ...]
     counts: dict[str, int]
     augment: Augment | None = None  # the training augmentation (None: none)
+    loader: str = "memory"  # memory | stream: which loader serves the splits
+    loader_note: str = ""  # why that loader (the run says it in its first lines)
+    stats: dict = field(default_factory=dict)  # the normalization statistics (the run folder keeps them)
 
 
-def _read(cfg) -> RawData:
-    if cfg.name == "digits":
-        x, y = load_digits_arrays()
-        return RawData(x, y, None, None, None)
-    if cfg.name not in READERS:
-        raise DistillError(f"Unknown dataset '{cfg.name}'. Available: {', '.join(DATASETS)}.")
-    return read_dataset(cfg.name, cfg.path, size=cfg.size, crop=cfg.crop, label_column=cfg.label_column)
-
-
-def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int):
-    """Split `idx` into (rest, part) with `fraction` of it in part, stratified by y[idx]."""
-    from sklearn.model_selection import train_test_split  # 1-4 s to import: only when splitting
-
-    try:
-        return train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
-    except ValueError as e:
-        raise DistillError(
-            f"Cannot make a stratified split of {len(idx)} samples with fraction {fraction}: {e}. "
-            "Use more data or a larger fraction."
-        ) from None
-
-
-def _student_labels(y_train: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
-    y_student = np.full_like(y_train, UNLABELLED)
-    n_keep = max(int(round(fraction * len(y_train))), num_classes)
-    if fraction >= 1.0 or n_keep >= len(y_train):
-        return y_train.copy()
-    from sklearn.model_selection import train_test_split
-
-    keep, _ = train_test_split(
-        np.arange(len(y_train)), train_size=n_keep, stratify=y_train, random_state=seed
-    )
-    y_student[keep] = y_train[keep]
-    return y_student
-
-
-def _load_unlabelled(path: str, in_shape: tuple[int, ...], dtype) -> np.ndarray:
+def _load_unlabelled(path: str, like: Samples) -> Samples:
+    in_shape = like.sample_shape
     p = Path(path)
     if not p.is_file():
         raise DistillError(
@@ -96,87 +71,135 @@ def _load_unlabelled(path: str, in_shape: tuple[int, ...], dtype) -> np.ndarray:
             f"Unlabelled inputs in '{path}' have shape {tuple(x.shape[1:])} per sample; "
             f"the dataset's inputs have {in_shape}."
         )
-    return x.astype(dtype)
+    x = x.astype(like.dtype)
+    return ArraySamples(x, np.full(len(x), -1, dtype=np.int64))
 
 
-def _transforms(cfg, x_train: np.ndarray):
-    """(prepare, train_transform, eval_transform, augment) for the dataset's kind of input; with
-    a random augment the training loader draws it (and normalizes) itself."""
-    is_image = x_train.dtype == np.uint8 and x_train.ndim == 4
+def feature_stats(samples: Samples, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float32, (1, *shape)) in two chunked float64 passes: bounded
+    memory, and the same numbers whichever loader reads the rows."""
+    n, total = len(samples), np.zeros(samples.sample_shape)
+    for part in samples.chunks(rows):
+        total += part.sum(axis=0, dtype=np.float64)
+    mean = total / n
+    squares = np.zeros(samples.sample_shape)
+    for part in samples.chunks(rows):
+        squares += np.square(part - mean).sum(axis=0)
+    std = np.sqrt(squares / n)
+    mean, std = mean[None].astype(np.float32), std[None].astype(np.float32)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def _transforms(cfg, train: Samples):
+    """(row_map, train_transform, eval_transform, augment, stats) for the dataset's kind of
+    input: row_map standardizes features as rows are read (None for images); with a random
+    augment the training loader draws it (and normalizes) itself."""
+    is_image = train.dtype == np.uint8 and len(train.sample_shape) == 3
     if not is_image:
         if cfg.augment not in (None, "none"):
             raise DistillError(
                 f"data.augment={short(cfg.augment)} needs images (uint8, N x C x H x W); "
-                f"'{cfg.name}' has inputs of shape {x_train.shape[1:]}. Set data.augment=none."
+                f"'{cfg.name}' has inputs of shape {train.sample_shape}. Set data.augment=none."
             )
-        mean = x_train.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
-        std = x_train.std(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
-        std[std == 0] = 1.0
-        return (lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))), None, None, None
-    normalize = Normalize(*channel_stats(x_train, scale=1 / 255), scale=1 / 255)
-    size = x_train.shape[-2:]
+        mean, std = feature_stats(train)
+        stats = {"kind": "per_feature", "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
+        return (lambda a: ((a - mean) / std).astype(np.float32)), None, None, None, stats
+    mean, std = channel_stats(train, scale=1 / 255)
+    normalize = Normalize(mean, std, scale=1 / 255)
+    size = train.sample_shape[-2:]
     augment = build_augment(cfg.augment or "none", size, normalize=normalize)
     eval_aug = Augment([normalize], size)
 
     def evaluate(x, epoch, index):
         return eval_aug.apply_eval(x)
 
+    stats = {"kind": "per_channel", "scale": 1 / 255, "mean": mean, "std": std}
     if augment is None or not augment.is_random:
-        return torch.from_numpy, evaluate, evaluate, None
-    return torch.from_numpy, None, evaluate, augment
+        return None, evaluate, evaluate, None, stats
+    return None, None, evaluate, augment, stats
 
 
 def fingerprint(data: Data) -> str:
-    """sha256 over every split's inputs and labels (after decoding, before the per-batch
-    transform): a run folder records it so that eval/export notice data that changed since."""
+    """sha256 over every split's inputs and labels: a run folder records it so that
+    eval/export notice data that changed since. In memory, the decoded rows (before the
+    per-batch transform); streamed, each source's own digest (file names, sizes, times)."""
     h = hashlib.sha256()
     for loader in (data.train, data.val, data.test):
-        for t in (loader.x, loader.y):
+        if isinstance(loader, StreamLoader):
+            h.update(loader.data_digest().encode())
+            tensors = (loader.y,)
+        else:
+            tensors = (loader.x, loader.y)
+        for t in tensors:
             t = t.contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(memoryview(t.numpy()).cast("B"))
     return h.hexdigest()
 
 
+def loader_budget(cfg) -> int:
+    """The bytes of decoded data the memory loader may hold: data.memory_limit_mb, or an eighth
+    of physical RAM (the data share it with the models, the teacher cache and the workers)."""
+    return cfg.memory_limit_mb << 20 if cfg.memory_limit_mb else data_memory_budget() // 4
+
+
+def choose_loader(cfg, source: Source, splits: Splits) -> tuple[str, str]:
+    """(memory | stream, why) from data.loader: "auto" holds data in memory when they are
+    already decoded or, read from disk on demand, when every split decoded fits the budget."""
+    if not source.lazy:
+        if cfg.loader == "stream":
+            return "stream", "stream (data.loader=stream)"
+        return "memory", "memory (the data are decoded in RAM as they are read)"
+    nbytes = sum(s.nbytes for s in (splits.train, splits.val, splits.test))
+    budget = loader_budget(cfg)
+    size = f"the data decode to {format_bytes(nbytes)}, the memory budget is {format_bytes(budget)}"
+    if cfg.loader == "memory" and nbytes > budget:
+        raise DistillError(
+            f"data.loader=memory: {size}, so they would not fit. Use data.loader=stream (or auto), "
+            "or raise data.memory_limit_mb if this machine has the memory."
+        )
+    if cfg.loader == "auto":
+        kind = "memory" if nbytes <= budget else "stream"
+        return kind, f"{kind} (data.loader=auto: {size})"
+    return cfg.loader, f"{cfg.loader} (data.loader={cfg.loader}; {size})"
+
+
+def _workers(cfg) -> int:
+    return cfg.workers if cfg.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _loaders(cfg, kind: str, splits: Splits, seed: int, row_map, train_tf, eval_tf, augment):
+    """The four loaders of `kind` over the splits."""
+    bs, ebs = cfg.batch_size, max(cfg.batch_size, 512)
+    mapped = {}
+
+    def rows(samples: Samples) -> Samples:
+        return samples if row_map is None else Mapped(samples, row_map, np.float32)
+
+    def make(samples, labels, train: bool):
+        size, tf, aug = (bs, train_tf, augment) if train else (ebs, eval_tf, None)
+        if kind == "stream":
+            return StreamLoader(rows(samples), size, train, seed, transform=tf, augment=aug, labels=labels,
+                                workers=_workers(cfg), prefetch=cfg.prefetch, persistent=train,
+                                pin_memory=torch.cuda.is_available())
+        if id(samples) not in mapped:  # the teacher's and the students' rows, decoded once
+            mapped[id(samples)] = torch.from_numpy(rows(samples).materialize())
+        y = torch.from_numpy(samples.labels if labels is None else labels)
+        return TensorLoader(mapped[id(samples)], y, size, train, seed, transform=tf, augment=aug)
+
+    return (make(splits.teacher_train, None, True), make(splits.train, splits.student_labels, True),
+            make(splits.val, None, False), make(splits.test, None, False))
+
+
 def build_data(cfg, seed: int = 0) -> Data:
     """Build loaders from a DataConfig. `seed` drives the shuffle order and augmentation draws."""
-    raw = _read(cfg)
-    x, y = raw.x, check_labels(raw.y, name=f"{cfg.name} labels")
-    if raw.x_test is not None:  # a predefined test split: carve validation out of train
-        x_test, y_test = raw.x_test, check_labels(raw.y_test, name=f"{cfg.name} test labels")
-        train_idx, val_idx = _stratified(np.arange(len(y)), y, cfg.val_fraction, cfg.split_seed)
-    else:
-        rest, test_idx = _stratified(np.arange(len(y)), y, cfg.test_fraction, cfg.split_seed)
-        train_idx, val_idx = _stratified(rest, y, cfg.val_fraction / (1 - cfg.test_fraction), cfg.split_seed)
-        x_test, y_test = x[test_idx], y[test_idx]
-    num_classes = int(max(y.max(), y_test.max())) + 1
-    in_shape = tuple(x.shape[1:])
-    x_train, y_train = x[train_idx], y[train_idx]
-    prepare, train_tf, eval_tf, augment = _transforms(cfg, x_train)
-
-    y_student = _student_labels(y_train, cfg.label_fraction, num_classes, cfg.split_seed)
-    x_student = x_train
-    if cfg.unlabelled_path:
-        extra = _load_unlabelled(cfg.unlabelled_path, in_shape, x_train.dtype)
-        x_student = np.concatenate([x_train, extra])
-        y_student = np.concatenate([y_student, np.full(len(extra), UNLABELLED, dtype=np.int64)])
-
-    bs, ebs = cfg.batch_size, max(cfg.batch_size, 512)
-    return Data(
-        teacher_train=TensorLoader(prepare(x_train), torch.from_numpy(y_train), bs, True, seed,
-                                   transform=train_tf, augment=augment),
-        train=TensorLoader(prepare(x_student), torch.from_numpy(y_student), bs, True, seed,
-                           transform=train_tf, augment=augment),
-        val=TensorLoader(prepare(x[val_idx]), torch.from_numpy(y[val_idx]), ebs, transform=eval_tf),
-        test=TensorLoader(prepare(x_test), torch.from_numpy(y_test), ebs, transform=eval_tf),
-        num_classes=num_classes,
-        in_shape=in_shape,
-        counts={
-            "train": len(x_train),
-            "labelled": int((y_student != UNLABELLED).sum()),
-            "unlabelled": int((y_student == UNLABELLED).sum()),
-            "val": len(val_idx),
-            "test": len(x_test),
-        },
-        augment=augment,
-    )
+    source = open_source(cfg)
+    num_classes = class_count(source)
+    extra = _load_unlabelled(cfg.unlabelled_path, source.train) if cfg.unlabelled_path else None
+    splits = make_splits(source, cfg, num_classes, extra)
+    kind, note = choose_loader(cfg, source, splits)
+    row_map, train_tf, eval_tf, augment, stats = _transforms(cfg, splits.teacher_train)
+    teacher_train, train, val, test = _loaders(cfg, kind, splits, seed, row_map, train_tf, eval_tf, augment)
+    return Data(teacher_train, train, val, test, num_classes, source.train.sample_shape, splits.counts(),
+                augment=augment, loader=kind, loader_note=note, stats=stats)

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import DistillError, short
 from .draws import HASH, _Rand, counter_bits
+from .samples import Samples
 from .transforms import (
     TRANSFORMS,
     Cutout,
@@ -247,19 +248,20 @@ def build_augment(value, image_size, normalize: Normalize | None = None) -> Augm
 
 def channel_stats(x, scale: float = 1.0, chunk: int = 4096,
                   max_elements: int = 1 << 22) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, ...) data (numpy or torch), times `scale`, computed
-    in float64 over chunks of at most `chunk` samples and `max_elements` values (32 MiB of
-    float64), squared in place: the peak is one chunk, not a float64 copy of the data."""
+    """Per-channel mean and std of (N, C, ...) data (numpy, torch or `Samples`), times `scale`,
+    computed in float64 over chunks of at most `chunk` samples and `max_elements` values (32 MiB
+    of float64), squared in place: the peak is one chunk, not a float64 copy of the data."""
     n = len(x)
     if n == 0:
         raise DistillError("Cannot compute channel statistics of an empty dataset.")
-    c = x.shape[1]
-    per_sample = max(int(np.prod(x.shape[1:])), 1)
+    shape = x.sample_shape if isinstance(x, Samples) else tuple(x.shape[1:])
+    c = shape[0]
+    per_sample = max(int(np.prod(shape)), 1)
     rows = max(1, min(chunk, max_elements // per_sample))
+    parts = x.chunks(rows) if isinstance(x, Samples) else (x[i : i + rows] for i in range(0, n, rows))
     s = np.zeros(c)
     s2 = np.zeros(c)
-    for i in range(0, n, rows):
-        part = x[i : i + rows]
+    for part in parts:
         if isinstance(part, torch.Tensor):
             part = part.detach().cpu().numpy()
         part = np.array(part, dtype=np.float64).reshape(len(part), c, -1)

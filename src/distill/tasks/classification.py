@@ -164,10 +164,13 @@ class ClassificationTask:
                 f"only on {c['labelled']} samples, and the distilled student also learns from the "
                 f"teacher's soft targets on all {c['labelled'] + c['unlabelled']}."
             )
+        if data.loader_note:
+            lines.append(f"Loader: {data.loader_note}.")
         return lines
 
     def data_summary(self, data: Data) -> dict:
-        return {"num_classes": data.num_classes, **data.counts, "sha256": fingerprint(data)}
+        return {"num_classes": data.num_classes, **data.counts, "sha256": fingerprint(data),
+                "loader": data.loader, "normalization": data.stats}
 
     # ---------------------------------------------------------------- a run folder read back
 

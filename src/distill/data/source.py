@@ -1,0 +1,62 @@
+"""Opening a dataset by name: what `data.name` reads, as `Samples` (distill.data.samples).
+
+A `Source` is the dataset as found: its samples (the pool that training, validation and test
+are carved from) and the splits it predefines. The eager readers (digits, CIFAR, MNIST, .npz,
+.csv) decode into RAM as they always have; the others keep only paths and read rows on demand
+(`lazy`), so the loader choice (data.loader) can stream them. A new source is a function
+`open_<name>(cfg) -> Source` added to SOURCES.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DistillError
+from .digits import load_digits_arrays
+from .labels import check_labels
+from .readers import READERS, read_dataset
+from .samples import ArraySamples, Samples
+
+
+@dataclass
+class Source:
+    train: Samples  # the pool training is taken from (validation and test too, unless given)
+    val: Samples | None = None
+    test: Samples | None = None
+    lazy: bool = False  # rows are read from disk on demand: the loader choice matters
+    class_names: list[str] | None = None
+    image_folder: bool = False  # lazily decoded images: the memory loader decodes them up front
+
+
+def _arrays(x, y, name: str) -> ArraySamples:
+    return ArraySamples(x, check_labels(y, name=name))
+
+
+def open_digits(cfg) -> Source:
+    x, y = load_digits_arrays()
+    return Source(_arrays(x, y, "digits labels"))
+
+
+def _open_reader(cfg) -> Source:
+    raw = read_dataset(cfg.name, cfg.path, size=cfg.size, crop=cfg.crop, label_column=cfg.label_column)
+    test = None if raw.x_test is None else _arrays(raw.x_test, raw.y_test, f"{cfg.name} test labels")
+    return Source(_arrays(raw.x, raw.y, f"{cfg.name} labels"), test=test, class_names=raw.class_names)
+
+
+SOURCES = {"digits": open_digits, **{name: _open_reader for name in READERS}}
+
+
+def open_source(cfg) -> Source:
+    """The Source that `cfg.name` names (a DataConfig)."""
+    name = cfg.name
+    if name in SOURCES:
+        return SOURCES[name](cfg)
+    raise DistillError(f"Unknown dataset '{name}'. Available: {', '.join(SOURCES)}.")
+
+
+def class_count(source: Source) -> int:
+    """K: one more than the largest label in any split."""
+    parts = [s for s in (source.train, source.val, source.test) if s is not None]
+    return int(max(int(np.max(p.labels, initial=-1)) for p in parts)) + 1

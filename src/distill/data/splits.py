@@ -1,0 +1,100 @@
+"""Carving a Source into the teacher's training set, the student's transfer set, validation
+and test, with a fixed seed (`data.split_seed`, independent of the run's seed: seeds vary
+initialisation and order, not the data).
+
+Missing splits are carved out of the labelled training pool, stratified. `label_fraction`
+keeps labels on a seeded, stratified fraction of the training data for the students; the rest
+(and any sample labelled -1, and data.unlabelled_path) form the unlabelled part of the
+transfer set. The teacher always trains on every training label. Splits are row indices into
+the source's samples (`Samples.subset`): nothing is copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..contracts import UNLABELLED
+from ..errors import DistillError
+from .samples import Samples, concat
+from .source import Source
+
+
+@dataclass
+class Splits:
+    teacher_train: Samples  # every training label
+    train: Samples  # the transfer set; its labels are `student_labels`
+    student_labels: np.ndarray
+    val: Samples
+    test: Samples
+
+    def counts(self) -> dict[str, int]:
+        labelled = int((self.student_labels != UNLABELLED).sum())
+        return {"train": len(self.teacher_train), "labelled": labelled,
+                "unlabelled": len(self.student_labels) - labelled, "val": len(self.val),
+                "test": len(self.test)}
+
+
+def stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+    """Split `idx` into (rest, part) with `fraction` of it in part, stratified by y[idx]."""
+    from sklearn.model_selection import train_test_split  # 1-4 s to import: only when splitting
+
+    try:
+        return train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
+    except ValueError as e:
+        raise DistillError(
+            f"Cannot make a stratified split of {len(idx)} samples with fraction {fraction}: {e}. "
+            "Use more data or a larger fraction."
+        ) from None
+
+
+def student_labels(y_train: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
+    y_student = np.full_like(y_train, UNLABELLED)
+    n_keep = max(int(round(fraction * len(y_train))), num_classes)
+    if fraction >= 1.0 or n_keep >= len(y_train):
+        return y_train.copy()
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(
+        np.arange(len(y_train)), train_size=n_keep, stratify=y_train, random_state=seed
+    )
+    y_student[keep] = y_train[keep]
+    return y_student
+
+
+def _capped(val: Samples, limit: int | None, seed: int) -> Samples:
+    """At most `limit` validation samples, a fixed stratified subset (data.val_max)."""
+    if limit is None or len(val) <= limit:
+        return val
+    keep, _ = stratified(np.arange(len(val)), val.labels, 1 - limit / len(val), seed)
+    return val.subset(np.sort(keep))
+
+
+def make_splits(source: Source, cfg, num_classes: int, extra: Samples | None = None) -> Splits:
+    """The run's splits of `source` (a DataConfig `cfg`); `extra`: unlabelled inputs."""
+    pool, seed = source.train, cfg.split_seed
+    y = pool.labels
+    labelled = np.flatnonzero(y != UNLABELLED)
+    unlabelled = np.flatnonzero(y == UNLABELLED)
+    test = source.test
+    if test is None:
+        labelled, test_idx = stratified(labelled, y, cfg.test_fraction, seed)
+        test = pool.subset(test_idx)
+    val = source.val
+    if val is None:
+        share = cfg.val_fraction if source.test is not None else cfg.val_fraction / (1 - cfg.test_fraction)
+        labelled, val_idx = stratified(labelled, y, share, seed)
+        val = pool.subset(val_idx)
+    for name, split in (("validation", val), ("test", test)):
+        if (split.labels == UNLABELLED).any():
+            raise DistillError(f"The {name} split has unlabelled samples (label -1); every sample "
+                               "it is scored on needs a label. Give it labelled samples only.")
+    teacher_train = pool.subset(labelled)
+    y_student = student_labels(y[labelled], cfg.label_fraction, num_classes, seed)
+    parts, labels = [teacher_train], [y_student]
+    for rest in ([pool.subset(unlabelled)] if len(unlabelled) else []) + ([extra] if extra else []):
+        parts.append(rest)
+        labels.append(np.full(len(rest), UNLABELLED, dtype=np.int64))
+    return Splits(teacher_train, concat(parts), np.concatenate(labels),
+                  _capped(val, cfg.val_max, seed), test)
