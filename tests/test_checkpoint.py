@@ -43,8 +43,11 @@ def _start(out: Path) -> subprocess.Popen:
 def _wait_for_checkpoint(out: Path, stage: str, proc: subprocess.Popen, timeout=180.0):
     pointer, deadline = out / POINTER, time.time() + timeout
     while time.time() < deadline:
-        if pointer.exists() and json.loads(pointer.read_text())["stage"] == stage:
-            return
+        try:  # a finished stage removes its pointer: it can vanish between two reads
+            if json.loads(pointer.read_text())["stage"] == stage:
+                return
+        except FileNotFoundError:
+            pass
         assert proc.poll() is None, "the run ended before it could be interrupted"
         time.sleep(0.01)
     raise AssertionError("no checkpoint appeared")
