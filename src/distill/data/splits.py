@@ -36,8 +36,9 @@ class Splits:
                 "test": len(self.test)}
 
 
-def stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int):
-    """Split `idx` into (rest, part) with `fraction` of it in part, stratified by y[idx]."""
+def stratified(idx: np.ndarray, y: np.ndarray, fraction: float | int, seed: int):
+    """Split `idx` into (rest, part) with `fraction` of it (or, an int, that many) in part,
+    stratified by y[idx]."""
     from sklearn.model_selection import train_test_split  # 1-4 s to import: only when splitting
 
     try:
@@ -67,7 +68,7 @@ def _capped(val: Samples, limit: int | None, seed: int) -> Samples:
     """At most `limit` validation samples, a fixed stratified subset (data.val_max)."""
     if limit is None or len(val) <= limit:
         return val
-    keep, _ = stratified(np.arange(len(val)), val.labels, 1 - limit / len(val), seed)
+    keep, _ = stratified(np.arange(len(val)), val.labels, len(val) - limit, seed)  # a count: exactly `limit` kept
     return val.subset(np.sort(keep))
 
 
