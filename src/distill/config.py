@@ -43,7 +43,7 @@ from .config_yaml import AliasRefused, load_yaml, read_text
 from .errors import ConfigError, clip, short
 from .naming import did_you_mean, unknown_key
 from .saved_config import migrate, saved_by_distill
-from .terms import check_loss
+from .terms import check_loss, is_code_path
 
 __all__ = [
     "DEFAULT_TASK", "LM_DEFAULTS", "RUN_NAME", "SCHEMAS", "SEED_LIMIT", "SPLIT_SEED_LIMIT", "CacheConfig",
@@ -224,16 +224,35 @@ def _value(model: BaseModel, dotted: str) -> Any:
     return model
 
 
+def _unused_data_keys(name: str) -> list[tuple[str, str]]:
+    """(key, why) for the classification data keys that data.name=`name` does not read."""
+    code = is_code_path(name)
+    ignored = []
+    if code:
+        ignored.append(("data.path", f"data.name={name} is your function: give it its files with data.kwargs"))
+    else:
+        ignored.append(("data.kwargs", "only a data.name=package.module:function (your own dataset "
+                                       "function) takes arguments"))
+    if name not in ("folder", "hf"):
+        ignored += [(k, "only data.name=folder resizes and crops (and data.name=hf images)")
+                    for k in ("data.size", "data.crop")]
+    if name not in ("csv", "hf"):
+        ignored.append(("data.label_column", "only data.name=csv and data.name=hf have columns"))
+    if name != "hf":
+        ignored.append(("data.image_column", "only data.name=hf has columns of inputs"))
+    if name != "folder":
+        ignored.append(("data.skip_corrupt", "only data.name=folder skips unreadable image files"))
+    return ignored
+
+
 def check_unused(cfg: RunConfig) -> None:
     """A ConfigError for every key set away from its default that this run would ignore."""
     default = type(cfg)()
     ignored = [(key, f"task={cfg.task} runs do not read it") for key in UNREAD.get(cfg.task, ())]
     if cfg.data.name == BUILT_IN_DATA.get(cfg.task):
         ignored.append(("data.path", f"data.name={cfg.data.name} is built in and reads no files"))
-    if cfg.task == "classification" and cfg.data.name != "folder":
-        ignored += [(k, "only data.name=folder resizes and crops") for k in ("data.size", "data.crop")]
-    if cfg.task == "classification" and cfg.data.name != "csv":
-        ignored.append(("data.label_column", "only data.name=csv has columns"))
+    if cfg.task == "classification":
+        ignored += _unused_data_keys(cfg.data.name)
     ignored = [(key, why, "Remove it, or change the setting that makes it unused.") for key, why in ignored]
     ignored += unread_cache_keys(cfg.task, cfg.cache.mode, cfg.cache.topk)
     for key, why, fix in ignored:

@@ -2,19 +2,25 @@
 
 A `Source` is the dataset as found: its samples (the pool that training, validation and test
 are carved from) and the splits it predefines. The eager readers (digits, CIFAR, MNIST, .npz,
-.csv) decode into RAM as they always have; the others keep only paths and read rows on demand
-(`lazy`), so the loader choice (data.loader) can stream them. A new source is a function
-`open_<name>(cfg) -> Source` added to SOURCES.
+.csv) decode into RAM as they always have; the others read rows on demand (`lazy`), so the
+loader choice (data.loader) can stream them: image folders (decoded per sample,
+distill.data.image_folder), memory-mapped .npy folders (distill.data.npy), local Hugging Face
+datasets (distill.data.hf) and the user's own Dataset, named by a `package.module:function`
+code path (distill.data.user_data). A new source is a function `open_<name>(cfg) -> Source`
+added to SOURCES.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import DistillError
+from ..naming import did_you_mean
 from .digits import load_digits_arrays
+from .image_folder import open_image_folder
 from .labels import check_labels
 from .readers import READERS, read_dataset
 from .samples import ArraySamples, Samples
@@ -45,15 +51,27 @@ def _open_reader(cfg) -> Source:
     return Source(_arrays(raw.x, raw.y, f"{cfg.name} labels"), test=test, class_names=raw.class_names)
 
 
-SOURCES = {"digits": open_digits, **{name: _open_reader for name in READERS}}
+def open_folder(cfg) -> Source:
+    """A class-per-subfolder image folder, decoded per sample when a loader reads it."""
+    if cfg.path is None or str(cfg.path) == "":
+        raise DistillError("Dataset 'folder' is read from disk: set data.path.")
+    samples, classes = open_image_folder(Path(cfg.path).expanduser(), size=cfg.size, crop=cfg.crop,
+                                         skip_corrupt=cfg.skip_corrupt)
+    return Source(samples, lazy=True, class_names=classes, image_folder=True)
+
+
+SOURCES = {"digits": open_digits, **{name: _open_reader for name in READERS}, "folder": open_folder}
 
 
 def open_source(cfg) -> Source:
-    """The Source that `cfg.name` names (a DataConfig)."""
+    """The Source that `cfg.name` names (a DataConfig): a SOURCES key, or the user's own
+    dataset function as `package.module:function` (distill.data.user_data)."""
     name = cfg.name
     if name in SOURCES:
         return SOURCES[name](cfg)
-    raise DistillError(f"Unknown dataset '{name}'. Available: {', '.join(SOURCES)}.")
+    raise DistillError(f"Unknown dataset '{name}'.{did_you_mean(name, SOURCES)} Available: "
+                       f"{', '.join(SOURCES)}, or your own as package.module:function (a function "
+                       "returning a torch Dataset of (input, label) pairs).")
 
 
 def class_count(source: Source) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DistillError
 from .loader import BatchLoader
 from .samples import Samples
 
@@ -26,8 +27,11 @@ class _Rows(Dataset):
     def __init__(self, samples: Samples):
         self.samples = samples
 
-    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return idx, torch.from_numpy(self.samples.take(idx.numpy()))
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | DistillError]:
+        try:
+            return idx, torch.from_numpy(self.samples.take(idx.numpy()))
+        except DistillError as e:  # handed back as a value: torch would re-raise it wrapped in
+            return idx, e  # the worker's traceback; __iter__ raises it as it was raised
 
 
 class _Batches:
@@ -68,6 +72,8 @@ class StreamLoader(BatchLoader):
     def __iter__(self):
         self.position = self._advance()
         for idx, x in self._data_loader():
+            if isinstance(x, DistillError):
+                raise x
             yield self.finish(x, idx, self.position[0])
 
     def raw(self, idx):
