@@ -60,7 +60,14 @@ def open_folder(cfg) -> Source:
     return Source(samples, lazy=True, class_names=classes, image_folder=True)
 
 
-SOURCES = {"digits": open_digits, **{name: _open_reader for name in READERS}, "folder": open_folder}
+def open_npy(cfg) -> Source:
+    from .npy import open_npy as open_
+
+    return open_(cfg)
+
+
+SOURCES = {"digits": open_digits, **{name: _open_reader for name in READERS}, "folder": open_folder,
+           "npy": open_npy}
 
 
 def open_source(cfg) -> Source:
