@@ -28,7 +28,7 @@ def check_labels(y, num_classes: int | None = None, *, name: str = "labels") -> 
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DistillError(
-                f"{name} must be integer class indices; found {y[i]!r} at position {i}."
+                f"{name} must be integer class indices; found {y[i].item()!r} at position {i}."
             )
         y = y.astype(np.int64)
     elif not np.issubdtype(y.dtype, np.integer):

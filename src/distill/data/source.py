@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DistillError
 from ..naming import did_you_mean
+from ..terms import is_code_path
 from .digits import load_digits_arrays
 from .image_folder import open_image_folder
 from .labels import check_labels
@@ -76,6 +77,10 @@ def open_source(cfg) -> Source:
     name = cfg.name
     if name in SOURCES:
         return SOURCES[name](cfg)
+    if is_code_path(name):
+        from .user_data import open_user
+
+        return open_user(cfg)
     raise DistillError(f"Unknown dataset '{name}'.{did_you_mean(name, SOURCES)} Available: "
                        f"{', '.join(SOURCES)}, or your own as package.module:function (a function "
                        "returning a torch Dataset of (input, label) pairs).")
