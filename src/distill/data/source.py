@@ -67,8 +67,14 @@ def open_npy(cfg) -> Source:
     return open_(cfg)
 
 
+def open_hf(cfg) -> Source:
+    from .hf import open_hf as open_  # imports `datasets` only when asked for
+
+    return open_(cfg)
+
+
 SOURCES = {"digits": open_digits, **{name: _open_reader for name in READERS}, "folder": open_folder,
-           "npy": open_npy}
+           "npy": open_npy, "hf": open_hf}
 
 
 def open_source(cfg) -> Source:
