@@ -160,3 +160,17 @@ def test_cli_run_streams_a_folder(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["loader"] == "stream" and summary["data"]["num_classes"] == 3
+
+
+def test_the_threaded_header_scan_keeps_file_order(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "imgs")
+    (root / "b" / "05.png").write_bytes(b"junk")
+    (root / "c" / "01.png").write_bytes(b"junk")
+    with pytest.warns(UserWarning):
+        alone, _ = open_image_folder(root, skip_corrupt=True)
+    monkeypatch.setattr(folder_mod, "_SCAN_CHUNK", 3)  # 36 files: 12 chunks over the threads
+    with pytest.warns(UserWarning):
+        threaded, _ = open_image_folder(root, skip_corrupt=True)
+    assert threaded.files == alone.files and threaded.skipped == alone.skipped
+    with pytest.raises(DistillError, match=r"b/05\.png"):  # the first unreadable file, in file order
+        open_image_folder(root)

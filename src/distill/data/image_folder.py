@@ -43,7 +43,8 @@ _FOLDER_LAYOUT = (
     "folder name in sorted order), each holding image files (" + ", ".join(IMAGE_EXTENSIONS)
     + ")"
 )
-_SCAN_THREADS = 16  # header reads are file I/O: threads overlap the waits
+_SCAN_THREADS = 8  # header reads wait on the disk (a network one most): threads overlap the waits
+_SCAN_CHUNK = 512
 _READ_ERRORS = (OSError, SyntaxError, ValueError)  # + Image.DecompressionBombError
 
 
@@ -182,10 +183,14 @@ def _scan_headers(files: list[Path], Image) -> list:
         except DistillError as e:
             return e
 
-    if len(files) < 256:
-        return [one(f) for f in files]
-    with ThreadPoolExecutor(min(_SCAN_THREADS, 2 * (os.cpu_count() or 1))) as pool:
-        return list(pool.map(one, files, chunksize=64))
+    def some(part):
+        return [one(f) for f in part]
+
+    if len(files) < 2 * _SCAN_CHUNK:
+        return some(files)
+    parts = [files[i : i + _SCAN_CHUNK] for i in range(0, len(files), _SCAN_CHUNK)]
+    with ThreadPoolExecutor(_SCAN_THREADS) as pool:  # a chunk per task: a future per file costs more than its read
+        return [size for part in pool.map(some, parts) for size in part]
 
 
 def _header_size(f: Path, Image) -> tuple[int, int]:
