@@ -75,15 +75,15 @@ def _load_unlabelled(path: str, like: Samples) -> Samples:
     return ArraySamples(x, np.full(len(x), -1, dtype=np.int64))
 
 
-def feature_stats(samples: Samples, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def feature_stats(samples: Samples, rows: int = 4096, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std (float32, (1, *shape)) in two chunked float64 passes: bounded
     memory, and the same numbers whichever loader reads the rows."""
     n, total = len(samples), np.zeros(samples.sample_shape)
-    for part in samples.chunks(rows):
+    for part in samples.chunks(rows, workers):
         total += part.sum(axis=0, dtype=np.float64)
     mean = total / n
     squares = np.zeros(samples.sample_shape)
-    for part in samples.chunks(rows):
+    for part in samples.chunks(rows, workers):
         squares += np.square(part - mean).sum(axis=0)
     std = np.sqrt(squares / n)
     mean, std = mean[None].astype(np.float32), std[None].astype(np.float32)
@@ -91,10 +91,11 @@ def feature_stats(samples: Samples, rows: int = 4096) -> tuple[np.ndarray, np.nd
     return mean, std
 
 
-def _transforms(cfg, train: Samples):
+def _transforms(cfg, train: Samples, workers: int = 0):
     """(row_map, train_transform, eval_transform, augment, stats) for the dataset's kind of
     input: row_map standardizes features as rows are read (None for images); with a random
-    augment the training loader draws it (and normalizes) itself."""
+    augment the training loader draws it (and normalizes) itself. The statistics pass reads
+    the training rows in `workers` processes."""
     is_image = train.dtype == np.uint8 and len(train.sample_shape) == 3
     if not is_image:
         if cfg.augment not in (None, "none"):
@@ -102,10 +103,10 @@ def _transforms(cfg, train: Samples):
                 f"data.augment={short(cfg.augment)} needs images (uint8, N x C x H x W); "
                 f"'{cfg.name}' has inputs of shape {train.sample_shape}. Set data.augment=none."
             )
-        mean, std = feature_stats(train)
+        mean, std = feature_stats(train, workers=workers)
         stats = {"kind": "per_feature", "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
         return (lambda a: ((a - mean) / std).astype(np.float32)), None, None, None, stats
-    mean, std = channel_stats(train, scale=1 / 255)
+    mean, std = channel_stats(train, scale=1 / 255, workers=workers)
     normalize = Normalize(mean, std, scale=1 / 255)
     size = train.sample_shape[-2:]
     augment = build_augment(cfg.augment or "none", size, normalize=normalize)
@@ -199,7 +200,10 @@ def build_data(cfg, seed: int = 0) -> Data:
     extra = _load_unlabelled(cfg.unlabelled_path, source.train) if cfg.unlabelled_path else None
     splits = make_splits(source, cfg, num_classes, extra)
     kind, note = choose_loader(cfg, source, splits)
-    row_map, train_tf, eval_tf, augment, stats = _transforms(cfg, splits.teacher_train)
+    workers = _workers(cfg) if source.lazy else 0  # rows decoded on demand: in parallel
+    if kind == "memory" and source.lazy:  # decoded once, here, for the statistics and the loaders
+        splits = splits.decoded(workers)
+    row_map, train_tf, eval_tf, augment, stats = _transforms(cfg, splits.teacher_train, workers if kind == "stream" else 0)
     teacher_train, train, val, test = _loaders(cfg, kind, splits, seed, row_map, train_tf, eval_tf, augment)
     return Data(teacher_train, train, val, test, num_classes, source.train.sample_shape, splits.counts(),
                 augment=augment, loader=kind, loader_note=note, stats=stats)

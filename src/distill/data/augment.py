@@ -246,11 +246,12 @@ def build_augment(value, image_size, normalize: Normalize | None = None) -> Augm
     return Augment(ts, size) if ts else None
 
 
-def channel_stats(x, scale: float = 1.0, chunk: int = 4096,
-                  max_elements: int = 1 << 22) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, ...) data (numpy, torch or `Samples`), times `scale`,
-    computed in float64 over chunks of at most `chunk` samples and `max_elements` values (32 MiB
-    of float64), squared in place: the peak is one chunk, not a float64 copy of the data."""
+def channel_stats(x, scale: float = 1.0, chunk: int = 4096, max_elements: int = 1 << 22,
+                  workers: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, C, ...) data (numpy, torch or `Samples`, whose chunks
+    `workers` processes read), times `scale`, computed in float64 over chunks of at most
+    `chunk` samples and `max_elements` values (32 MiB of float64), squared in place: the peak
+    is one chunk, not a float64 copy of the data."""
     n = len(x)
     if n == 0:
         raise DistillError("Cannot compute channel statistics of an empty dataset.")
@@ -258,7 +259,7 @@ def channel_stats(x, scale: float = 1.0, chunk: int = 4096,
     c = shape[0]
     per_sample = max(int(np.prod(shape)), 1)
     rows = max(1, min(chunk, max_elements // per_sample))
-    parts = x.chunks(rows) if isinstance(x, Samples) else (x[i : i + rows] for i in range(0, n, rows))
+    parts = x.chunks(rows, workers) if isinstance(x, Samples) else (x[i : i + rows] for i in range(0, n, rows))
     s = np.zeros(c)
     s2 = np.zeros(c)
     for part in parts:

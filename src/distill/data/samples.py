@@ -57,18 +57,44 @@ class Samples:
     def subset(self, idx) -> Samples:
         return Subset(self, np.asarray(idx, dtype=np.int64))
 
-    def chunks(self, rows: int):
-        """Every row in order, `rows` at a time (bounded-memory passes: statistics, hashing)."""
-        for start in range(0, len(self), rows):
-            yield self.take(np.arange(start, min(start + rows, len(self))))
+    def chunks(self, rows: int, workers: int = 0):
+        """Every row in order, `rows` at a time (bounded-memory passes: statistics, decoding),
+        read by `workers` processes (0: here) and yielded in order."""
+        if workers == 0 or len(self) <= rows:
+            for start in range(0, len(self), rows):
+                yield self.take(np.arange(start, min(start + rows, len(self))))
+            return
+        from torch.utils.data import DataLoader
 
-    def materialize(self) -> np.ndarray:
+        for part in DataLoader(_Chunks(self, rows), batch_size=None, num_workers=workers):
+            if isinstance(part, DistillError):  # raised in a worker: re-raised as it was raised
+                raise part
+            yield part.numpy()
+
+    def materialize(self, workers: int = 0) -> np.ndarray:
         """Every row in one array (the memory loader)."""
         out = np.empty((len(self), *self.sample_shape), dtype=self.dtype)
         rows = max(1, (64 << 20) // max(self.sample_bytes, 1))
-        for start, part in zip(range(0, len(self), rows), self.chunks(rows), strict=True):
+        for start, part in zip(range(0, len(self), rows), self.chunks(rows, workers), strict=True):
             out[start:start + len(part)] = part
         return out
+
+
+class _Chunks:
+    """Chunk k of `samples` (a map-style dataset for DataLoader workers)."""
+
+    def __init__(self, samples: Samples, rows: int):
+        self.samples, self.rows = samples, rows
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.rows)
+
+    def __getitem__(self, k: int):
+        start = k * self.rows
+        try:
+            return self.samples.take(np.arange(start, min(start + self.rows, len(self.samples))))
+        except DistillError as e:  # torch would wrap it in the worker's traceback
+            return e
 
 
 class ArraySamples(Samples):
@@ -84,8 +110,8 @@ class ArraySamples(Samples):
     def take_rows(self, idx):
         return np.ascontiguousarray(self.x[idx])
 
-    def materialize(self):
-        return self.x if not isinstance(self.x, np.memmap) else super().materialize()
+    def materialize(self, workers: int = 0):
+        return self.x if not isinstance(self.x, np.memmap) else super().materialize(workers)
 
     def fingerprint(self) -> str:
         if self._digest is None:
@@ -108,10 +134,10 @@ class Subset(Samples):
     def take_rows(self, idx):
         return self.base.take_rows(self.rows[idx])
 
-    def materialize(self):
+    def materialize(self, workers: int = 0):
         if isinstance(self.base, ArraySamples) and not isinstance(self.base.x, np.memmap):
             return self.base.x[self.rows]
-        return super().materialize()
+        return super().materialize(workers)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.base.fingerprint().encode())

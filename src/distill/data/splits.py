@@ -17,7 +17,7 @@ import numpy as np
 
 from ..contracts import UNLABELLED
 from ..errors import DistillError
-from .samples import Samples, concat
+from .samples import ArraySamples, Samples, concat
 from .source import Source
 
 
@@ -28,6 +28,18 @@ class Splits:
     student_labels: np.ndarray
     val: Samples
     test: Samples
+
+    def decoded(self, workers: int = 0) -> Splits:
+        """The same splits with every row decoded into RAM (the memory loader of data read on
+        demand), each split once, read by `workers` processes."""
+        done: dict[int, Samples] = {}
+
+        def ram(s: Samples) -> Samples:
+            if id(s) not in done:
+                done[id(s)] = ArraySamples(s.materialize(workers), s.labels)
+            return done[id(s)]
+
+        return Splits(ram(self.teacher_train), ram(self.train), self.student_labels, ram(self.val), ram(self.test))
 
     def counts(self) -> dict[str, int]:
         labelled = int((self.student_labels != UNLABELLED).sum())
