@@ -35,18 +35,43 @@ data, transform, seed, dtype, shapes) is checked when a disk cache is reopened: 
 rebuilds it (rebuild=True) or raises; stale targets are never reused. A disk cache's folder
 holds distill's marker (distill.run_folder), listing the files the cache created: a rebuild
 deletes only those, and a folder with files but no marker is the user's and is refused.
+
+Size. `nbytes` (`cache_size`) is the most the store can hold: entries x (1 filled byte + the
+stored outputs). A run says it before training; a disk cache is refused when its disk has less
+free space than the files can still grow by (stores.open_arrays). Nothing in a step is O(N):
+a lookup reads and writes only its batch's rows of the memmaps; the filled bitmap is scanned
+once per epoch (`set_epoch`).
+
+Under DDP (torchrun) each process runs the teacher only on its own shard's misses. A memory
+store is per process, so the new entries are exchanged every step (`_share`) and every process
+holds the whole cache. A disk store is one set of files that every process maps: rank 0
+creates or checks them, the others map them after it, each process writes only its own rows
+(its shard's misses, disjoint within a step) and nothing is exchanged; another process's
+entries are in the shared page cache by its next step. That needs every process on one
+machine: across machines, cache: disk is refused (use memory or off).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from .cache_plan import MIN_HIT_RATE, check_epoch_independent, expected_hit_rate, plan
+from .cache_plan import (
+    DTYPES,
+    MIN_HIT_RATE,
+    cache_size,
+    check_epoch_independent,
+    expected_hit_rate,
+    memory_refusal,
+    plan,
+    preview,
+    size_note,
+    store_bytes,
+    store_specs,
+)
 from .contracts import Batch, Outputs
 from .errors import DistillError
 from .runtime import all_gather_objects, distributed, rank
@@ -54,14 +79,13 @@ from .stores import (
     FORMAT,
     data_hash,
     default_memory_budget,
-    format_bytes,
     open_arrays,
     teacher_hash,
 )
 from .version import __version__
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-__all__ = ["MIN_HIT_RATE", "TeacherCache", "expected_hit_rate", "fingerprint", "open_cache", "topk_logits"]
+__all__ = ["MIN_HIT_RATE", "TeacherCache", "cache_size", "expected_hit_rate", "fingerprint", "open_cache",
+           "preview", "size_note", "topk_logits"]
 
 
 class TeacherCache:
@@ -97,20 +121,16 @@ class TeacherCache:
             "num_views": self.num_views, "dtype": dtype, "topk": self.topk, "layout": "entries",
             "shapes": {k: list(v) for k, v in shapes.items()},
         }))
-        self.specs = self._specs(shapes)
-        self.nbytes = self.num_samples * self.num_views * (1 + sum(
-            math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in self.specs.values()))
+        self.specs = store_specs(shapes, dtype, self.topk)
+        self.nbytes = store_bytes(self.num_samples * self.num_views, self.specs)
+        self._maps: list = []  # a disk store's memmaps (flushed at epoch boundaries)
         self.hits = self.misses = self.padded = 0
         self.live = live  # the live teacher (a sources.LiveTeacher): run on the misses
         self.complete = False  # every entry filled: lookups need no miss check
         if storage == "memory":
             budget = memory_budget or default_memory_budget()
             if self.nbytes > budget:
-                raise DistillError(
-                    f"The teacher cache would need {format_bytes(self.nbytes)} of memory "
-                    f"({self.num_samples} samples x {self.num_views} views); the budget is "
-                    f"{format_bytes(budget)}. Use cache: disk, cache.dtype: fp16, fewer views, or cache: off."
-                )
+                raise DistillError(memory_refusal(self.nbytes, budget, self.num_samples, self.num_views))
             shape, device = (self.num_samples * self.num_views,), device or "cpu"
             self.filled = torch.zeros(shape, dtype=torch.bool, device=device)
             self.arrays = {k: torch.zeros(shape + s, dtype=d, device=device) for k, (s, d) in self.specs.items()}
@@ -119,18 +139,6 @@ class TeacherCache:
                 raise DistillError("cache: disk needs a directory (cache.dir).")
             self.path = Path(path)
             self._open_disk(rebuild)
-
-    def _specs(self, shapes) -> dict[str, tuple[tuple, torch.dtype]]:
-        """Stored arrays: name -> (per-entry shape, dtype)."""
-        dt = DTYPES[self.dtype]
-        if self.topk:
-            k = self.topk
-            specs = {"logits.values": ((k,), dt), "logits.indices": ((k,), torch.int32),
-                     "logits.lse": ((), torch.float32)}  # L in fp32: it sets every rest logit
-        else:
-            specs = {"logits": (tuple(shapes["logits"]), dt)}
-        specs.update({f"feature:{k}": (tuple(shapes[k]), dt) for k in self.layers})
-        return specs
 
     # ---------------------------------------------------------------- disk storage
 
@@ -143,7 +151,7 @@ class TeacherCache:
 
     def flush(self) -> None:
         """Write dirty memmap pages to disk (disk storage; called at each epoch boundary)."""
-        for a in getattr(self, "_maps", []):
+        for a in self._maps:
             a.flush()
 
     # ---------------------------------------------------------------- keys and entries
@@ -235,7 +243,7 @@ class TeacherCache:
             new = (keys[miss], out.logits[keep], {k: v[keep] for k, v in out.features.items()})
             self.put(*new)
             self.padded += int(rows.sum()) - m
-        if distributed():
+        if distributed() and self.storage == "memory":  # a disk store's files are shared
             self._share(new)
         self.misses += m
         self.hits += len(keys) - m
@@ -245,8 +253,8 @@ class TeacherCache:
 
     def _share(self, new) -> None:
         """Under DDP each process computes the teacher on its own shard only; exchanging the
-        new entries every step gives every process the whole cache, so no (sample, view) is
-        ever computed twice across processes."""
+        new entries every step gives every process's memory store the whole cache, so no
+        (sample, view) is ever computed twice across processes."""
         if new is not None:
             keys, logits, features = new
             new = (keys.cpu(), logits.cpu(), {k: v.cpu() for k, v in features.items()})
@@ -345,4 +353,4 @@ def open_cache(mode: str, distiller, loader, *, epochs: int = 1, mixup: bool = F
             raise
         return None, f"off: {e}"
     distiller.attach_source(cache)
-    return cache, f"{storage}, {views} view(s)/sample, up to {format_bytes(cache.nbytes)}"
+    return cache, size_note(storage, views, cache.nbytes, path)

@@ -2,18 +2,24 @@
 
 `plan` needs no teacher, so a run can refuse a cache setting that can never work before any
 stage trains (`ClassificationTask.preflight`); `cache.open_cache` takes the same decision
-when it builds the cache. `check_epoch_independent` is the loader's side of exactness: the
+when it builds the cache. `cache_size` is what the cache can grow to, from the teacher's
+output shapes alone, so the run says it before training too. `check_epoch_independent` is the loader's side of exactness: the
 cache keys an entry by (sample index, view), so nothing else may change a sample's input
 from one epoch to the next.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
 
 from .errors import DistillError, short
+from .stores import check_space, format_bytes
 
 MODES = ("off", "auto", "memory", "disk")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 MIN_HIT_RATE = 0.25  # "auto" turns the cache on only when at least this share of lookups hit
 
 
@@ -77,3 +83,61 @@ def check_epoch_independent(loader) -> None:
                        "but the teacher cache keys a sample by its augmentation's view alone, so "
                        "cached targets would be for other inputs. Make the transform the same "
                        "in every epoch (random draws belong in the Augment), or set cache: off.")
+
+
+def store_specs(shapes: dict[str, tuple], dtype: str, topk: int | None) -> dict[str, tuple[tuple, torch.dtype]]:
+    """The stored arrays of a cache: name -> (per-entry shape, dtype). `topk` below the class
+    count keeps the top-k values, their class ids and the log-partition instead of the logits."""
+    dt, layers = DTYPES[dtype], [k for k in shapes if k != "logits"]
+    if topk and topk < shapes["logits"][-1]:
+        specs = {"logits.values": ((topk,), dt), "logits.indices": ((topk,), torch.int32),
+                 "logits.lse": ((), torch.float32)}  # L in fp32: it sets every rest logit
+    else:
+        specs = {"logits": (tuple(shapes["logits"]), dt)}
+    specs.update({f"feature:{k}": (tuple(shapes[k]), dt) for k in layers})
+    return specs
+
+
+def store_bytes(entries: int, specs: dict[str, tuple[tuple, torch.dtype]]) -> int:
+    """The bytes of `entries` entries: a filled byte and every stored array's row."""
+    return entries * (1 + sum(math.prod(s) * torch.empty((), dtype=d).element_size()
+                              for s, d in specs.values()))
+
+
+def cache_size(num_samples: int, views: int, shapes: dict[str, tuple], dtype: str = "fp32",
+               topk: int | None = None) -> int:
+    """`TeacherCache.nbytes` of a cache of these settings, without building it (a run says it
+    before training)."""
+    return store_bytes(int(num_samples) * int(views), store_specs(shapes, dtype, topk))
+
+
+def size_note(storage: str, views: int, nbytes: int, path=None) -> str:
+    """How a run describes its cache: where, how many views, and how large it can grow."""
+    if storage == "memory":
+        return f"memory, {views} view(s)/sample, up to {format_bytes(nbytes)}"
+    return (f"disk in '{path}', {views} view(s)/sample, up to {format_bytes(nbytes)} of disk "
+            "(sparse files: they grow as entries are computed)")
+
+
+def memory_refusal(nbytes: int, budget: int, num_samples: int, views: int) -> str:
+    return (f"The teacher cache would need {format_bytes(nbytes)} of memory ({num_samples} samples "
+            f"x {views} views); the budget is {format_bytes(budget)}. Use cache: disk, "
+            "cache.dtype: fp16, fewer views, or cache: off.")
+
+
+def preview(mode: str, views: int, nbytes: int, num_samples: int, budget: int,
+            path: Path | None = None) -> str:
+    """What a run says about its cache before any stage trains (`size_note`), refusing what can
+    never fit: "memory" over the memory budget ("auto": off instead), "disk" with less free
+    space in `path` (cache.dir; None: the run folder, checked when the cache opens) than its
+    files can grow by."""
+    if mode == "disk":
+        if path is not None:
+            where = next(p for p in (path, *path.parents) if p.exists())  # the disk it will be on
+            check_space(where, sorted(path.glob("*.npy")) if path.is_dir() else [], nbytes)
+        return size_note("disk", views, nbytes, path or "<run folder>/teacher_cache")
+    if nbytes > budget:
+        if mode == "auto":
+            return f"off: the cache would need {format_bytes(nbytes)}, over the memory budget of {format_bytes(budget)}"
+        raise DistillError(memory_refusal(nbytes, budget, num_samples, views))
+    return size_note("memory", views, nbytes)

@@ -20,6 +20,7 @@ import torch
 from .errors import DistillError
 from .io import write_json
 from .run_folder import claim, delete_owned_files, record_files
+from .runtime import all_gather_objects, distributed, rank, world_size
 
 FORMAT = 1
 
@@ -74,8 +75,49 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
     """Open (or create) the .npy memmaps of a disk store in `path`: name -> (per-entry shape,
     dtype) in `specs`, each with leading shape `lead`. The store is reused only if meta.json
     equals `meta` (teacher weights, data, settings) and every file exists; otherwise it is
-    rebuilt (rebuild=True, with a warning naming what changed) or refused. Returns the arrays
-    as tensors sharing the mappings (writes go to the files) and the mappings (to flush)."""
+    rebuilt (rebuild=True, with a warning naming what changed) or refused. Refused too when the
+    files can grow by more than the disk's free space (`check_space`). Returns the arrays as
+    tensors sharing the mappings (writes go to the files) and the mappings (to flush).
+
+    Under torchrun every process maps the same files: rank 0 creates or checks them first, the
+    others map them once it has (they never create, rebuild or delete). That needs one machine:
+    processes on several machines are refused."""
+    if not distributed():
+        return _open_arrays(path, meta, specs, lead, nbytes, rebuild)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+    if local != world_size():
+        raise DistillError(
+            f"cache: disk under torchrun maps one set of files that every process shares, so every "
+            f"process must run on one machine; this run has {world_size()} processes, {local} on "
+            "this machine. Use cache: memory (each process keeps the whole cache) or cache: off.")
+    opened, error = None, None
+    if rank() == 0:
+        try:
+            opened = _open_arrays(path, meta, specs, lead, nbytes, rebuild)
+        except DistillError as e:
+            error = str(e)
+    first = all_gather_objects(error)[0]  # also the barrier: rank 0's files are complete
+    if first is not None:
+        raise DistillError(first)
+    return opened if opened is not None else _open_arrays(path, meta, specs, lead, nbytes, False)
+
+
+def check_space(path: Path, files, nbytes: int) -> None:
+    """Refuse (DistillError) a store of up to `nbytes` whose files (sparse: they take space as
+    they fill) can grow by more than the free space of `path`'s disk."""
+    used = sum(f.stat().st_blocks * 512 for f in files if f.is_file())
+    free = shutil.disk_usage(path).free
+    if nbytes - used > free:
+        raise DistillError(
+            f"The teacher cache in '{path}' can grow to {format_bytes(nbytes)} (its files fill as "
+            f"entries are computed; {format_bytes(used)} so far), but that disk has "
+            f"{format_bytes(free)} free. Free {format_bytes(nbytes - used - free)} or more, point "
+            "cache.dir to a disk with room, shrink the cache (cache.dtype: fp16, cache.topk: K), "
+            "or use cache: memory or cache: off.")
+
+
+def _open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
+                 rebuild: bool) -> tuple[dict[str, torch.Tensor], list]:
     meta_file = path / "meta.json"
     files = _array_files(path, specs)
     try:
@@ -96,18 +138,16 @@ def open_arrays(path: Path, meta: dict, specs: dict, lead: tuple, nbytes: int,
                 "stale targets. Delete the directory, point cache.dir elsewhere, or allow a rebuild."
             )
         warnings.warn(f"teacher cache in '{path}' is stale ({', '.join(diff)}): rebuilding",
-                      stacklevel=4)
+                      stacklevel=5)
     if not ok:
         delete_owned_files(path)  # only files the marker lists: never a file of the user's
         theirs = [f.name for f in (meta_file, *files.values()) if f.exists()]
         if theirs:
             raise DistillError(f"cache.dir '{path}' holds {', '.join(theirs)}, which distill did "
                                "not write; move them away or point cache.dir elsewhere.")
+    check_space(path, files.values(), nbytes)
+    if not ok:
         record_files(path, [meta_file.name, *(f.name for f in files.values())])
-        free = shutil.disk_usage(path).free
-        if nbytes > free:
-            warnings.warn(f"teacher cache files can grow to {format_bytes(nbytes)}; "
-                          f"{format_bytes(free)} free in '{path}'", stacklevel=4)
     arrays, maps = {}, []
     for name, f in files.items():
         s, d = specs[name]

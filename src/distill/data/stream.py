@@ -8,17 +8,38 @@ both train the same student bit for bit. Only this process's rows are read, and 
 epoch starts at its next batch without reading the ones before.
 
 Workers persist across epochs (`persistent_workers`), prefetch `prefetch` batches each, and
-pin host memory when the device is a GPU.
+pin host memory when the device is a GPU. A forked worker closes its copy of the run folder's
+lock (`_drop_locks`), so the lock ends with the run even while workers wait to be collected.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DistillError
+from ..resume import LOCK
 from .loader import BatchLoader
 from .samples import Samples
+
+
+def _drop_locks(worker_id: int) -> None:
+    """In a forked worker: close the inherited descriptors of run folder locks. The lock is a
+    flock (resume.lock_folder), held while any copy of its descriptor is open, so persistent
+    workers that outlive a run (until a garbage collection ends them: a run stopped by an
+    exception) would keep the folder locked and refuse its `--resume` in the same process."""
+    fds = Path("/proc/self/fd")  # Linux; elsewhere workers are spawned and inherit nothing
+    if not fds.is_dir():
+        return
+    for fd in list(fds.iterdir()):
+        try:
+            if os.path.basename(os.readlink(fd)) == LOCK:
+                os.close(int(fd.name))
+        except OSError:
+            pass  # the descriptor of the listing itself, gone by now
 
 
 class _Rows(Dataset):
@@ -66,7 +87,8 @@ class StreamLoader(BatchLoader):
             extra = ({"prefetch_factor": self.prefetch, "persistent_workers": self.persistent}
                      if self.workers else {})
             self._loader = DataLoader(_Rows(self.samples), batch_size=None, sampler=_Batches(self),
-                                      num_workers=self.workers, pin_memory=self.pin_memory, **extra)
+                                      num_workers=self.workers, pin_memory=self.pin_memory,
+                                      worker_init_fn=_drop_locks if self.workers else None, **extra)
         return self._loader
 
     def __iter__(self):
