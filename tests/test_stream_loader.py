@@ -145,15 +145,23 @@ def test_stream_runs_train_the_memory_runs_student(tmp_path, images, augment):
 
 
 def test_a_disk_cache_over_the_stream_loader_trains_the_uncached_student(tmp_path, images):
-    stream = ["data.loader=stream", "data.workers=2", "data.augment=none"]
-    assert main(run_args(images, tmp_path / "off", *stream, "cache=off")) == 0
-    assert main(run_args(images, tmp_path / "disk", *stream, "cache=disk")) == 0
-    assert_same_weights(tmp_path / "off", tmp_path / "disk")
+    stream, plain = ["data.loader=stream", "data.workers=2"], ["data.augment=none"]
+    assert main(run_args(images, tmp_path / "off", *stream, *plain, "cache=off")) == 0
+    assert main(run_args(images, tmp_path / "disk", *stream, *plain, "cache=disk")) == 0
+    assert main(run_args(images, tmp_path / "memory", "data.loader=memory", *plain, "cache=disk")) == 0
     assert (tmp_path / "disk" / "teacher_cache" / "meta.json").is_file()
-    # a second run reuses the filled cache (the stream loader's fingerprint matches): all hits
+    # the same computations in the same order, whichever loader: bit for bit
+    assert_same_weights(tmp_path / "memory", tmp_path / "disk")
+    # cached vs online: epoch 2's targets were computed in epoch 1's batches, at other row
+    # positions, which some CPUs' BLAS rounds differently (tests/test_cache.py, STUDENT_ATOL)
+    for stem in ("distill", "distill-last"):
+        u, v = weights(tmp_path / "off", stem), weights(tmp_path / "disk", stem)
+        assert all((u[k] - v[k]).abs().max() <= 1e-6 for k in u), stem
+    # a second run reuses the filled cache (the stream loader's fingerprint matches): every
+    # lookup hits, with the targets the first run used
     cache = f"cache.dir={tmp_path / 'disk' / 'teacher_cache'}"
-    assert main(run_args(images, tmp_path / "again", *stream, "cache=disk", cache)) == 0
-    assert_same_weights(tmp_path / "off", tmp_path / "again", ("distill", "distill-last"))
+    assert main(run_args(images, tmp_path / "again", *stream, *plain, "cache=disk", cache)) == 0
+    assert_same_weights(tmp_path / "disk", tmp_path / "again")
 
 
 def _stop_at(monkeypatch, call: int) -> None:
