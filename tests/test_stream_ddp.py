@@ -18,13 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 import distill.stores
-from distill.cache import TeacherCache
+import distill.tasks.classification
+from distill.cache import TeacherCache, cache_size
 from distill.cli import main
 from distill.config_schema import DataConfig
 from distill.data import build_data
 from distill.data.samples import ArraySamples
 from distill.data.stream import StreamLoader
 from distill.errors import DistillError
+from distill.stores import format_bytes
 
 
 def torchrun(*args: str) -> list[str]:
@@ -302,3 +304,34 @@ def test_a_disk_cache_larger_than_the_free_space_is_refused(tmp_path, monkeypatc
     with pytest.raises(DistillError, match=r"can grow to 20\.03 MiB .* has 1\.00 MiB free"):
         TeacherCache(1_000_000, {"logits": (10,)}, {}, storage="disk", path=tmp_path / "tc", dtype="fp16")
     TeacherCache(20_000, {"logits": (10,)}, {}, storage="disk", path=tmp_path / "small", dtype="fp16")
+
+
+def test_the_run_says_the_cache_size_before_training(tmp_path, images, capsys):
+    capsys.readouterr()
+    args = [a for a in image_args(images, tmp_path / "run", "train.epochs=1") if a != "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    nbytes = cache_size(160, 162, {"logits": (4,)})  # crop_flip on 8 x 8: 9 x 9 offsets x 2 flips
+    said = (f"Teacher cache for the distill stage: disk in '<run folder>/teacher_cache', 162 view(s)/sample, "
+            f"up to {format_bytes(nbytes)} of disk")
+    assert " ".join(said.split()) in " ".join(out.split())
+    assert out.index("Teacher cache for the distill stage") < out.index("Schedule:") < out.index("teacher ")
+
+
+def test_a_cache_that_cannot_fit_is_refused_before_training(tmp_path, images, capsys, monkeypatch):
+    real = distill.stores.shutil.disk_usage
+    with monkeypatch.context() as m:
+        m.setattr(distill.stores.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+        out = tmp_path / "disk"
+        assert main(image_args(images, out, f"cache.dir={tmp_path / 'cache'}")) == 2
+    err = capsys.readouterr().err
+    assert f"The teacher cache in '{tmp_path}' can grow to" in err and "1000 B free" in err, err
+    assert not out.exists()  # refused before the run folder was made, let alone a stage trained
+    with monkeypatch.context() as m:
+        m.setattr(distill.tasks.classification, "default_memory_budget", lambda: 1000)
+        assert main(image_args(images, tmp_path / "memory", "cache=memory")) == 2
+        assert "of memory (160 samples x 162 views); the budget is 1000 B" in capsys.readouterr().err
+        args = [a for a in image_args(images, tmp_path / "auto", "train.epochs=30", "cache=auto",
+                                      "data.augment=none") if a != "--quiet"]
+        assert main(args) == 0
+        assert "Teacher cache for the distill stage: off: the cache would need" in capsys.readouterr().out

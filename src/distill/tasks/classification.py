@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..cache import open_cache
+from ..cache_plan import cache_size, preview
 from ..cache_plan import plan as plan_cache
 from ..classifier_run import load_run as load_classifier_run
 from ..contracts import Selection
@@ -29,6 +30,7 @@ from ..models.outputs import logits_of
 from ..report import evaluate_target, evaluation_table
 from ..report import write_report as write_classifier_report
 from ..runtime import DTYPES
+from ..stores import default_memory_budget
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
 
@@ -99,6 +101,8 @@ class ClassificationTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.cache_views: int | None = None  # preflight: the distill stage's cache plan
+        self.cache_note: str | None = None  # and its size, said in the run's first lines
 
     def build_data(self, seed: int) -> Data:
         return build_data(self.cfg.data, seed=seed)
@@ -121,8 +125,8 @@ class ClassificationTask:
         mistake is not found after the teacher and scratch stages have trained."""
         cfg = self.cfg
         if has_teacher and terms and "distill" in cfg.stages:
-            plan_cache(cfg.cache.mode, data.train.augment, epochs=cfg.train.epochs,
-                       dtype=cfg.cache.dtype, topk=cfg.cache.topk)
+            self.cache_views, _ = plan_cache(cfg.cache.mode, data.train.augment, epochs=cfg.train.epochs,
+                                             dtype=cfg.cache.dtype, topk=cfg.cache.topk)
         batch = next(iter(data.val)).rows(2)  # val: no shuffle, no augmentation draw
         student = self.create_model("student", data)
         _check_classes(student, "student", data, batch.inputs)
@@ -132,6 +136,26 @@ class ClassificationTask:
             if "distill" in self.cfg.stages:
                 for name, (term, _) in terms.items():  # each resolves its layer paths
                     _probe_term(teacher, student, name, term, batch)
+                if self.cache_views:
+                    self.cache_note = self._preview(data, teacher, student, terms, batch.inputs)
+
+    def _preview(self, data: Data, teacher, student, terms: dict, x: torch.Tensor) -> str:
+        """The distill stage's cache and the size it can grow to, from the teacher's output
+        shapes on fresh models (said before training; what can never fit is refused now)."""
+        cfg = self.cfg
+        copies = {name: (copy.deepcopy(term), w) for name, (term, w) in terms.items()}
+        distiller = Distiller(teacher, student, copies)
+        try:
+            with torch.no_grad():
+                out = distiller.live.outputs(x)
+        finally:
+            distiller.part.remove_hooks(distiller)
+        shapes = {"logits": tuple(out.logits.shape[1:])}
+        shapes |= {k: tuple(v.shape[1:]) for k, v in out.features.items()}
+        n = data.train.num_samples
+        nbytes = cache_size(n, self.cache_views, shapes, cfg.cache.dtype, cfg.cache.topk)
+        return preview(cfg.cache.mode, self.cache_views, nbytes, n, default_memory_budget(),
+                       Path(cfg.cache.dir) if cfg.cache.dir else None)
 
     def distiller(self, teacher, student, terms: dict, ce_weight: float) -> Distiller:
         return Distiller(teacher, student, terms, ce_weight)
@@ -166,6 +190,8 @@ class ClassificationTask:
             )
         if data.loader_note:
             lines.append(f"Loader: {data.loader_note}.")
+        if self.cache_note:
+            lines.append(f"Teacher cache for the distill stage: {self.cache_note}.")
         return lines
 
     def data_summary(self, data: Data) -> dict:
