@@ -74,8 +74,9 @@ def resumed_run(tmp_path_factory):
     calls = iter(range(10**6))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COLUMNS", "80")
-        # the teacher's 20 steps, then 15 of scratch's: stop after epoch 2 (index 1), step 5
-        mp.setattr(distill.engine, "stop_requested", lambda: next(calls) == 34)
+        # the teacher's 20 steps (19 stop checks: none after a fit's last step), then 15 of
+        # scratch's: stop after epoch 2 (index 1), step 5
+        mp.setattr(distill.engine, "stop_requested", lambda: next(calls) == 33)
         with contextlib.redirect_stderr(io.StringIO()):
             assert main(["run", "--out", str(out), "--quiet", "--no-report", *TINY]) == 130
         mp.setattr(distill.engine, "stop_requested", lambda: False)

@@ -43,11 +43,12 @@ class TrainState:
     """Where training stands: enough, with the weights, to continue bit for bit."""
 
     epoch: int = 0  # epochs completed
-    step: int = 0  # steps completed within epoch `epoch` (non-zero after an interrupt)
-    best_epoch: int = -1
+    step: int = 0  # steps completed within epoch `epoch` (non-zero mid-epoch)
+    best_epoch: int | float = -1  # the best evaluation's epoch, as its record says it
     best_val: dict = field(default_factory=lambda: {"acc": -1.0})
-    history: list = field(default_factory=list)
-    partial: dict = field(default_factory=dict)  # the interrupted epoch's running sums
+    history: list = field(default_factory=list)  # the evaluations' records, one per metrics line
+    partial: dict = field(default_factory=dict)  # the running sums since the last evaluation
+    best_step: int = -1  # the best evaluation's global step
 
 
 def rng_state() -> dict:

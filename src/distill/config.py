@@ -181,6 +181,7 @@ def validate(raw: dict) -> RunConfig:
         raise ConfigError("student.train is not used: the students train with `train`. Move "
                           f"{sorted(cfg.student.train)} there.")
     stage_train(cfg, "teacher")  # validates teacher.train
+    check_length(cfg)
     return cfg
 
 
@@ -293,6 +294,26 @@ def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:
         return TrainConfig.model_validate({**cfg.train.model_dump(), **cfg.teacher.train})
     except ValidationError as e:
         raise ConfigError(_explain(e, "teacher.train", type(cfg))) from None
+
+
+def check_length(cfg: RunConfig) -> None:
+    """train.max_steps sets the length of training, and epochs is then not read: an epochs away
+    from its default beside it (in train; or, for the teacher, in teacher.train) is refused."""
+    default = type(cfg)()
+    sections = [("train", cfg.train, cfg.train.model_dump(), default.train.epochs)]
+    if cfg.teacher.train:  # the teacher's own epochs, beside its own or an inherited max_steps
+        sections.append(("teacher.train", stage_train(cfg, "teacher"), cfg.teacher.train,
+                         stage_train(default, "teacher").epochs))
+    for key, train, given, epochs in sections:
+        if train.max_steps is None or "epochs" not in given or train.epochs == epochs:
+            continue
+        steps = (f"{key}.max_steps={train.max_steps}" if "max_steps" in given
+                 else f"train.max_steps={train.max_steps} (which teacher.train inherits)")
+        raise ConfigError(
+            f"{key}.epochs={train.epochs} would be ignored: {steps} sets the length of training (as "
+            "many epochs as those steps take, the last maybe in part). Remove "
+            f"{key}.epochs, or set {key}.max_steps=null to train by epochs."
+        )
 
 
 def to_yaml(cfg: RunConfig) -> str:

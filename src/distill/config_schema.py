@@ -12,7 +12,20 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from .schedule import Every, dump_every, parse_every
 
 
 class Strict(BaseModel):
@@ -78,8 +91,15 @@ class ModelConfig(Strict):
     train: dict[str, Any] = Field(default_factory=dict)  # teacher only: train.* keys it trains with instead
 
 
+# train.eval_every / train.checkpoint_every: an int (epochs) or "2 epochs" / "500 steps" (distill.schedule)
+EveryValue = Annotated[Every, BeforeValidator(parse_every), PlainSerializer(dump_every, return_type=int | str)]
+
+
 class TrainConfig(Strict):
-    epochs: int = Field(50, gt=0)
+    epochs: int = Field(50, gt=0)  # not read when max_steps is set
+    # Train this many optimizer steps instead of `epochs` (across epochs, stopping mid-epoch if
+    # it falls there); the cosine schedule then ends at this step.
+    max_steps: int | None = Field(None, gt=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -87,13 +107,16 @@ class TrainConfig(Strict):
     nesterov: bool = False
     schedule: Literal["constant", "cosine", "multistep"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # the warm-up in optimizer steps instead (set one of the two)
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     # Split each batch into this many micro-batches, one backward each, one optimizer step:
     # the same update as the whole batch at a fraction of the activation memory.
     accumulate: int = Field(1, gt=0)
-    checkpoint_every: int = Field(1, ge=0)  # epochs between checkpoints; 0: none
+    # Validate (and select the best weights) every N epochs or steps, and after the last step.
+    eval_every: EveryValue = Every(1, "epoch")
+    checkpoint_every: EveryValue = Every(1, "epoch")  # the same units; 0: none
     deterministic: bool = False
     # One thread by default: the small models a CPU run usually trains are fastest on one
     # (on a 2-core machine with the other core busy, two threads slowed the demo ~8x).
@@ -107,6 +130,21 @@ class TrainConfig(Strict):
     teacher_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # hold the teacher in half to save memory
     scale_lr: bool = False  # multiply lr by the number of processes (batch_size is global)
     device: str = "auto"
+
+    @field_validator("eval_every")
+    @classmethod
+    def _some_evaluation(cls, every: Every) -> Every:
+        if every.count == 0:
+            raise ValueError("validation selects the best weights, so eval_every must be at least 1 "
+                             "(e.g. 1 for every epoch, or '500 steps')")
+        return every
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainConfig:
+        if self.warmup_epochs and self.warmup_steps:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} and warmup_steps={self.warmup_steps} "
+                             "both set the warm-up: keep one and set the other to 0")
+        return self
 
 
 class OnPolicyConfig(Strict):

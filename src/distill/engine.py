@@ -1,5 +1,5 @@
-"""The training loop, top to bottom: prepare, train an epoch, end the epoch (evaluate, select,
-checkpoint).
+"""The training loop, top to bottom: prepare, train an epoch, and after each optimizer step what
+the plan says (distill.schedule: evaluate and select, end the epoch, checkpoint).
 
 The engine is typed against `contracts.Distiller`, `Batch` and `StepOutput` and knows nothing
 else: it calls `distiller(batch)`, back-propagates `out.loss` and logs each of `out.terms`
@@ -7,7 +7,7 @@ under its own name. It never asks which losses, models or task it runs.
 
 Host syncs. On an accelerator, reading a tensor's value on the host (`bool(loss.isfinite())`,
 the all-reduced stop flag) stalls the device's queue, so the loop does it every
-`CHECK_EVERY` steps and at the end of each epoch, not every step: a non-finite loss is
+`CHECK_EVERY` steps and before each evaluation, epoch end and checkpoint, not every step: a non-finite loss is
 recorded on the device, with its step, and reported at the next check (the error still names
 the epoch and the step where it first appeared; the weights of the steps after it are not
 saved, since checkpoints are written only after a check). On the CPU a check costs nothing,
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -41,64 +40,20 @@ from .runtime import (
     world_size,
     wrap_ddp,
 )
+from .schedule import Plan, build_optimizer, check_length, lr_factor
 
 __all__ = ["FitResult", "NonFiniteLoss", "build_optimizer", "evaluate", "fit", "lr_factor"]
 
 CHECK_EVERY = 32  # steps between host-side checks on an accelerator (see the module docstring)
 
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
-    """adam | adamw | sgd (with momentum, nesterov, weight decay) from a TrainConfig."""
-    params = [p for p in params if p.requires_grad]
-    # batch_size is the global batch, so the lr needs no change under DDP; scale_lr is opt-in.
-    lr = cfg.lr * (world_size() if cfg.scale_lr else 1)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
-
-
-def lr_factor(cfg, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based).
-
-    Linear warm-up over `warmup_epochs`, then constant, cosine to zero over the remaining
-    steps, or x`gamma` at each epoch in `milestones`.
-    """
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.schedule == "cosine":
-        total = cfg.epochs * steps_per_epoch - warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total, 1)))
-    if cfg.schedule == "multistep":
-        epoch = step // steps_per_epoch
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    return 1.0
-
-
-def check_length(loader, name: str) -> int:
-    """len(loader), which must be at least one batch."""
-    try:
-        n = len(loader)
-    except TypeError:
-        raise DistillError(f"{name} must be a loader with a length (a torch DataLoader or "
-                           f"distill's TensorLoader), not a {type(loader).__name__}.") from None
-    if n == 0:
-        raise DistillError(f"{name} is empty (no batches): give it at least one sample, or "
-                           "drop_last=False when the dataset is smaller than one batch.")
-    return n
-
-
 @dataclass
 class FitResult:
-    best_state: dict  # the Distiller's state (student + loss modules) at the best validation epoch
-    best_epoch: int
+    best_state: dict  # the Distiller's state (student + loss modules) at the best evaluation
+    best_epoch: int | float  # its epoch as its record says it (a fraction mid-epoch)
     best_val: dict
     history: list[dict] = field(default_factory=list)
+    best_step: int = -1  # its global optimizer step
 
 
 class NonFiniteLoss(DistillError):
@@ -188,7 +143,8 @@ def accumulate_step(model, distiller: Distiller, batch: Batch, cfg, scaler, devi
 @dataclass
 class Training:
     """What `prepare` builds for a fit: the (DDP-wrapped) model, optimizer, schedule, scaler,
-    and where training stands."""
+    the plan (when training ends, evaluates, checkpoints), where training stands and the running
+    sums since the last evaluation."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -197,6 +153,8 @@ class Training:
     params: list
     state: TrainState
     best_state: dict
+    plan: Plan
+    sums: RunningSums | None = None
 
 
 def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None) -> Training:
@@ -214,25 +172,27 @@ def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None
     optimizer = build_optimizer(distiller.parameters(), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    training = Training(model, optimizer, schedule, scaler, params, TrainState(), {})
+    t = Training(model, optimizer, schedule, scaler, params, TrainState(), {}, Plan.of(cfg, steps))
     if resume is not None:
         distiller.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
-        training.state, training.best_state = resume["state"], resume["best"]
+        t.state, t.best_state = resume["state"], resume["best"]
         set_rng_state(resume["rng"])
         used, now = resume.get("cache"), distiller.source_reference()
         if used and now is not None and now != used:
             # Exactness does not depend on it (misses are recomputed), only speed does.
             warnings.warn("the teacher cache differs from the one this checkpoint used; "
                           "its entries are recomputed as needed", stacklevel=3)
-    return training
+    t.sums = RunningSums(t.state.partial, t.state.step, optimizer.param_groups[0]["lr"], device)
+    return t
 
 
-class EpochSums:
-    """An epoch's running sums (on the device): each term's sum and the steps that reported it
-    (a term may skip steps: an LM's CE on on-policy batches), correct and counted units. They
-    survive an interrupt in TrainState.partial."""
+class RunningSums:
+    """The running sums since the last evaluation (on the device): each term's sum and the steps
+    that reported it (a term may skip steps: an LM's CE on on-policy batches), correct and
+    counted units, and the training seconds. They survive a checkpoint in TrainState.partial
+    (`steps_done`: the steps a partial of an older version, without counts, holds)."""
 
     def __init__(self, partial: dict, steps_done: int, lr: float, device):
         self.sums = {k: torch.tensor(v, device=device) for k, v in partial.get("sums", {}).items()}
@@ -240,6 +200,7 @@ class EpochSums:
         self.correct = torch.tensor(partial.get("correct", 0.0), device=device)
         self.counted = torch.tensor(partial.get("labelled", 0.0), device=device)
         self.lr, self.device = partial.get("lr", lr), device
+        self.start = time.perf_counter() - partial.get("seconds", 0.0)
 
     def add(self, out: StepOutput) -> None:
         for name, value in {"loss": out.loss, **out.terms}.items():
@@ -248,13 +209,17 @@ class EpochSums:
         self.correct += out.correct
         self.counted += out.counted
 
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
     def partial(self) -> dict:
         return {"sums": {k: float(v) for k, v in self.sums.items()}, "reported": dict(self.reported),
-                "correct": float(self.correct), "labelled": float(self.counted), "lr": self.lr}
+                "correct": float(self.correct), "labelled": float(self.counted), "lr": self.lr,
+                "seconds": self.seconds()}
 
-    def record(self, epoch: int) -> dict:
+    def record(self, epoch: int | float, step: int) -> dict:
         """Each term's mean over the steps (and processes) that reported it; train accuracy."""
-        record = {"epoch": epoch + 1, "lr": self.lr}
+        record = {"epoch": epoch, "step": step, "lr": self.lr}
         for k, v in self.sums.items():
             pair = torch.stack([v.float(), torch.tensor(self.reported[k], device=self.device)])
             total, count = all_reduce_sum(pair).tolist()
@@ -265,10 +230,12 @@ class EpochSums:
 
 
 def train_epoch(distiller: Distiller, t: Training, train_loader, cfg, device, epoch: int,
-                on_step, save) -> EpochSums:
-    """One epoch of optimizer steps (from `t.state.step` when resuming mid-epoch)."""
-    state = t.state
-    sums = EpochSums(state.partial, state.step, t.optimizer.param_groups[0]["lr"], device)
+                on_step, save, end_step=None) -> RunningSums:
+    """Epoch `epoch`'s optimizer steps (from `t.state.step` when resuming mid-epoch) into
+    `t.sums`, up to the epoch's end or the end of training (`t.plan.total`). `end_step(watch,
+    out, batch, step)` (an `EndStep`) runs after each step, and once more when the loader ends
+    short of len(loader) batches, to close the epoch."""
+    state, plan = t.state, t.plan
     watch = FiniteWatch(distiller, device)
     out = batch = None
     first = state.step if isinstance(train_loader, BatchLoader) else 0  # distill's loaders skip unread
@@ -287,38 +254,71 @@ def train_epoch(distiller: Distiller, t: Training, train_loader, cfg, device, ep
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.schedule.step()
-        sums.add(out)
+        t.sums.add(out)
+        state.step = step + 1
         if on_step is not None:
             on_step({"loss": out.loss})
         watch.check(out, epoch, step, batch)
+        if end_step is not None:
+            end_step(watch, out, batch, step)  # evaluation, the epoch's end, checkpoint
+        if plan.at(state) >= plan.total:  # done: a stop requested now ends the run after this fit
+            break
         if (step + 1) % watch.every == 0 and stop_requested():  # the stop flag: a sync under DDP
             watch.check(out, epoch, step, batch, force=True)
-            state.step, state.partial = step + 1, sums.partial()
             save()
             raise Interrupted(save.checkpointer is not None)
-    if out is not None:
-        watch.check(out, epoch, step, batch, force=True)
-    return sums
+    else:
+        if out is not None:
+            watch.check(out, epoch, step, batch, force=True)
+        if end_step is not None and state.epoch == epoch:  # the loader ran short of its length
+            state.step = plan.steps_per_epoch
+            end_step(watch, None, None, state.step - 1)
+    return t.sums
 
 
-def end_epoch(distiller: Distiller, t: Training, sums: EpochSums, val_loader, device, epoch: int,
-              selection: Selection, seconds: float) -> dict:
-    """Evaluate on validation, keep the weights if this epoch is the best so far; the record."""
-    state = t.state
-    record = sums.record(epoch)
-    val = distiller.evaluate(val_loader, device)
-    m = selection.metric
-    if m not in val:
-        raise DistillError(f"The selection metric {m!r} is not among the validation metrics "
-                           f"({', '.join(val)}); pass fit(..., selection=Selection(<one of them>)).")
-    record.update({f"val_{k}": v for k, v in val.items()})
-    record["seconds"] = seconds
-    state.epoch, state.step, state.partial = epoch + 1, 0, {}
-    if state.best_epoch < 0 or selection.better(val[m], state.best_val[m]):
-        state.best_val, state.best_epoch = val, epoch + 1
-        t.best_state = copy.deepcopy(distiller.state_dict())
-    state.history.append(record)
-    return record
+class EndStep:
+    """What follows an optimizer step, as the plan says: an evaluation on validation (a record,
+    and the weights kept if they are the best so far), the epoch's end, a checkpoint."""
+
+    def __init__(self, distiller: Distiller, t: Training, val_loader, device, selection: Selection,
+                 on_epoch, save):
+        self.distiller, self.t, self.val_loader, self.device = distiller, t, val_loader, device
+        self.selection, self.on_epoch, self.save = selection, on_epoch, save
+
+    def __call__(self, watch: FiniteWatch | None, out: StepOutput | None, batch, step: int) -> None:
+        state, plan = self.t.state, self.t.plan
+        at = plan.at(state)
+        epoch_end = state.step >= plan.steps_per_epoch
+        evaluate, checkpoint = plan.evaluates(at), plan.checkpoints(at)
+        if out is not None and (evaluate or checkpoint or epoch_end):  # nothing saved before a check
+            watch.check(out, state.epoch, step, batch, force=True)
+        if evaluate:
+            self.evaluate(at)
+        if epoch_end:
+            state.epoch, state.step = state.epoch + 1, 0
+        if checkpoint:
+            self.save()
+
+    def evaluate(self, at: int) -> dict:
+        """Validate; keep the weights if they are the best so far; the record since the last one."""
+        t, state, m = self.t, self.t.state, self.selection.metric
+        seconds = t.sums.seconds()
+        record = t.sums.record(t.plan.epoch_of(at), at)
+        val = self.distiller.evaluate(self.val_loader, self.device)
+        self.distiller.train()  # mid-epoch, training goes on
+        if m not in val:
+            raise DistillError(f"The selection metric {m!r} is not among the validation metrics "
+                               f"({', '.join(val)}); pass fit(..., selection=Selection(<one of them>)).")
+        record.update({f"val_{k}": v for k, v in val.items()})
+        record["seconds"] = seconds
+        if state.best_epoch < 0 or self.selection.better(val[m], state.best_val[m]):
+            state.best_val, state.best_epoch, state.best_step = val, record["epoch"], at
+            t.best_state = copy.deepcopy(self.distiller.state_dict())
+        state.history.append(record)
+        t.sums = RunningSums({}, 0, t.optimizer.param_groups[0]["lr"], self.device)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        return record
 
 
 def set_loader_epoch(loader, epoch: int, step: int = 0) -> None:
@@ -338,6 +338,7 @@ class _Saver:
     def __call__(self) -> None:
         if self.checkpointer is not None:
             t = self.t
+            t.state.partial = t.sums.partial()  # the sums since the last evaluation
             self.checkpointer.save(self.distiller, t.optimizer, t.schedule, t.state, t.best_state)
 
 
@@ -353,15 +354,19 @@ def fit(
     resume: dict | None = None,
     selection: Selection | None = None,
 ) -> FitResult:
-    """Train `distiller`'s student (and loss modules) for `cfg.epochs`; select on validation.
+    """Train `distiller`'s student (and loss modules) for `cfg.max_steps` optimizer steps, or else
+    `cfg.epochs` epochs; validate every `cfg.eval_every` (and after the last step); select on
+    validation (distill.schedule).
 
     Loaders yield `contracts.Batch`es, or (inputs, labels[, index]) tensor tuples. `on_step`
-    gets {"loss": tensor} after each step (for progress bars); `on_epoch` gets the epoch's
-    record: every loss term's mean, train accuracy on the counted units, lr, seconds, and the
-    validation metrics. `selection` picks the best epoch (default: the Distiller's, highest
-    validation accuracy for classifiers and lowest perplexity for language models). With a `checkpointer`, a checkpoint is written every `cfg.checkpoint_every`
-    epochs and when a stop is requested (Ctrl-C, SIGTERM; see runtime.stop_requested);
-    `resume` (from Checkpointer.load) continues exactly where it left.
+    gets {"loss": tensor} after each step (for progress bars); `on_epoch` gets each evaluation's
+    record: epoch (a fraction mid-epoch), global step, every loss term's mean since the last
+    evaluation, train accuracy on the counted units, lr, seconds, and the validation metrics.
+    `selection` picks the best evaluation (default: the Distiller's, highest validation accuracy
+    for classifiers and lowest perplexity for language models). With a `checkpointer`, a
+    checkpoint is written every `cfg.checkpoint_every` epochs or steps, after the last step, and
+    when a stop is requested (Ctrl-C, SIGTERM; see runtime.stop_requested); `resume` (from
+    Checkpointer.load) continues exactly where it left.
     """
     device = torch.device(device)
     if not isinstance(distiller, Distiller):
@@ -372,17 +377,14 @@ def fit(
     selection = selection or distiller.selection
     t = prepare(distiller, train_loader, cfg, device, resume)
     save = _Saver(checkpointer, distiller, t)
-    for epoch in range(t.state.epoch, cfg.epochs):
-        start = time.perf_counter()
+    end_step = EndStep(distiller, t, val_loader, device, selection, on_epoch, save)
+    if t.state.step >= t.plan.steps_per_epoch:  # an older checkpoint: an epoch's steps done, not its end
+        end_step(None, None, None, t.state.step - 1)
+    while t.plan.at(t.state) < t.plan.total:
+        epoch = t.state.epoch
         distiller.train()
         distiller.set_epoch(epoch)
         set_loader_epoch(train_loader, epoch, t.state.step)
-        sums = train_epoch(distiller, t, train_loader, cfg, device, epoch, on_step, save)
-        record = end_epoch(distiller, t, sums, val_loader, device, epoch, selection,
-                           time.perf_counter() - start)
-        if on_epoch is not None:
-            on_epoch(record)
-        every = cfg.checkpoint_every
-        if every and (t.state.epoch % every == 0 or t.state.epoch == cfg.epochs):
-            save()
-    return FitResult(t.best_state, t.state.best_epoch, t.state.best_val, t.state.history)
+        train_epoch(distiller, t, train_loader, cfg, device, epoch, on_step, save, end_step)
+    state = t.state
+    return FitResult(t.best_state, state.best_epoch, state.best_val, state.history, state.best_step)

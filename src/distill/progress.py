@@ -13,11 +13,13 @@ class StageProgress:
     """Context manager; `step` and `epoch_done` are the engine's callbacks. Silent when quiet.
 
     `start` is the number of steps already done: a resumed stage continues at epoch k, step s,
-    so its bar starts at k * steps_per_epoch + s and still ends full."""
+    so its bar starts at k * steps_per_epoch + s and still ends full. With `max_steps` (which
+    wins over `epochs`, as in training) the bar counts to it and each evaluation is shown by its
+    step; otherwise by its epoch (a fraction for an evaluation mid-epoch)."""
 
     def __init__(self, stage: str, epochs: int, steps_per_epoch: int, quiet: bool = False, start: int = 0,
-                 metric: str = "acc"):
-        self.stage, self.epochs, self.metric = stage, epochs, metric
+                 metric: str = "acc", max_steps: int | None = None):
+        self.stage, self.epochs, self.metric, self.max_steps = stage, epochs, metric, max_steps
         self.bar = None if quiet else Progress(
             TextColumn("[bold]{task.description:<8}"),
             BarColumn(),
@@ -26,7 +28,7 @@ class StageProgress:
             TimeElapsedColumn(),
             transient=False,
         )
-        self.total = epochs * steps_per_epoch
+        self.total = max_steps if max_steps is not None else epochs * steps_per_epoch
         self.steps = start
         self.val = ""
 
@@ -50,7 +52,9 @@ class StageProgress:
     def epoch_done(self, record: dict) -> None:
         value = record[f"val_{self.metric}"]
         shown = f"val {self.metric} {value:.1f}%" if self.metric == "acc" else f"val {self.metric} {value:.3f}"
-        self.val = f"  {shown} (epoch {record['epoch']}/{self.epochs})"
+        where = (f"step {record['step']}/{self.total}" if self.max_steps is not None
+                 else f"epoch {record['epoch']}/{self.epochs}")
+        self.val = f"  {shown} ({where})"
         if self.bar is not None:
             self.bar.update(self.task, completed=self.steps, status=f"loss {record['train_loss']:.4f}{self.val}")
 

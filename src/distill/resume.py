@@ -33,18 +33,20 @@ def read_stages(run_dir: Path) -> dict:
     return results
 
 
-def prune_metrics(path: Path, stage: str, finished: set[str], epochs_kept: int) -> None:
-    """Keep the lines of `finished` stages and of `stage` up to its checkpoint (`epochs_kept`);
-    drop the rest: a killed attempt's epochs after its checkpoint, a torn last line. Called
-    before the stage's first epoch line, so no (stage, epoch) is ever written twice."""
+def prune_metrics(path: Path, stage: str, finished: set[str], records_kept: int) -> None:
+    """Keep the lines of `finished` stages and the first `records_kept` lines of `stage` (the
+    evaluations its checkpoint holds: len(TrainState.history), whether they fell at epochs' ends
+    or mid-epoch); drop the rest: a killed attempt's records after its checkpoint, a torn last
+    line. Called before the stage's first record, so no evaluation is ever written twice."""
     if not path.exists():
         return
-    keep = [
-        record for record in read_lines(path)
-        if record.get("stage") in finished
-        or (record.get("stage") == stage and isinstance(record.get("epoch"), int)
-            and record["epoch"] <= epochs_kept)
-    ]
+    keep, kept = [], 0
+    for record in read_lines(path):
+        if record.get("stage") in finished:
+            keep.append(record)
+        elif record.get("stage") == stage and kept < records_kept:
+            keep.append(record)
+            kept += 1
     write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 

@@ -95,24 +95,27 @@ class RunFolder:
     def begin_stage(self, stage: str, data_id: tuple[str, str] | None) -> tuple[Checkpointer, dict | None]:
         """The stage's checkpointer and, on a resume, the checkpoint it continues from.
 
-        `results` already holds `stage`, unfinished. Before its first epoch line, what a killed
-        attempt of it wrote after its checkpoint goes, so no (stage, epoch) is written twice."""
+        `results` already holds `stage`, unfinished. Before its first record, what a killed
+        attempt of it wrote after its checkpoint goes, so no evaluation is written twice."""
         checkpointer = Checkpointer(self.dir, stage, data_id)
         resume = checkpointer.load() if self.resume else None
         if self.main:
-            kept = resume["state"].epoch if resume else 0
+            kept = len(resume["state"].history) if resume else 0
             prune_metrics(self.metrics, stage, set(self.results) - {stage}, kept)
         return checkpointer, resume
 
-    def log_epoch(self, stage: str, record: dict) -> None:
-        """One metrics.jsonl line per (stage, epoch); the same numbers to TensorBoard."""
+    def log_epoch(self, stage: str, record: dict, by_steps: bool = False) -> None:
+        """One metrics.jsonl line per evaluation (stage, epoch and global step); the same numbers
+        to TensorBoard, against the epoch, or the step when the stage's schedule is in steps
+        (`by_steps`: max_steps, or evaluations every N steps)."""
         if not self.main:
             return
         append_line(self.metrics, json.dumps({"stage": stage, **record}))
         if self.tensorboard is not None:
+            x = record["step"] if by_steps else record["epoch"]
             for key, value in record.items():
-                if key != "epoch":
-                    self.tensorboard.add_scalar(f"{stage}/{key}", value, record["epoch"])
+                if key not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(f"{stage}/{key}", value, x)
             self.tensorboard.flush()
 
     def save(self, distiller, stem: str) -> None:

@@ -36,6 +36,7 @@ from .runtime import (
     stop_handlers,
     world_size,
 )
+from .schedule import Every, counts_steps
 from .tasks import make_task
 from .version import __version__
 
@@ -61,8 +62,11 @@ def _environment() -> dict:
     }
 
 
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
+def _length(train) -> str:
+    """How long a stage trains and, when not every epoch, how often it is validated."""
+    n, unit = (train.max_steps, "step") if train.max_steps is not None else (train.epochs, "epoch")
+    every = "" if train.eval_every == Every(1, "epoch") else f", validated every {train.eval_every}"
+    return f"{n} {unit}{'s' if n != 1 else ''}{every}"
 
 
 def _data_id(cfg: RunConfig, sha: str | None) -> tuple[str, str] | None:
@@ -158,17 +162,17 @@ class Run:
             self.log(line)
 
     def _schedule(self) -> str:
-        """Each stage's resolved epochs and learning rate: `teacher.train` overrides `train` for
-        the teacher, which a user who set train.epochs alone should see."""
+        """Each stage's resolved length (epochs or max_steps) and learning rate: `teacher.train`
+        overrides `train` for the teacher, which a user who set train.epochs alone should see."""
         cfg, parts = self.cfg, []
         if "teacher" in cfg.stages and not self.task.pretrained_teacher():
             t = stage_train(cfg, "teacher")
             own = f" (teacher.train sets {', '.join(sorted(cfg.teacher.train))})" if cfg.teacher.train else ""
-            parts.append(f"teacher {_epochs(t.epochs)}, {t.optimizer} lr {t.lr:g}{own}")
+            parts.append(f"teacher {_length(t)}, {t.optimizer} lr {t.lr:g}{own}")
         students = [s for s in STUDENTS if s in cfg.stages]
         if students:
             t = cfg.train
-            parts.append(f"{' and '.join(students)} {_epochs(t.epochs)}, {t.optimizer} lr {t.lr:g}")
+            parts.append(f"{' and '.join(students)} {_length(t)}, {t.optimizer} lr {t.lr:g}")
         return f"Schedule: {'; '.join(parts)}."
 
     def teacher_stage(self, data) -> nn.Module | None:
@@ -249,10 +253,10 @@ class Run:
         train = stage_train(self.cfg, stage)
         done = resume["state"].epoch * len(loader) + resume["state"].step if resume else 0
         with StageProgress(stage, train.epochs, len(loader), self.quiet, start=done,
-                           metric=self.task.selection.metric) as bar:
+                           metric=self.task.selection.metric, max_steps=train.max_steps) as bar:
 
             def on_epoch(record):
-                self.folder.log_epoch(stage, record)
+                self.folder.log_epoch(stage, record, counts_steps(train))
                 bar.epoch_done(record)
 
             return fit(
@@ -269,7 +273,7 @@ class Run:
         self.folder.save(distiller, stage)
         test = task.evaluate(model, data.test, device)
         record = self.folder.results[stage]
-        record["best_epoch"] = result.best_epoch
+        record["best_epoch"], record["best_step"] = result.best_epoch, result.best_step
         for m in task.metrics:
             record.update({f"val_{m}": result.best_val[m], f"test_{m}": test[m],
                            f"last_val_{m}": last["val"][f"val_{m}"], f"last_test_{m}": last["test"][m]})

@@ -30,6 +30,7 @@ from ..models.outputs import logits_of
 from ..report import evaluate_target, evaluation_table
 from ..report import write_report as write_classifier_report
 from ..runtime import DTYPES
+from ..schedule import planned_epochs
 from ..stores import default_memory_budget
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
@@ -125,7 +126,8 @@ class ClassificationTask:
         mistake is not found after the teacher and scratch stages have trained."""
         cfg = self.cfg
         if has_teacher and terms and "distill" in cfg.stages:
-            self.cache_views, _ = plan_cache(cfg.cache.mode, data.train.augment, epochs=cfg.train.epochs,
+            epochs = planned_epochs(cfg.train, len(data.train))  # max_steps: the epochs it begins
+            self.cache_views, _ = plan_cache(cfg.cache.mode, data.train.augment, epochs=epochs,
                                              dtype=cfg.cache.dtype, topk=cfg.cache.topk)
         batch = next(iter(data.val)).rows(2)  # val: no shuffle, no augmentation draw
         student = self.create_model("student", data)
@@ -170,7 +172,7 @@ class ClassificationTask:
         cfg = self.cfg
         _, why = open_cache(
             cfg.cache.mode, distiller, data.train,
-            epochs=cfg.train.epochs, dtype=cfg.cache.dtype, topk=cfg.cache.topk,
+            epochs=planned_epochs(cfg.train, len(data.train)), dtype=cfg.cache.dtype, topk=cfg.cache.topk,
             path=Path(cfg.cache.dir) if cfg.cache.dir else run_dir / "teacher_cache",
         )
         return why
