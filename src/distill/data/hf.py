@@ -32,8 +32,7 @@ import numpy as np
 from ..errors import DistillError, clip
 from .checks import check_finite, check_pool_labels, check_used_classes, input_kind
 from .image_folder import IMAGE_EXTENSIONS, fit_image, geometry
-from .samples import Samples
-from .source import Source
+from .samples import Samples, Source
 
 FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 SPLITS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}

@@ -22,8 +22,7 @@ import numpy as np
 
 from ..errors import DistillError, clip
 from .checks import check_finite, check_pool_labels, check_used_classes, input_kind
-from .samples import ArraySamples
-from .source import Source
+from .samples import ArraySamples, Source
 
 LAYOUT = ("A data.name=npy dataset is a folder (data.path) holding x.npy (inputs, N x ...) and "
           "y.npy (integer labels, N), and optionally x_test.npy and y_test.npy, saved with np.save")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -189,3 +190,14 @@ class Concat(Samples):
 
     def fingerprint(self) -> str:
         return hashlib.sha256("|".join(p.fingerprint() for p in self.parts).encode()).hexdigest()
+
+
+@dataclass
+class Source:
+    """A dataset as opened (distill.data.source): the pool of samples and the splits it predefines."""
+
+    train: Samples  # the pool training is taken from (validation and test too, unless given)
+    val: Samples | None = None
+    test: Samples | None = None
+    lazy: bool = False  # rows are read from disk on demand: the loader choice matters
+    class_names: list[str] | None = None

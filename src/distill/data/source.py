@@ -12,7 +12,6 @@ added to SOURCES.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +23,7 @@ from .digits import load_digits_arrays
 from .image_folder import open_image_folder
 from .labels import check_labels
 from .readers import READERS, read_dataset
-from .samples import ArraySamples, Samples
-
-
-@dataclass
-class Source:
-    train: Samples  # the pool training is taken from (validation and test too, unless given)
-    val: Samples | None = None
-    test: Samples | None = None
-    lazy: bool = False  # rows are read from disk on demand: the loader choice matters
-    class_names: list[str] | None = None
-    image_folder: bool = False  # lazily decoded images: the memory loader decodes them up front
+from .samples import ArraySamples, Source
 
 
 def _arrays(x, y, name: str) -> ArraySamples:
@@ -58,7 +47,7 @@ def open_folder(cfg) -> Source:
         raise DistillError("Dataset 'folder' is read from disk: set data.path.")
     samples, classes = open_image_folder(Path(cfg.path).expanduser(), size=cfg.size, crop=cfg.crop,
                                          skip_corrupt=cfg.skip_corrupt)
-    return Source(samples, lazy=True, class_names=classes, image_folder=True)
+    return Source(samples, lazy=True, class_names=classes)
 
 
 def open_npy(cfg) -> Source:

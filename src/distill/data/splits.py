@@ -17,8 +17,7 @@ import numpy as np
 
 from ..contracts import UNLABELLED
 from ..errors import DistillError
-from .samples import ArraySamples, Samples, concat
-from .source import Source
+from .samples import ArraySamples, Samples, Source, concat
 
 
 @dataclass

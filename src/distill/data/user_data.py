@@ -32,8 +32,7 @@ from ..errors import DistillError, clip, short
 from ..naming import resolve
 from ..terms import CODE_PATH
 from .checks import check_finite, check_pool_labels, check_used_classes, input_kind
-from .samples import Samples
-from .source import Source
+from .samples import Samples, Source
 
 SPLITS = ("train", "val", "test")
 _IMAGES_HINT = "Return uint8 tensors (e.g. torchvision's transforms.PILToTensor())"
