@@ -53,11 +53,13 @@ class DataBase(Strict):
 class DataConfig(DataBase):
     """task: classification data (distill.data)."""
 
-    name: str = "digits"  # digits | cifar10 | cifar100 | mnist | fashion_mnist | folder | npz | csv
+    # digits | cifar10 | cifar100 | mnist | fashion_mnist | folder | npz | csv | npy | hf, or
+    # package.module:function returning your own torch Dataset (called with data.kwargs)
+    name: str = "digits"
     augment: str | list[dict[str, Any]] = "none"  # none | flip | crop_flip | [{name: ..., ...}]
-    size: int | list[int] | None = None  # folder: resize (shorter side, or [h, w])
-    crop: int | list[int] | None = None  # folder: centre crop after resizing
-    label_column: str = "label"  # csv
+    size: int | list[int] | None = None  # folder, hf images: resize (shorter side, or [h, w])
+    crop: int | list[int] | None = None  # folder, hf images: centre crop after resizing
+    label_column: str = "label"  # csv, hf
     label_fraction: float = Field(0.1, gt=0, le=1)
     unlabelled_path: str | None = None
     val_max: int | None = Field(None, gt=0)  # validate on a fixed stratified subset of this many
@@ -70,7 +72,7 @@ class DataConfig(DataBase):
     memory_limit_mb: int | None = Field(None, gt=0)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # data.name=package.module:function: its arguments
     image_column: str = "image"  # hf: the column holding the inputs
-    skip_corrupt: bool = False  # lazy image folders: skip unreadable files (and count them) instead of stopping
+    skip_corrupt: bool = False  # folder: leave out (and count) files whose header cannot be read
 
 
 class LMDataConfig(DataBase):
