@@ -22,6 +22,7 @@ import distill.tasks.classification
 from distill.cache import TeacherCache, cache_size
 from distill.cli import main
 from distill.config_schema import DataConfig
+from distill.contracts import Outputs
 from distill.data import build_data
 from distill.data.samples import ArraySamples
 from distill.data.stream import StreamLoader
@@ -335,3 +336,25 @@ def test_a_cache_that_cannot_fit_is_refused_before_training(tmp_path, images, ca
                                       "data.augment=none") if a != "--quiet"]
         assert main(args) == 0
         assert "Teacher cache for the distill stage: off: the cache would need" in capsys.readouterr().out
+
+
+def test_fill_under_ddp_splits_a_disk_cache_between_the_processes(tmp_path, monkeypatch):
+    """Two processes' fills of one disk cache (as torchrun runs them: rank 0, rank 1) compute
+    each sample once, half each, into the shared files."""
+    import distill.cache
+
+    x, labels = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32), np.arange(50) % 2
+    loader = StreamLoader(ArraySamples(x, labels), 8)
+    w = torch.randn(3, 2)
+    caches = [TeacherCache(50, {"logits": (2,)}, {"t": 1}, storage="disk", path=tmp_path / "tc") for _ in (0, 1)]
+    rows = [[], []]
+    monkeypatch.setattr(distill.cache, "distributed", lambda: True)
+    monkeypatch.setattr(distill.cache, "world_size", lambda: 2)
+    monkeypatch.setattr(distill.cache, "all_gather_objects", lambda obj: [obj, obj])
+    for r, cache in enumerate(caches):
+        monkeypatch.setattr(distill.cache, "rank", lambda r=r: r)
+        cache.fill(lambda b, r=r: rows[r].append(len(b)) or Outputs(b @ w), loader, batch_size=10)
+    assert sum(rows[0]) == sum(rows[1]) == 25
+    assert caches[1].complete and caches[1].stats()["filled"] == 50  # sees rank 0's half too
+    got = caches[0].get(torch.arange(50), "cpu").logits
+    assert torch.allclose(got, torch.from_numpy(x) @ w)

@@ -74,7 +74,7 @@ from .cache_plan import (
 )
 from .contracts import Batch, Outputs
 from .errors import DistillError
-from .runtime import all_gather_objects, distributed, rank
+from .runtime import all_gather_objects, distributed, rank, world_size
 from .stores import (
     FORMAT,
     data_hash,
@@ -266,10 +266,15 @@ class TeacherCache:
     def fill(self, compute, loader, batch_size: int = 256) -> None:
         """Ahead of time: compute every missing (sample, view) of `loader`'s data, built in the
         loader's order: the view re-created with `augment.params_for_view`, then the loader's
-        transform (at epoch 0: open_cache checked it is the same in every epoch)."""
+        transform (at epoch 0: open_cache checked it is the same in every epoch). Under DDP a
+        disk store's processes split the samples (process r: the r-th contiguous part) and fill
+        the shared files; a memory store is filled whole in every process."""
         by_view = self.filled.view(self.num_samples, self.num_views)
+        share = distributed() and self.storage == "disk"
+        world, me = (world_size(), rank()) if share else (1, 0)
+        lo, hi = self.num_samples * me // world, self.num_samples * (me + 1) // world
         for v in range(self.num_views):
-            todo = (~by_view[:, v]).nonzero().flatten()
+            todo = (~by_view[lo:hi, v]).nonzero().flatten() + lo
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
                 x = loader.raw(idx)
@@ -280,6 +285,8 @@ class TeacherCache:
                 out = compute(x)
                 self.put(self.keys(idx, torch.full_like(idx, v)), out.logits, out.features)
         self.flush()
+        if share:
+            all_gather_objects(None)  # every process's part is in before any reads it
         self.complete = bool(self.filled.all())
 
     def reference(self) -> dict:
