@@ -15,6 +15,7 @@ lock (`_drop_locks`), so the lock ends with the run even while workers wait to b
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -29,8 +30,9 @@ from .samples import Samples
 def _drop_locks(worker_id: int) -> None:
     """In a forked worker: close the inherited descriptors of run folder locks. The lock is a
     flock (resume.lock_folder), held while any copy of its descriptor is open, so persistent
-    workers that outlive a run (until a garbage collection ends them: a run stopped by an
-    exception) would keep the folder locked and refuse its `--resume` in the same process."""
+    workers that outlive their run (a traceback kept after it stopped, as a notebook keeps
+    one, holds its loaders) would keep the folder locked and refuse its resume in the same
+    process."""
     fds = Path("/proc/self/fd")  # Linux; elsewhere workers are spawned and inherit nothing
     if not fds.is_dir():
         return
@@ -57,10 +59,16 @@ class _Rows(Dataset):
 
 class _Batches:
     """The sampler: the batches of the epoch the owning loader is iterating (torch may start
-    it more than once per iteration, so it reads the position and never advances it)."""
+    it more than once per iteration, so it reads the position and never advances it). It
+    holds its loader weakly: the loader holds the DataLoader that holds it, and without that
+    cycle a loader no longer used is freed at once, its workers with it."""
 
     def __init__(self, loader: StreamLoader):
-        self.loader = loader
+        self._loader = weakref.ref(loader)
+
+    @property
+    def loader(self) -> StreamLoader:
+        return self._loader()
 
     def __iter__(self):
         return self.loader.batch_indices(*self.loader.position)
