@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from distill.cli import main
 from distill.config import load_config
@@ -260,3 +261,20 @@ def test_cli_run_streams_a_user_dataset_and_its_folder_needs_trust(mypkg, capsys
     assert f"data.name={MAKE}" in err and "--trust-code" in err and not marker.exists()
     assert main(["eval", str(out), "--trust-code"]) == 0, capsys.readouterr().err
     assert marker.exists()
+
+
+def test_python_api_runs_a_user_dataset_and_the_memory_loader_trains_the_same_student(mypkg):
+    from safetensors.torch import load_file
+
+    import distill
+
+    overrides = [o for o in FAST if not o.startswith("--")] + [
+        f"data.name={MAKE}", f"data.kwargs.root={mypkg / 'data'}", "stages=[teacher,distill]"]
+    weights = {}
+    for loader in ("stream", "memory"):
+        cfg = distill.load_config(overrides=[*overrides, f"data.loader={loader}", "data.workers=0"])
+        summary = distill.run(cfg, mypkg / loader, quiet=True)
+        assert summary["data"]["loader"] == loader
+        weights[loader] = load_file(mypkg / loader / "distill.safetensors")
+    assert weights["stream"].keys() == weights["memory"].keys()
+    assert all(torch.equal(weights["stream"][k], weights["memory"][k]) for k in weights["stream"])
