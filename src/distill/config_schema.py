@@ -63,6 +63,7 @@ class DataConfig(DataBase):
     label_fraction: float = Field(0.1, gt=0, le=1)
     unlabelled_path: str | None = None
     val_max: int | None = Field(None, gt=0)  # validate on a fixed stratified subset of this many
+    eval_batch_size: int | None = Field(None, gt=0)  # validation/test batches; null: max(batch_size, 512)
     # Which loader serves the data (distill.data.stream): memory holds every decoded row in RAM,
     # stream reads batches on demand in `workers` processes; auto streams data read from disk
     # on demand whose decoded size exceeds memory_limit_mb (default: an eighth of RAM).

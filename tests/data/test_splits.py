@@ -75,10 +75,11 @@ class _Lazy(ArraySamples):
 
 def test_auto_streams_lazy_data_over_the_budget_and_memory_refuses_them():
     pool = _Lazy(np.zeros((3000, 3, 32, 32), np.uint8), np.arange(3000) % 3)  # 9 MiB decoded
-    s = make_splits(Source(pool, lazy=True), _cfg(), 3)
+    s = None  # decided before the data are split
     assert choose_loader(_cfg(memory_limit_mb=100), Source(pool, lazy=True), s)[0] == "memory"
     kind, why = choose_loader(_cfg(memory_limit_mb=4), Source(pool, lazy=True), s)
     assert kind == "stream" and "budget is 4.00 MiB" in why
+    assert choose_loader(_cfg(memory_limit_mb=9), Source(pool, lazy=True), _Lazy(pool.x[:200], pool.labels[:200]))[0] == "stream"
     with pytest.raises(DistillError, match="data.loader=stream"):
         choose_loader(_cfg(loader="memory", memory_limit_mb=4), Source(pool, lazy=True), s)
     # data already decoded in RAM stay there unless streaming is asked for

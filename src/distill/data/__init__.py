@@ -145,14 +145,15 @@ def loader_budget(cfg) -> int:
     return cfg.memory_limit_mb << 20 if cfg.memory_limit_mb else data_memory_budget() // 4
 
 
-def choose_loader(cfg, source: Source, splits: Splits) -> tuple[str, str]:
+def choose_loader(cfg, source: Source, extra: Samples | None = None) -> tuple[str, str]:
     """(memory | stream, why) from data.loader: "auto" holds data in memory when they are
-    already decoded or, read from disk on demand, when every split decoded fits the budget."""
+    already decoded or, read from disk on demand, when all of them (with the `extra`
+    unlabelled inputs) decoded fit the budget. Decided before the data are split or read."""
     if not source.lazy:
         if cfg.loader == "stream":
             return "stream", "stream (data.loader=stream)"
         return "memory", "memory (the data are decoded in RAM as they are read)"
-    nbytes = sum(s.nbytes for s in (splits.train, splits.val, splits.test))
+    nbytes = sum(s.nbytes for s in (source.train, source.val, source.test, extra) if s is not None)
     budget = loader_budget(cfg)
     size = f"the data decode to {format_bytes(nbytes)}, the memory budget is {format_bytes(budget)}"
     if cfg.loader == "memory" and nbytes > budget:
@@ -172,7 +173,7 @@ def _workers(cfg) -> int:
 
 def _loaders(cfg, kind: str, splits: Splits, seed: int, row_map, train_tf, eval_tf, augment):
     """The four loaders of `kind` over the splits."""
-    bs, ebs = cfg.batch_size, max(cfg.batch_size, 512)
+    bs, ebs = cfg.batch_size, cfg.eval_batch_size or max(cfg.batch_size, 512)
     mapped = {}
 
     def rows(samples: Samples) -> Samples:
@@ -198,8 +199,8 @@ def build_data(cfg, seed: int = 0) -> Data:
     source = open_source(cfg)
     num_classes = class_count(source)
     extra = _load_unlabelled(cfg.unlabelled_path, source.train) if cfg.unlabelled_path else None
+    kind, note = choose_loader(cfg, source, extra)
     splits = make_splits(source, cfg, num_classes, extra)
-    kind, note = choose_loader(cfg, source, splits)
     workers = _workers(cfg) if source.lazy else 0  # rows decoded on demand: in parallel
     if kind == "memory" and source.lazy:  # decoded once, here, for the statistics and the loaders
         splits = splits.decoded(workers)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -246,12 +247,23 @@ def build_augment(value, image_size, normalize: Normalize | None = None) -> Augm
     return Augment(ts, size) if ts else None
 
 
+def _channel_sums(part, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sum and sum of squares of a chunk: exact int64 for integer data (so the
+    statistics are the same in any order, chunking or process), float64 otherwise."""
+    if isinstance(part, torch.Tensor):
+        part = part.detach().cpu().numpy()
+    dtype = np.int64 if np.issubdtype(part.dtype, np.integer) or part.dtype == np.bool_ else np.float64
+    part = np.asarray(part, dtype=dtype).reshape(len(part), channels, -1)
+    return part.sum(axis=(0, 2)), np.square(part, out=part).sum(axis=(0, 2))
+
+
 def channel_stats(x, scale: float = 1.0, chunk: int = 4096, max_elements: int = 1 << 22,
                   workers: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, ...) data (numpy, torch or `Samples`, whose chunks
-    `workers` processes read), times `scale`, computed in float64 over chunks of at most
-    `chunk` samples and `max_elements` values (32 MiB of float64), squared in place: the peak
-    is one chunk, not a float64 copy of the data."""
+    """Per-channel mean and std of (N, C, ...) data (numpy, torch or `Samples`), times `scale`,
+    from per-chunk sums of at most `chunk` samples and `max_elements` values (32 MiB of int64 or
+    float64): the peak is one chunk, not a copy of the data. Integer data (images) are summed
+    exactly, so a `Samples` is read in storage order (sequential on disk) by `workers`
+    processes that each reduce their chunks, and the numbers never depend on either."""
     n = len(x)
     if n == 0:
         raise DistillError("Cannot compute channel statistics of an empty dataset.")
@@ -259,19 +271,17 @@ def channel_stats(x, scale: float = 1.0, chunk: int = 4096, max_elements: int = 
     c = shape[0]
     per_sample = max(int(np.prod(shape)), 1)
     rows = max(1, min(chunk, max_elements // per_sample))
-    parts = x.chunks(rows, workers) if isinstance(x, Samples) else (x[i : i + rows] for i in range(0, n, rows))
-    s = np.zeros(c)
-    s2 = np.zeros(c)
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            part = part.detach().cpu().numpy()
-        part = np.array(part, dtype=np.float64).reshape(len(part), c, -1)
-        part *= scale
-        s += part.sum(axis=(0, 2))
-        np.square(part, out=part)
-        s2 += part.sum(axis=(0, 2))
+    sums = partial(_channel_sums, channels=c)
+    if isinstance(x, Samples):
+        exact = np.issubdtype(x.dtype, np.integer)
+        parts = (x.in_storage_order() if exact else x).map_chunks(rows, sums, workers)
+    else:
+        parts = (sums(x[i : i + rows]) for i in range(0, n, rows))
+    s, s2 = 0, 0
+    for part_sum, part_squares in parts:
+        s, s2 = s + part_sum, s2 + part_squares
     count = n * (per_sample // c)
-    mean = s / count
-    std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
+    mean = s / count * scale
+    std = np.sqrt(np.maximum(s2 / count * scale**2 - mean**2, 0.0))
     std[std == 0] = 1.0
     return mean.tolist(), std.tolist()

@@ -61,16 +61,26 @@ class Samples:
     def chunks(self, rows: int, workers: int = 0):
         """Every row in order, `rows` at a time (bounded-memory passes: statistics, decoding),
         read by `workers` processes (0: here) and yielded in order."""
+        return self.map_chunks(rows, None, workers)
+
+    def map_chunks(self, rows: int, fn=None, workers: int = 0):
+        """fn(chunk) for each chunk of `rows` rows in order (the chunk itself when fn is None),
+        computed in `workers` processes (0: here): a reduction ships only its result."""
         if workers == 0 or len(self) <= rows:
             for start in range(0, len(self), rows):
-                yield self.take(np.arange(start, min(start + rows, len(self))))
+                part = self.take(np.arange(start, min(start + rows, len(self))))
+                yield part if fn is None else fn(part)
             return
         from torch.utils.data import DataLoader
 
-        for part in DataLoader(_Chunks(self, rows), batch_size=None, num_workers=workers):
+        for part in DataLoader(_Chunks(self, rows, fn), batch_size=None, num_workers=workers):
             if isinstance(part, DistillError):  # raised in a worker: re-raised as it was raised
                 raise part
-            yield part.numpy()
+            yield part.numpy() if fn is None else tuple(p.numpy() for p in part)
+
+    def in_storage_order(self) -> Samples:
+        """The same rows in the order they are stored (sequential reads for an order-free pass)."""
+        return self
 
     def materialize(self, workers: int = 0) -> np.ndarray:
         """Every row in one array (the memory loader)."""
@@ -84,8 +94,8 @@ class Samples:
 class _Chunks:
     """Chunk k of `samples` (a map-style dataset for DataLoader workers)."""
 
-    def __init__(self, samples: Samples, rows: int):
-        self.samples, self.rows = samples, rows
+    def __init__(self, samples: Samples, rows: int, fn=None):
+        self.samples, self.rows, self.fn = samples, rows, fn
 
     def __len__(self) -> int:
         return -(-len(self.samples) // self.rows)
@@ -93,7 +103,8 @@ class _Chunks:
     def __getitem__(self, k: int):
         start = k * self.rows
         try:
-            return self.samples.take(np.arange(start, min(start + self.rows, len(self.samples))))
+            part = self.samples.take(np.arange(start, min(start + self.rows, len(self.samples))))
+            return part if self.fn is None else self.fn(part)
         except DistillError as e:  # torch would wrap it in the worker's traceback
             return e
 
@@ -148,6 +159,9 @@ class Subset(Samples):
     def subset(self, idx):
         return Subset(self.base, self.rows[np.asarray(idx, dtype=np.int64)])
 
+    def in_storage_order(self):
+        return Subset(self.base, np.sort(self.rows))
+
 
 class Mapped(Samples):
     """`fn` applied to every row of `base` as it is read (a per-feature standardization):
@@ -165,6 +179,9 @@ class Mapped(Samples):
 
     def subset(self, idx):
         return Mapped(self.base.subset(idx), self.fn, self.dtype)
+
+    def in_storage_order(self):
+        return Mapped(self.base.in_storage_order(), self.fn, self.dtype)
 
 
 def concat(parts: list[Samples]) -> Samples:
@@ -190,6 +207,9 @@ class Concat(Samples):
 
     def fingerprint(self) -> str:
         return hashlib.sha256("|".join(p.fingerprint() for p in self.parts).encode()).hexdigest()
+
+    def in_storage_order(self):
+        return Concat([p.in_storage_order() for p in self.parts])
 
 
 @dataclass
