@@ -473,8 +473,8 @@ def run_distill(tag: str, overrides: list[str], work: Path, timeout: float) -> d
 def common_overrides(n: int, steps: int, workers: int | None) -> list[str]:
     o = ["stages=[scratch]", f"student.model={STUDENT}", f"train.max_steps={steps}",
          f"train.threads={THREADS}", "train.checkpoint_every=0", "cache=off",
-         f"data.batch_size={BATCH}", "data.label_fraction=1.0", f"data.val_max={VAL_MAX}",
-         f"data.test_fraction={min(0.2, max(TEST_ROWS / n, 20 / n)):.6g}"]
+         f"data.batch_size={BATCH}", f"data.eval_batch_size={BATCH}", "data.label_fraction=1.0",
+         f"data.val_max={VAL_MAX}", f"data.test_fraction={min(0.2, max(TEST_ROWS / n, 20 / n)):.6g}"]
     if workers is not None:
         o.append(f"data.workers={workers}")
     return o
