@@ -212,3 +212,20 @@ def test_a_stream_run_stopped_mid_epoch_resumes_exactly(tmp_path, images, capsys
     rows = [r for r in reads(log) if len(r) == 32]
     assert len(rows) == (STEPS - 3) + STEPS
     assert not skipped & set(rows)
+
+
+def test_iterating_a_stream_loader_leaves_the_global_rng_alone():
+    """Dropout draws from the global RNG: a DataLoader drawing its base seed there would make the
+    stream loader's students differ from the memory loader's, and a resume from the run."""
+    import numpy as np
+
+    from distill.data.samples import ArraySamples
+    from distill.data.stream import StreamLoader
+
+    samples = ArraySamples(np.arange(40, dtype=np.float32).reshape(20, 2), np.arange(20) % 2)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for workers in (0, 2):
+        list(StreamLoader(samples, 4, shuffle=True, workers=workers))
+        list(samples.chunks(3, workers))
+    assert torch.equal(torch.get_rng_state(), before)

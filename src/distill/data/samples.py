@@ -71,9 +71,12 @@ class Samples:
                 part = self.take(np.arange(start, min(start + rows, len(self))))
                 yield part if fn is None else fn(part)
             return
+        import torch
         from torch.utils.data import DataLoader
 
-        for part in DataLoader(_Chunks(self, rows, fn), batch_size=None, num_workers=workers):
+        chunks = DataLoader(_Chunks(self, rows, fn), batch_size=None, num_workers=workers,
+                            generator=torch.Generator())  # leaves the global RNG (dropout) alone
+        for part in chunks:
             if isinstance(part, DistillError):  # raised in a worker: re-raised as it was raised
                 raise part
             yield part.numpy() if fn is None else tuple(p.numpy() for p in part)

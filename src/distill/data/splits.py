@@ -79,6 +79,10 @@ def _capped(val: Samples, limit: int | None, seed: int) -> Samples:
     """At most `limit` validation samples, a fixed stratified subset (data.val_max)."""
     if limit is None or len(val) <= limit:
         return val
+    classes = len(np.unique(val.labels))
+    if limit < classes or len(val) - limit < classes:  # too few to stratify: a seeded subset
+        keep = np.random.default_rng(seed).permutation(len(val))[:limit]
+        return val.subset(np.sort(keep))
     keep, _ = stratified(np.arange(len(val)), val.labels, len(val) - limit, seed)  # a count: exactly `limit` kept
     return val.subset(np.sort(keep))
 

@@ -94,7 +94,11 @@ class StreamLoader(BatchLoader):
         if self._loader is None:
             extra = ({"prefetch_factor": self.prefetch, "persistent_workers": self.persistent}
                      if self.workers else {})
+            # its own generator: a DataLoader draws a base seed per iteration, and from the
+            # global RNG that would shift the model's dropout masks (no longer like the memory
+            # loader's, nor the same after a resume)
             self._loader = DataLoader(_Rows(self.samples), batch_size=None, sampler=_Batches(self),
+                                      generator=torch.Generator().manual_seed(self.seed),
                                       num_workers=self.workers, pin_memory=self.pin_memory,
                                       worker_init_fn=_drop_locks if self.workers else None, **extra)
         return self._loader

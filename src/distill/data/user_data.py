@@ -48,6 +48,17 @@ def _as_array(value, where: str) -> np.ndarray:
     raise DistillError(f"{where} is a {type(value).__name__}, not a tensor or numpy array.{hint}")
 
 
+def _item(ds, i: int, name: str):
+    """ds[i], or a DistillError naming the item when the user's __getitem__ raises."""
+    try:
+        return ds[i]
+    except DistillError:
+        raise
+    except Exception as e:  # the user's code: any error is theirs, said as such
+        raise DistillError(f"Item {i} of {name} raised {type(e).__name__}: {e}. Fix the dataset's "
+                           f"__getitem__ (items 0..len-1 must each return (input, label)).") from None
+
+
 def _pair(item, i: int, name: str) -> tuple:
     if not isinstance(item, tuple | list) or len(item) != 2:
         kind = f"a {len(item)}-item {type(item).__name__}" if isinstance(item, tuple | list) else f"a {type(item).__name__}"
@@ -77,7 +88,7 @@ class DatasetSamples(Samples):
     def take_rows(self, idx):
         out = np.empty((len(idx), *self.sample_shape), dtype=self.dtype)
         for k, i in enumerate(idx.tolist()):
-            x = _as_array(_pair(self.ds[i], i, self.name)[0], f"The input of item {i} of {self.name}")
+            x = _as_array(_pair(_item(self.ds, i, self.name), i, self.name)[0], f"The input of item {i} of {self.name}")
             if tuple(x.shape) != self.sample_shape or x.dtype != self.first_dtype:
                 raise DistillError(
                     f"Item {i} of {self.name} has an input of shape {tuple(x.shape)} and dtype {x.dtype}, "
@@ -163,7 +174,7 @@ def dataset_labels(ds: Dataset, name: str) -> np.ndarray:
             raise DistillError(f"Item 0 of {name} has label {first} but its targets/labels attribute "
                                f"says {int(y[0])}; they must agree (distill reads the attribute).")
         return y
-    found = [_label(_pair(ds[i], i, name)[1], i, name) for i in range(len(ds))]
+    found = [_label(_pair(_item(ds, i, name), i, name)[1], i, name) for i in range(len(ds))]
     return check_pool_labels(np.asarray(found), f"the labels of {name}")
 
 
