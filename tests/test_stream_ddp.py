@@ -28,6 +28,7 @@ from distill.data.samples import ArraySamples
 from distill.data.stream import StreamLoader
 from distill.errors import DistillError
 from distill.stores import format_bytes
+from test_stream_loader import Recorded  # the same recording Samples
 
 
 def torchrun(*args: str) -> list[str]:
@@ -36,19 +37,6 @@ def torchrun(*args: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- each process its own rows
-
-
-class Recorded(ArraySamples):
-    """ArraySamples that append each `take` (in whatever process) to a file."""
-
-    def __init__(self, x, labels, log: Path):
-        super().__init__(x, labels)
-        self.log = str(log)
-
-    def take_rows(self, idx):
-        with open(self.log, "a") as f:
-            f.write(" ".join(map(str, idx.tolist())) + "\n")
-        return super().take_rows(idx)
 
 
 def reads(log: Path) -> list[int]:
