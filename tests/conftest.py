@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -50,3 +53,30 @@ def tiny_mlp():
         )
 
     return make
+
+
+# Small data files that several modules' runs share (module-scoped: made once per module).
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    # 240 training rows after the validation split, global batch 48: every batch halves evenly.
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16)) * 2
+    y = np.arange(300) % 4
+    x = (centers[y] + rng.normal(size=(300, 16))).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "blobs.npz"
+    np.savez(path, x=x, y=y, x_test=x[:40], y_test=y[:40])
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """200 random 3x8x8 uint8 images in 4 classes (class c brightens channel 0), 48 test."""
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 4
+    x = rng.integers(0, 256, (200, 3, 8, 8), dtype=np.uint8)
+    x[:, 0] = np.clip(x[:, 0].astype(int) // 2 + 60 * y[:, None, None], 0, 255)
+    path = tmp_path_factory.mktemp("images") / "images.npz"
+    np.savez(path, x=x, y=y, x_test=x[:48], y_test=y[:48])
+    return path

@@ -6,24 +6,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from distill.cli import main
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    # 240 training rows after the validation split, global batch 48: every batch halves evenly.
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(4, 16)) * 2
-    y = np.arange(300) % 4
-    x = (centers[y] + rng.normal(size=(300, 16))).astype(np.float32)
-    path = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(path, x=x, y=y, x_test=x[:40], y_test=y[:40])
-    return path
 
 
 def _args(data_file, out):

@@ -71,16 +71,6 @@ def test_sharded_stream_loaders_read_only_their_rows(tmp_path, workers):
 # ---------------------------------------------------------------- torchrun, stream loader
 
 
-@pytest.fixture(scope="module")
-def blobs(tmp_path_factory) -> Path:
-    # 240 training rows after the validation split, global batch 48: every batch halves evenly.
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(4, 16)) * 2
-    y = np.arange(300) % 4
-    x = (centers[y] + rng.normal(size=(300, 16))).astype(np.float32)
-    path = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(path, x=x, y=y, x_test=x[:40], y_test=y[:40])
-    return path
 
 
 def blob_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -100,11 +90,11 @@ def close(a: Path, b: Path, stems=("teacher-last", "distill-last"), atol=1e-5) -
             assert (u[key] - v[key]).abs().max().item() <= atol, (stem, key)
 
 
-def test_two_stream_processes_equal_one(tmp_path, blobs):
+def test_two_stream_processes_equal_one(tmp_path, data_file):
     stream = ["data.loader=stream", "data.workers=1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(blob_args(blobs, one, *stream)) == 0
-    proc = subprocess.run(torchrun("-m", "distill", *blob_args(blobs, two, *stream)),
+    assert main(blob_args(data_file, one, *stream)) == 0
+    proc = subprocess.run(torchrun("-m", "distill", *blob_args(data_file, two, *stream)),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((two / "summary.json").read_text())
@@ -141,16 +131,6 @@ sys.exit(code)
 """
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """200 random 3x8x8 uint8 images in 4 classes, 48 test: 160 training rows, 5 batches of 32."""
-    rng = np.random.default_rng(0)
-    y = np.arange(200) % 4
-    x = rng.integers(0, 256, (200, 3, 8, 8), dtype=np.uint8)
-    x[:, 0] = np.clip(x[:, 0].astype(int) // 2 + 60 * y[:, None, None], 0, 255)
-    path = tmp_path_factory.mktemp("images") / "images.npz"
-    np.savez(path, x=x, y=y, x_test=x[:48], y_test=y[:48])
-    return path
 
 
 EPOCHS = 6

@@ -27,16 +27,6 @@ from distill.data.stream import StreamLoader
 STEPS = 5  # 200 rows - 40 validation = 160 training rows = 5 batches of 32
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """200 random 3x8x8 uint8 images in 4 classes (class c brightens channel 0), 48 test."""
-    rng = np.random.default_rng(0)
-    y = np.arange(200) % 4
-    x = rng.integers(0, 256, (200, 3, 8, 8), dtype=np.uint8)
-    x[:, 0] = np.clip(x[:, 0].astype(int) // 2 + 60 * y[:, None, None], 0, 255)
-    path = tmp_path_factory.mktemp("images") / "images.npz"
-    np.savez(path, x=x, y=y, x_test=x[:48], y_test=y[:48])
-    return path
 
 
 def data_config(path: Path, **kw) -> DataConfig:
