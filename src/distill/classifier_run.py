@@ -23,20 +23,43 @@ from .run_reader import run_config, weights_file
 from .trust import NO_TRUST, Trust
 
 TASK = "classification"
+CLASSIFIER_TASKS = ("classification", "text_classification")  # what these functions rebuild
+
+
+def build_classifier_data(cfg: RunConfig, seed: int) -> Data:
+    """The Data of a classifier run's config: images or features, or token ids for text."""
+    if cfg.task == "text_classification":
+        from .text.data import build_text_data  # only text runs need the tokenizers
+
+        return build_text_data(cfg.data, seed)
+    return build_data(cfg.data, seed=seed)
+
+
+def create_classifier(cfg: RunConfig, role: str, data: Data, trust_checkpoint: bool = False) -> nn.Module:
+    """The teacher's or student's freshly built model, for `data` (classes, input shape; for
+    text the tokenizer's vocabulary and pad id, recorded in data.stats)."""
+    spec = cfg.teacher if role == "teacher" else cfg.student
+    if cfg.task == "text_classification":
+        from .text.models import create_text_model
+
+        s = data.stats
+        return create_text_model(spec, data.num_classes, s["vocab_size"], s["pad_id"], s["max_length"], role,
+                                 trust_checkpoint)
+    return create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
 
 
 def rebuild(run_dir: str | Path, overrides: Sequence[str] = (), trust: Trust = NO_TRUST) -> tuple[RunConfig, Data]:
     """(config, Data) of a run folder: config.yaml plus `overrides`, data rebuilt from it. A
     config naming code is refused unless `trust.code` (distill.trust), before anything is built."""
     cfg = run_config(run_dir, overrides, trust)
-    if cfg.task != TASK:
+    if cfg.task not in CLASSIFIER_TASKS:
         raise DistillError(
             f"'{run_dir}' is a task={cfg.task} run, and these functions rebuild classifiers. Use "
             f"distill.tasks.task_of_run('{run_dir}') (its load_run, evaluate_run, export and "
             "write_report), or `distill eval RUN`, `distill export RUN` and `distill report RUN`, "
             "which pick the run's task themselves."
         )
-    data = build_data(cfg.data, seed=cfg.seed)
+    data = build_classifier_data(cfg, cfg.seed)
     _check_same_data(Path(run_dir), cfg, data, overrides)
     return cfg, data
 
@@ -72,8 +95,7 @@ def load_run(run_dir: str | Path, stage: str, trust: Trust = NO_TRUST, data: Dat
     if path is None:
         raise DistillError(f"'{run_dir}' has no finished '{stage}' stage "
                            f"({stage}{'-last' if last else ''}.safetensors is missing); pick another stage.")
-    spec = cfg.teacher if stage == "teacher" else cfg.student
-    model = create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
+    model = create_classifier(cfg, "teacher" if stage == "teacher" else "student", data, trust.checkpoint)
     load_weights(model, path, trust=trust.checkpoint)  # teacher.checkpoint may be a pickle
     return model.eval(), data
 

@@ -22,6 +22,7 @@ from .config_schema import (
     SCHEMAS,
     SEED_LIMIT,
     SPLIT_SEED_LIMIT,
+    TASK_DEFAULTS,
     CacheConfig,
     ClassificationConfig,
     DataConfig,
@@ -35,6 +36,8 @@ from .config_schema import (
     RunConfig,
     Stage,
     Strict,
+    TextClassificationConfig,
+    TextDataConfig,
     TrainConfig,
     parse,
     unread_cache_keys,
@@ -49,7 +52,7 @@ __all__ = [
     "DEFAULT_TASK", "LM_DEFAULTS", "RUN_NAME", "SCHEMAS", "SEED_LIMIT", "SPLIT_SEED_LIMIT", "CacheConfig",
     "ClassificationConfig", "DataConfig", "LMConfig", "LMDataConfig", "LanguageModelConfig",
     "LogConfig", "ModelConfig", "OnPolicyConfig", "RunBase", "RunConfig", "Stage", "Strict",
-    "TrainConfig", "absolute_paths", "apply_override", "load_config", "parse", "parse_override",
+    "TextClassificationConfig", "TextDataConfig", "TrainConfig", "absolute_paths", "apply_override", "load_config", "parse", "parse_override",
     "stage_train", "to_yaml", "validate",
 ]
 
@@ -130,20 +133,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         raw = migrate(raw)  # a run folder's config.yaml, maybe in an older schema (saved_config)
     parsed = [parse_override(text) for text in overrides]
     task = next((v for k, v in reversed(parsed) if k == ["task"]), raw.get("task"))
-    lm = task == "language_model"
     schema = SCHEMAS.get(task, SCHEMAS[DEFAULT_TASK]) if isinstance(task, str) else SCHEMAS[DEFAULT_TASK]
     defaults = schema().model_dump()  # an unknown task: validate names the valid ones
     if "loss" not in raw:
         raw["loss"] = copy.deepcopy(defaults["loss"])  # overrides of loss.* refine the default terms
-    if lm:
+    if isinstance(task, str) and task in TASK_DEFAULTS:
+        prefix, task_defaults = TASK_DEFAULTS[task]
         # an unnamed run is named after its data (the last data.name override wins): lm-<data.name>
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
         data_name = next((v for k, v in reversed(parsed) if k == ["data", "name"]),
-                         data.get("name", LM_DEFAULTS["data"]["name"]))
-        raw.setdefault("name", f"lm-{data_name}")
-        for section in ("data", "train"):  # a partial section keeps the other LM defaults
+                         data.get("name", task_defaults["data"]["name"]))
+        raw.setdefault("name", f"{prefix}-{data_name}")
+        for section in ("data", "train"):  # a partial section keeps the task's other defaults
             if isinstance(raw.setdefault(section, {}), dict):
-                for key, value in LM_DEFAULTS[section].items():
+                for key, value in task_defaults[section].items():
                     raw[section].setdefault(key, value)
     for path_, value in parsed:
         apply_override(raw, path_, value)
@@ -215,8 +218,8 @@ def check_values(cfg: RunConfig) -> None:
 # sections are shared). A key the run would not read must not be accepted silently: the user
 # would believe it took effect. (A key at its default is fine: saved configs hold all.) Keys of
 # the other task are not in this task's schema at all: unknown keys.
-UNREAD = {"language_model": ("train.channels_last", "cache.dtype")}
-BUILT_IN_DATA = {"classification": "digits", "language_model": "pydoc"}  # ship with a package
+UNREAD = {"language_model": ("train.channels_last", "cache.dtype"), "text_classification": ("train.channels_last",)}
+BUILT_IN_DATA = {"classification": "digits", "language_model": "pydoc", "text_classification": "pydoc"}  # ship with a package
 
 
 def _value(model: BaseModel, dotted: str) -> Any:
@@ -246,6 +249,16 @@ def _unused_data_keys(name: str) -> list[tuple[str, str]]:
     return ignored
 
 
+def _unused_text_keys(data) -> list[tuple[str, str]]:
+    """(key, why) for the text_classification data keys that this data and tokenizer do not read."""
+    ignored = []
+    if data.name == "pydoc":
+        ignored += [(k, "data.name=pydoc is built in and labelled by topic") for k in ("data.text_column", "data.label_column")]
+    if data.tokenizer != "words":
+        ignored.append(("data.vocab_size", "only data.tokenizer=words hashes words into vocab_size ids"))
+    return ignored
+
+
 def check_unused(cfg: RunConfig) -> None:
     """A ConfigError for every key set away from its default that this run would ignore."""
     default = type(cfg)()
@@ -254,6 +267,8 @@ def check_unused(cfg: RunConfig) -> None:
         ignored.append(("data.path", f"data.name={cfg.data.name} is built in and reads no files"))
     if cfg.task == "classification":
         ignored += _unused_data_keys(cfg.data.name)
+    elif cfg.task == "text_classification":
+        ignored += _unused_text_keys(cfg.data)
     ignored = [(key, why, "Remove it, or change the setting that makes it unused.") for key, why in ignored]
     ignored += unread_cache_keys(cfg.task, cfg.cache.mode, cfg.cache.topk)
     for key, why, fix in ignored:
@@ -270,7 +285,7 @@ def absolute_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
     directory), so a run folder's config.yaml reads the same data from any directory."""
     base = base or Path.cwd()
     raw = cfg.model_dump()
-    named = LOCAL_OR_NAMED if cfg.task == "language_model" else ()  # zoo names are no paths
+    named = LOCAL_OR_NAMED if cfg.task != "classification" else ()  # zoo names are no paths
     for key in (*PATH_KEYS, *named):
         *parents, leaf = key.split(".")
         node = raw

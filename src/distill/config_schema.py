@@ -87,6 +87,21 @@ class LMDataConfig(DataBase):
     mask_prompt: bool = True  # prompt tokens are not targets
 
 
+class TextDataConfig(DataBase):
+    """task: text_classification data (data.name: pydoc | csv | jsonl | hf); see distill.text."""
+
+    name: str = "pydoc"
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(256, gt=0)  # validation/test batches
+    text_column: str = "text"  # csv, jsonl, hf
+    label_column: str = "label"  # csv, jsonl, hf
+    tokenizer: str = "words"  # words (built in, hashed) or a local folder with a Hugging Face tokenizer
+    vocab_size: int = Field(8192, gt=4, le=1 << 22)  # words: hash buckets
+    max_length: int = Field(128, gt=2, le=8192)  # tokens per row, [CLS] and [SEP] included
+    label_fraction: float = Field(1.0, gt=0, le=1)  # the students' share of the training labels
+    val_max: int | None = Field(None, gt=0)
+
+
 class ModelConfig(Strict):
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -281,8 +296,35 @@ class LanguageModelConfig(RunBase):
     lm: LMConfig = Field(default_factory=LMConfig)
 
 
+# task: text_classification defaults: the built-in example, configs/text/pydoc.yaml. Equal head
+# counts, so the MiniLM terms apply; no dropout in the teacher's targets (it is in eval mode).
+_BERT = {"num_attention_heads": 4, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+TEXT_DEFAULTS: dict[str, Any] = {
+    "data": {"name": "pydoc", "max_length": 128, "label_fraction": 0.25},
+    "teacher": {"model": "bert", "kwargs": {"hidden_size": 128, "num_hidden_layers": 4, "intermediate_size": 256, **_BERT},
+                "train": {"epochs": 12}},
+    "student": {"model": "bert", "kwargs": {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, **_BERT}},
+    "loss": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5, "T": 2.0}},
+    "train": {"epochs": 12, "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "grad_clip": 1.0,
+              "warmup_epochs": 1},
+}
+
+
+class TextClassificationConfig(RunBase):
+    name: str = "text-pydoc"  # load_config names an unnamed run text-<data.name>
+    task: Literal["text_classification"] = "text_classification"
+    data: TextDataConfig = Field(default_factory=lambda: TextDataConfig.model_validate(TEXT_DEFAULTS["data"]))
+    teacher: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate(TEXT_DEFAULTS["teacher"]))
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate(TEXT_DEFAULTS["student"]))
+    loss: dict[str, dict[str, Any]] = Field(default_factory=lambda: {k: dict(v) for k, v in TEXT_DEFAULTS["loss"].items()})
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate(TEXT_DEFAULTS["train"]))
+
+
 # The schema of each task (a new kind of run adds its schema here and to RunConfig).
-SCHEMAS: dict[str, type[RunBase]] = {"classification": ClassificationConfig, "language_model": LanguageModelConfig}
+SCHEMAS: dict[str, type[RunBase]] = {"classification": ClassificationConfig, "language_model": LanguageModelConfig,
+                                     "text_classification": TextClassificationConfig}
+# the defaults a partial section of a task's config keeps, and the run-name prefix of that task
+TASK_DEFAULTS = {"language_model": ("lm", LM_DEFAULTS), "text_classification": ("text", TEXT_DEFAULTS)}
 DEFAULT_TASK = "classification"  # a config without `task:`
 
 
@@ -294,13 +336,14 @@ def task_of(raw: Any) -> Any:
 
 
 RunConfig = Annotated[
-    Annotated[ClassificationConfig, Tag("classification")] | Annotated[LanguageModelConfig, Tag("language_model")],
+    Annotated[ClassificationConfig, Tag("classification")] | Annotated[LanguageModelConfig, Tag("language_model")]
+    | Annotated[TextClassificationConfig, Tag("text_classification")],
     Discriminator(task_of),
 ]
 RUN_CONFIG: TypeAdapter = TypeAdapter(RunConfig)
 
 
-def parse(raw: Any) -> ClassificationConfig | LanguageModelConfig:
+def parse(raw: Any) -> ClassificationConfig | LanguageModelConfig | TextClassificationConfig:
     """The schema of raw's task, validated (pydantic's ValidationError on a mistake; the
     error locations start with the task, e.g. ('classification', 'data', 'max_length'))."""
     return RUN_CONFIG.validate_python(raw)

@@ -171,7 +171,7 @@ class HFSamples(Samples):
         return h.hexdigest()
 
 
-def _splits(loaded, path: Path) -> dict:
+def named_splits(loaded, path: Path) -> dict:
     """{"train": ds, "val": ds, "test": ds} (val and test optional) from what was loaded."""
     found = dict(loaded) if isinstance(loaded, dict) else {"train": loaded}  # DatasetDict is a dict
     unknown = [s for s in found if s not in SPLITS]
@@ -213,7 +213,7 @@ def open_hf(cfg) -> Source:
         raise DistillError(f"Data path '{path}' does not exist. data.name=hf reads local files only "
                            "(nothing is downloaded): give a folder or a .parquet/.arrow/.csv/.jsonl file.")
     datasets = _datasets()
-    parts = _splits(load_local(path), path)
+    parts = named_splits(load_local(path), path)
     _check_columns(parts, cfg, path)
     is_image = isinstance(parts["train"].features[cfg.image_column], datasets.Image)
     if not is_image and (cfg.size is not None or cfg.crop is not None):

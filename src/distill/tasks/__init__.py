@@ -11,8 +11,10 @@ from ..contracts import Task
 from ..run_reader import config_of
 from .classification import ClassificationTask
 from .language_model import LanguageModelTask
+from .text_classification import TextClassificationTask
 
-TASKS = {"classification": ClassificationTask, "language_model": LanguageModelTask}
+TASKS = {"classification": ClassificationTask, "language_model": LanguageModelTask,
+         "text_classification": TextClassificationTask}
 
 
 def make_task(cfg):

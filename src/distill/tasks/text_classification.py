@@ -1,0 +1,53 @@
+"""`task: text_classification`: a transformer teacher (BERT-style) into a smaller student.
+
+A text classifier is a classifier whose inputs are token ids (distill.text): the data, the
+models (Hugging Face sequence classifiers behind `text.models.TextClassifier`) and the
+layer maps of the transformer terms are this task's; the Distiller, the teacher cache, the
+evaluation, the run folder, reports and exports are the classification task's, unchanged.
+"""
+
+from __future__ import annotations
+
+from ..classifier_run import build_classifier_data, create_classifier
+from ..data import Data
+from ..terms import build_terms
+from .classification import ClassificationTask
+
+
+class TextClassificationTask(ClassificationTask):
+    name = "text_classification"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from ..models.hf import transformers_module  # transformers: for text runs only
+
+        transformers_module()  # a clear error now if the extra is not installed
+
+    def build_data(self, seed: int) -> Data:
+        return build_classifier_data(self.cfg, seed)
+
+    def build_terms(self) -> tuple[dict, float]:
+        """The terms, with every layer map ("uniform", "last" or explicit pairs) resolved
+        against the two models' depths, read from their configs."""
+        terms, ce_weight = build_terms(self.cfg)
+        mapped = [term for term, _ in terms.values() if hasattr(term, "map_layers")]
+        if mapped:
+            from ..text.models import model_depth
+
+            depths = model_depth(self.cfg.student), model_depth(self.cfg.teacher)
+            for term in mapped:
+                term.map_layers(*depths)
+        return terms, ce_weight
+
+    def create_model(self, role: str, data: Data):
+        return create_classifier(self.cfg, role, data)
+
+    def describe(self, data: Data) -> list[str]:
+        lines = super().describe(data)
+        s = data.stats
+        lines.insert(1, f"Text: {s['max_length']} tokens per row, tokenizer {self.cfg.data.tokenizer} "
+                        f"({s['vocab_size']} ids); classes: {', '.join(data.class_names)}.")
+        return lines
+
+    def data_summary(self, data: Data) -> dict:
+        return {**super().data_summary(data), "class_names": data.class_names}

@@ -1,0 +1,152 @@
+"""Text classifiers: a Hugging Face sequence classifier behind one forward(ids) -> logits.
+
+`TextClassifier` wraps any AutoModelForSequenceClassification so that everything distill
+does to a classifier works on it unchanged: the batch's inputs are the token ids alone, and
+the attention mask is worked out from them (`ids != pad_id`, right padding). So the hooks, the
+teacher cache, evaluation, the cost table and export see a model of one tensor.
+
+What a transformer term reads is exposed as tap modules (nn.Identity), hookable by path like
+any module:
+
+    embeddings    the embedding layer's output            [B, L, d]
+    hidden.<i>    transformer layer i's output, i = 1..N   [B, L, d]
+    attention.<i> layer i's attention probabilities        [B, heads, L, L]
+    values.<i>    layer i's value projection's output      [B, L, heads * d_head]
+
+Attention probabilities are asked of the model only while an attention tap is hooked, and
+values are tapped (by forward hooks on the value projections, held for one forward) only
+while a value tap is: otherwise the model runs as it would alone.
+
+Models (`teacher.model` / `student.model`):
+- `bert`: a BertForSequenceClassification built from a BertConfig of the kwargs (hidden_size,
+  num_hidden_layers, num_attention_heads, intermediate_size, ...), vocab_size from the
+  tokenizer and enough positions for data.max_length;
+- `hf`: any architecture from a config, kwargs {model_type: ..., ...};
+- a local folder saved with save_pretrained (local_files_only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import DistillError
+from ..models.hf import from_config, is_hf_folder, load_pretrained
+
+AUTO = "AutoModelForSequenceClassification"
+VALUE_SUFFIXES = ("attention.self.value", "attention.v_lin", "self_attn.v_proj", "attn.v_proj")
+BUILT_IN = ("bert", "hf")
+
+
+def _value_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for name, m in model.named_modules() if name.endswith(VALUE_SUFFIXES)]
+
+
+class TextClassifier(nn.Module):
+    """A sequence classifier taking right-padded token ids (the module docstring)."""
+
+    def __init__(self, model: nn.Module, pad_id: int):
+        super().__init__()
+        self.model, self.pad_id = model, int(pad_id)
+        depth = model.config.num_hidden_layers
+        self.depth = depth
+        self.embeddings = nn.Identity()
+        self.hidden = nn.ModuleDict({str(i): nn.Identity() for i in range(1, depth + 1)})
+        self.attention = nn.ModuleDict({str(i): nn.Identity() for i in range(1, depth + 1)})
+        self.values = nn.ModuleDict({str(i): nn.Identity() for i in range(1, depth + 1)})
+
+    @staticmethod
+    def _hooked(taps: nn.ModuleDict) -> bool:
+        # whether a FeatureCapture hooks a tap: torch has no public query for a module's hooks
+        return any(tap._forward_hooks for tap in taps.values())
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        ids = ids.long()  # count_flops and listings probe with float zeros
+        mask = (ids != self.pad_id).long() if mask is None else mask.long()
+        handles = []
+        if self._hooked(self.values):
+            found = _value_modules(self.model)
+            if len(found) != self.depth:
+                raise DistillError(f"The model has {len(found)} value projections distill can find "
+                                   f"({', '.join(VALUE_SUFFIXES)}) for {self.depth} layers, so values.<i> "
+                                   "cannot be tapped; use a BERT-style model or another term.")
+            handles = [m.register_forward_hook(lambda _m, _i, out, tap=self.values[str(i)]: tap(out))
+                       for i, m in enumerate(found, 1)]
+        try:
+            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                             output_attentions=self._hooked(self.attention))
+        finally:
+            for h in handles:
+                h.remove()
+        states = out.hidden_states
+        self.embeddings(states[0])
+        for i in range(1, self.depth + 1):
+            self.hidden[str(i)](states[i])
+            if out.attentions is not None:
+                self.attention[str(i)](out.attentions[i - 1])
+        return out.logits
+
+
+def create_text_model(spec, num_classes: int, vocab_size: int, pad_id: int, max_length: int,
+                      role: str, trust_checkpoint: bool = False) -> TextClassifier:
+    """The TextClassifier of a ModelConfig `spec` (the module docstring)."""
+    name, kwargs = spec.model, dict(spec.kwargs)
+    if is_hf_folder(name):
+        model = load_pretrained(name, AUTO, num_classes, role, trust_checkpoint)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        if vocab < vocab_size:
+            raise DistillError(f"The {role} in '{name}' has {vocab} token embeddings but the tokenizer "
+                               f"has {vocab_size} tokens. Use the tokenizer the model was trained with "
+                               f"(data.tokenizer={name}).")
+    elif name in BUILT_IN:
+        if name == "bert":
+            kwargs["model_type"] = "bert"
+        elif "model_type" not in kwargs:
+            raise DistillError(f"{role}.model=hf builds a model from a config: set {role}.kwargs.model_type "
+                               "(e.g. bert, distilbert, roberta).")
+        fixed = {"vocab_size": vocab_size, "num_labels": num_classes, "pad_token_id": pad_id}
+        kwargs.setdefault("max_position_embeddings", max(512, max_length))
+        clash = sorted(set(kwargs) & set(fixed))
+        if clash:
+            raise DistillError(f"{role}.kwargs.{clash[0]} is set by distill (from the tokenizer and the data); "
+                               "remove it.")
+        model = from_config(AUTO, kwargs, attn_implementation="eager", **fixed)
+    else:
+        raise DistillError(f"{role}.model for a text_classification run is bert, hf (with kwargs.model_type) "
+                           f"or a local folder saved with save_pretrained; got '{name}'.")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and positions < max_length:
+        raise DistillError(f"data.max_length={max_length} exceeds the {role}'s {positions} positions; "
+                           "lower data.max_length.")
+    return TextClassifier(model, pad_id)
+
+
+def model_depth(spec) -> int:
+    """The number of transformer layers `spec` builds, read from its config alone (a layer map
+    is resolved before any model is built)."""
+    import json
+    from pathlib import Path
+
+    if is_hf_folder(spec.model):
+        config = json.loads((Path(spec.model) / "config.json").read_text())
+    elif spec.model in BUILT_IN:
+        kwargs = {"model_type": "bert", **spec.kwargs} if spec.model == "bert" else dict(spec.kwargs)
+        config = from_config_only(kwargs)
+    else:
+        return 0  # create_text_model says what is wrong with it
+    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise DistillError(f"Cannot tell how many layers '{spec.model}' has (no num_hidden_layers in its config).")
+
+
+def from_config_only(kwargs: dict) -> dict:
+    """The config dict transformers would build from `kwargs` (model_type plus its keys)."""
+    from ..models.hf import transformers_module
+
+    kwargs = dict(kwargs)
+    kind = kwargs.pop("model_type", None)
+    try:
+        return transformers_module().AutoConfig.for_model(kind, **kwargs).to_dict()
+    except (ValueError, TypeError) as e:
+        raise DistillError(f"Cannot build a {kind!r} config from {sorted(kwargs)}: {e}") from None
