@@ -51,6 +51,7 @@ class Data:
     loader: str = "memory"  # memory | stream: which loader serves the splits
     loader_note: str = ""  # why that loader (the run says it in its first lines)
     stats: dict = field(default_factory=dict)  # the normalization statistics (the run folder keeps them)
+    class_names: list[str] | None = None  # the source's names of classes 0..K-1 (None: it names none)
 
 
 def _load_unlabelled(path: str, like: Samples) -> Samples:
@@ -207,4 +208,13 @@ def build_data(cfg, seed: int = 0) -> Data:
     row_map, train_tf, eval_tf, augment, stats = _transforms(cfg, splits.teacher_train, workers if kind == "stream" else 0)
     teacher_train, train, val, test = _loaders(cfg, kind, splits, seed, row_map, train_tf, eval_tf, augment)
     return Data(teacher_train, train, val, test, num_classes, source.train.sample_shape, splits.counts(),
-                augment=augment, loader=kind, loader_note=note, stats=stats)
+                augment=augment, loader=kind, loader_note=note, stats=stats,
+                class_names=source.class_names)
+
+
+def raw_splits(cfg) -> Splits:
+    """The splits `build_data(cfg)` serves (without data.unlabelled_path, which only adds to the
+    transfer set), as read: before standardization or normalization, i.e. the raw inputs a
+    deployed model takes (distill export). Opens the source again; nothing is kept in Data."""
+    source = open_source(cfg)
+    return make_splits(source, cfg, class_count(source))

@@ -218,11 +218,18 @@ def _planned(wh: tuple[int, int], geometry, f) -> tuple[int, int]:
     return th, tw
 
 
-def _decode(f: Path, geometry, Image) -> np.ndarray:
-    """Image `f` decoded to RGB, resized and centre-cropped: uint8 (H, W, 3)."""
+def decode_image(f, size=None, crop=None, mode: str = "RGB") -> np.ndarray:
+    """Image file `f` as a folder dataset with data.size / data.crop decodes it (converted to
+    `mode`, resized, centre-cropped): uint8 (C, H, W). `distill predict` reads files with it."""
+    img = _decode(Path(f), geometry(size, crop), pillow(), mode)
+    return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+
+
+def _decode(f: Path, geometry, Image, mode: str = "RGB") -> np.ndarray:
+    """Image `f` decoded to `mode` (RGB), resized and centre-cropped: uint8 (H, W, 3)."""
     try:
         with Image.open(f) as im:
-            im = im.convert("RGB")
+            im = im.convert(mode)
     except (*_READ_ERRORS, Image.DecompressionBombError) as e:
         raise DistillError(f"Could not read image '{f}': {e}. Fix or remove the file.") from e
     return fit_image(im, geometry, f)
