@@ -148,15 +148,18 @@ def test_truncated_and_mismatched_checkpoints(tmp_path):
 
 def test_export_formats_match_torch(tmp_path, reference_run):
     pytest.importorskip("onnxruntime")
-    for fmt in ("onnx", "torchscript", "safetensors"):
-        out = tmp_path / f"student.{fmt}"
+    for fmt, model in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")):
+        out = tmp_path / fmt  # an export folder: the model, labels.json, preprocess.json
         assert main(["export", str(reference_run), "--format", fmt, "--out", str(out)]) == 0
-        assert out.stat().st_size > 0
+        assert (out / model).stat().st_size > 0 and (out / "labels.json").is_file()
+    out = tmp_path / "student.safetensors"  # the weights: one file, as before
+    assert main(["export", str(reference_run), "--format", "safetensors", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
 
 
 def test_export_without_onnxruntime_says_how_to_install(tmp_path, reference_run, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    assert main(["export", str(reference_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", str(reference_run), "--format", "onnx", "--out", str(tmp_path / "m")]) == 2
     assert "pip install 'distill[export]'" in capsys.readouterr().err
 
 

@@ -95,7 +95,7 @@ def test_run_eval_and_export_with_a_non_tensor_output(style, user_nets, tmp_path
     assert summary["stages"]["teacher"]["test_acc"] > 50  # it learned: 10 classes, chance is 10
     assert main(["eval", str(out), "--trust-code"]) == 0  # the folder names user code
     assert main(["export", str(out), "--format", "torchscript", "--trust-code"]) == 0
-    exported = torch.jit.load(str(out / "distill-export.torchscript.pt"))
+    exported = torch.jit.load(str(out / "export" / "model.torchscript.pt"))  # raw digits features in
     assert isinstance(exported(torch.zeros(2, 1, 8, 8)), torch.Tensor)
 
 

@@ -12,7 +12,8 @@ Folders written before the marker existed are recognised by what distill always 
 files; a cache only when its meta.json equals, exactly, the one the cache would write now.
 Resuming or reusing such a folder adds the marker; `distill report` / `export` only read it.
 
-A cache marker also lists the files the cache created ("files"); a rebuild deletes those only.
+A cache or export folder's marker also lists the files distill created there ("files"); a
+rebuild or a new export deletes those only (`distill export`'s folder: distill.export).
 In a marked run folder, `sweep` removes what a killed write or checkpoint left behind: atomic
 writes' temporary files (`.<name>.<8 random chars>.tmp`, io.atomic_write) and checkpoint files
 (`ckpt-<stage>-<epoch>-<step>.safetensors|.pt`); nothing else.
@@ -31,7 +32,7 @@ from .errors import DistillError
 from .io import write_json
 
 MARKER = ".distill.json"
-KINDS = {"run": "run folder", "seeds": "--seeds folder", "cache": "teacher cache"}
+KINDS = {"run": "run folder", "seeds": "--seeds folder", "cache": "teacher cache", "export": "export folder"}
 TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
 SEED_REPORT = {"report.md", "seeds.json", "accuracy.png", "gain.png", "seeds-run.json"}
 

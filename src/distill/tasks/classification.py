@@ -27,6 +27,7 @@ from ..export import export as export_classifier
 from ..metrics import evaluate_classifier
 from ..models import create_model
 from ..models.outputs import logits_of
+from ..raw_inputs import class_names, preprocess_record
 from ..report import evaluate_target, evaluation_table
 from ..report import write_report as write_classifier_report
 from ..runtime import DTYPES
@@ -198,7 +199,8 @@ class ClassificationTask:
 
     def data_summary(self, data: Data) -> dict:
         return {"num_classes": data.num_classes, **data.counts, "sha256": fingerprint(data),
-                "loader": data.loader, "normalization": data.stats}
+                "loader": data.loader, "normalization": data.stats, "class_names": class_names(data),
+                "preprocess": preprocess_record(self.cfg.data, data)}  # what a raw input needs (distill export)
 
     # ---------------------------------------------------------------- a run folder read back
 
@@ -217,9 +219,10 @@ class ClassificationTask:
         return evaluation_table(evaluation)
 
     def export(self, run_dir: Path, fmt: str, out: Path | None = None, stage: str = "distill",
-               trust: Trust = NO_TRUST) -> dict:
-        """ONNX or TorchScript (checked against torch), or the safetensors weights."""
-        return export_classifier(run_dir, fmt, out, stage, trust)
+               trust: Trust = NO_TRUST, quantize: str | None = None) -> dict:
+        """An export folder (ONNX or TorchScript taking raw inputs, labels.json, preprocess.json;
+        `quantize="int8"`: model.int8.onnx too), or the safetensors weights (distill.export)."""
+        return export_classifier(run_dir, fmt, out, stage, trust, quantize)
 
     def write_report(self, run_dir: Path, trust: Trust = NO_TRUST) -> Path:
         """report.md, report.json and PNGs: evaluation, calibration, agreement, cost (distill.report)."""
