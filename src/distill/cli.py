@@ -206,9 +206,34 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     """A stage's model in one of the formats of the run's task (--format)."""
     run_dir = Path(args.run_dir)
-    result = task_of_run(run_dir).export(run_dir, args.format, args.out, args.stage, _trust(args))
+    task = task_of_run(run_dir)
+    extra = {"quantize": args.quantize} if args.quantize and args.format in task.export_formats else {}
+    result = task.export(run_dir, args.format, args.out, args.stage, _trust(args), **extra)
     parity = f" (max |exported - torch| difference {result['max_abs_diff']:.2e})" if "max_abs_diff" in result else ""
     print(f"Wrote {result['path']}{parity}")
+    if "dir" in result:
+        print(f"Export folder {result['dir']}: the model takes raw inputs; labels.json names the classes, "
+              "preprocess.json says what to do before the graph.")
+    if "int8" in result:
+        from .quantize import int8_table
+
+        Console().print(int8_table(result["int8"]))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Top-k classes of raw input files, from an export folder or a run folder."""
+    import json
+
+    from .predict import Options, predict, predictions_table
+
+    results = predict(args.target, args.files, args.top_k, args.stage, Options(args.text, args.resize),
+                      args.int8, _trust(args))
+    if args.json:
+        for r in results:
+            print(json.dumps(r))
+    else:
+        Console().print(predictions_table(results))
     return 0
 
 
@@ -220,6 +245,17 @@ def _seed_count(text: str) -> int:
         n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"N must be a whole number >= 1, got {short(text)} (1 is a single run)")
+    return n
+
+
+def _positive(text: str) -> int:
+    """A whole number >= 1 (--top-k)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {short(text)}")
     return n
 
 
@@ -264,9 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=list(dict.fromkeys(f for fs in formats.values() for f in fs)),
                    help="by the run's task: " + "; ".join(f"{t}: {', '.join(fs)}" for t, fs in formats.items()))
     p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"])
-    p.add_argument("--out", help="output file (default: RUN_DIR/<stage>-export.<ext>)")
+    p.add_argument("--out", help="onnx/torchscript: the export folder (default: RUN_DIR/export/, for another "
+                   "stage RUN_DIR/export-<stage>/); safetensors: the file (default: RUN_DIR/<stage>-export.safetensors)")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="with --format onnx: also write model.int8.onnx and quantization.json (accuracy, size, latency)")
     _trust_flags(p)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("predict", help="top-k classes of image, .npz, .npy or .csv files (raw inputs)")
+    p.add_argument("target", help="an export folder (distill export) or a run folder")
+    p.add_argument("files", nargs="*", help="input files: images, .npz/.npy (array x), .csv rows, .txt (texts)")
+    p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes shown per input (default 5)")
+    p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"],
+                   help="a run folder's stage (default distill)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input instead of a table")
+    p.add_argument("--text", action="append", default=[], help="a text to classify (text runs; repeatable)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize images that do not end up the model's size to it (bilinear, aspect not kept)")
+    p.add_argument("--int8", action="store_true", help="use the export folder's model.int8.onnx")
+    _trust_flags(p)
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("models", help="list the model zoo with parameters and hookable paths")
     p.add_argument("--flops", action="store_true",
                    help="also count each model's FLOPs per sample (torch's flop counter; slower)")
