@@ -9,6 +9,7 @@ recorded with them; they are measurements to report, never something a test asse
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -95,3 +96,18 @@ def compare_cost(
     s = model_cost(student, in_shape, device, **kwargs)
     ratio = {k: (s[k] / t[k] if t[k] else None) for k in RATIO_KEYS}
     return {"teacher": t, "student": s, "ratio": ratio}
+
+
+def read_int8(export_dir: str | Path) -> dict | None:
+    """quantization.json of an export folder (`distill export --format onnx --quantize int8`):
+    the fp32 and int8 ONNX models' test accuracy, size and batch-1 latency as measured at export
+    time (onnxruntime, one thread), not measured again; None when the folder has none or it is
+    not readable as one."""
+    path = Path(export_dir) / "quantization.json"
+    try:
+        record = json.loads(path.read_text())
+        fields = [record[m][k] for m in ("fp32", "int8") for k in ("size_bytes", "latency_ms", "acc")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    numbers = all(isinstance(v, int | float) or v is None for v in fields)
+    return {**record, "folder": str(export_dir)} if numbers and isinstance(record.get("latency"), dict) else None

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .classifier_run import load_run, rebuild, refuse_ignored_path, weights_of
-from .cost import compare_cost
+from .cost import compare_cost, read_int8
 from .errors import DistillError
+from .export import default_dir
 from .io import write_json, write_text
 from .markdown import fmt, json_safe, table
 from .metrics import N_BINS, collect_logits, compute_metrics
@@ -111,14 +112,17 @@ def evaluate_target(
 def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, built: tuple | None = None,
              trust: Trust = NO_TRUST) -> dict | None:
     """compare_cost(teacher, distilled student) of a run (validation-selected weights; the
-    scratch student when there is no distilled one), or None without a teacher and a student."""
+    scratch student when there is no distilled one), or None without a teacher and a student.
+    With "int8": the student's export folder's quantization.json (cost.read_int8), when it has one."""
     run_dir = Path(run_dir)
     cfg, data = built or rebuild(run_dir, trust=trust)
     student = "distill" if weights_of(run_dir, cfg, "distill") else "scratch"
     if weights_of(run_dir, cfg, "teacher") is None or weights_of(run_dir, cfg, student) is None:
         return None
+    int8 = read_int8(default_dir(run_dir, student))  # measured by `distill export --quantize int8`
     teacher, student = load_run(run_dir, "teacher", trust, data)[0], load_run(run_dir, student, trust, data)[0]
-    return compare_cost(teacher, student, data.in_shape, device, repeats=repeats)
+    cost = compare_cost(teacher, student, data.in_shape, device, repeats=repeats)
+    return {**cost, "int8": int8} if int8 else cost
 
 
 def evaluation_table(evaluation: dict):
@@ -248,7 +252,7 @@ def render_markdown(report: dict, figures: dict[str, str]) -> str:
         out += ["", "## Cost", "", _cost_table(cost), "",
                 f"Latency: batch 1, throughput: batch {cost['student']['batch_size']}; medians of "
                 f"{cost['student']['repeats']} timed runs on {cost['student']['device']} with "
-                f"{cost['student']['threads']} thread(s). Timings are of this machine only."]
+                f"{cost['student']['threads']} thread(s). Timings are of this machine only.", *_int8_note(cost)]
         out += _figure(figures, "cost", "Teacher vs. student cost")
     out += _per_class(ev)
     out += _figure(figures, "confusion", "Confusion matrix")
@@ -269,8 +273,23 @@ def _cost_table(cost: dict) -> str:
                 fmt(c["latency_ms"], ".3f"), fmt(c["throughput"], ",.0f")]
 
     ratio = ["student / teacher", *(fmt(r[k], ".4g", "×") for k in ("params", "size_bytes", "flops", "latency_ms", "throughput"))]
+    onnx = [[f"student, ONNX {m}", f"{s['params']:,}", human(q[m]["size_bytes"], "B"), "–", fmt(q[m]["latency_ms"], ".3f"), "–"]
+            for q in [cost.get("int8")] if q for m in ("fp32", "int8")]
     return table(["model", "params", "size on disk", "FLOPs / sample", "latency (ms)", "throughput (samples/s)"],
-                 [row("teacher", t), row("student", s), ratio])
+                 [row("teacher", t), row("student", s), ratio, *onnx])
+
+
+def _int8_note(cost: dict) -> list[str]:
+    """How the ONNX rows were measured (read from quantization.json, not measured again)."""
+    q = cost.get("int8")
+    if not q:
+        return []
+    lat, acc = q["latency"], {m: fmt(q[m]["acc"]) for m in ("fp32", "int8")}
+    return ["", f"ONNX rows: {q['folder']}/quantization.json, measured by `distill export --quantize int8` "
+                f"on {lat.get('measured', '?')} with onnxruntime {lat.get('onnxruntime', '?')}, {lat['threads']} "
+                f"thread, batch 1, median of {lat['repeats']} (so not comparable to the torch rows above). "
+                f"{q['method'].capitalize()} int8 quantization; test accuracy fp32 {acc['fp32']} %, int8 "
+                f"{acc['int8']} % (the same class on {fmt(q.get('agreement'))} % of the test samples)."]
 
 
 def _per_class(ev: dict) -> list[str]:
