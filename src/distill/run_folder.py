@@ -32,7 +32,7 @@ from .errors import DistillError
 from .io import write_json
 
 MARKER = ".distill.json"
-KINDS = {"run": "run folder", "seeds": "--seeds folder", "cache": "teacher cache", "export": "export folder"}
+KINDS = {"run": "run folder", "seeds": "--seeds folder", "cache": "teacher cache", "export": "`distill export` folder"}
 TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
 SEED_REPORT = {"report.md", "seeds.json", "accuracy.png", "gain.png", "seeds-run.json"}
 
