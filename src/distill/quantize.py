@@ -36,6 +36,7 @@ import numpy as np
 from .errors import DistillError
 from .io import atomic_write
 
+LATENCY_REPEATS = 200  # timed batch-1 runs per model (benchmarks/int8.py sets more)
 CONV_OPS = {"Conv", "ConvTranspose"}
 LINEAR_OPS = {"MatMul", "Gemm"}
 INSTALL = ("ONNX export needs the optional packages onnx, onnxscript and onnxruntime: "
@@ -171,10 +172,11 @@ def _latencies(sessions: dict, example: dict[str, np.ndarray], repeats: int, war
 
 
 def measure(models: dict[str, Path], test: Callable[[], Iterator[tuple[dict[str, np.ndarray], np.ndarray]]],
-            example: dict[str, np.ndarray], repeats: int = 200, warmup: int = 20, threads: int = 1) -> dict:
+            example: dict[str, np.ndarray], repeats: int | None = None, warmup: int = 20, threads: int = 1) -> dict:
     """{name: {"file", "size_bytes", "acc" (% on `test()`'s batches), "latency_ms"}} for each ONNX
     model, plus "agreement" (% of test samples where int8 and fp32 predict the same class) and
-    "latency" (how the times were taken). `example`: one batch-1 input."""
+    "latency" (how the times were taken). `example`: one batch-1 input; `repeats`: LATENCY_REPEATS."""
+    repeats = repeats or LATENCY_REPEATS
     sessions = {name: session(path, threads) for name, path in models.items()}
     out, preds = {}, {}
     for name, sess in sessions.items():
