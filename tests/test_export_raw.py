@@ -114,6 +114,13 @@ def test_the_graph_normalizes_raw_rows_exactly_as_the_loader(source, tmp_path, i
         assert record["features"]["columns"] == ["a", "b", "c"]
 
 
+def test_token_id_data_get_no_classifier_record():
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(stats={"kind": "text", "max_length": 16}, in_shape=(16,), num_classes=2)
+    assert preprocess_record(load_config().data, data) is None  # the text task records its own
+
+
 def test_summary_records_class_names_and_the_preprocessing(png_run, tmp_path):
     run, images = png_run
     data = summary(run)["data"]

@@ -226,6 +226,9 @@ def classifier_bundle(run_dir: Path, stage: str = "distill", trust: Trust = NO_T
     cfg, data = rebuild(run_dir, trust=trust)
     model, _ = load_run(run_dir, stage, trust, data)
     record = preprocess_record(cfg.data, data)
+    if record is None:
+        raise DistillError(f"'{run_dir}' has inputs of kind {data.stats.get('kind')!r}, which a "
+                           "classification export does not describe; its task exports them itself.")
     module = raw_input_model(model, record)
     splits = raw_splits(cfg.data)
     n = min(8, len(splits.test))

@@ -48,11 +48,14 @@ def class_names(data: Data) -> list[str]:
     return [str(i) for i in range(k)]
 
 
-def preprocess_record(cfg, data: Data) -> dict:
+def preprocess_record(cfg, data: Data) -> dict | None:
     """The raw-input record of a classification run's data (`cfg`: its DataConfig): see the
-    module docstring. JSON-able; the same numbers the loaders use."""
+    module docstring. JSON-able; the same numbers the loaders use. None for data these two
+    kinds do not describe (token ids: the text task records its own)."""
     stats, shape = data.stats, [int(s) for s in data.in_shape]
-    if stats.get("kind") == "per_channel":
+    if stats.get("kind") not in ("per_channel", "per_feature"):
+        return None
+    if stats["kind"] == "per_channel":
         c, h, w = shape
         order = "L" if c == 1 else "RGB" if c == 3 and cfg.name in DECODED_RGB else "as stored"
         resizes = cfg.name in ("folder", "hf")  # data.size / data.crop apply to decoded image files only
