@@ -117,6 +117,10 @@ def test_bad_inputs_are_clear_errors(exported, tmp_path, capsys):
     error(["predict", str(tmp_path), png], capsys, "neither a run folder", "nor an export folder")
     error(["predict", str(tmp_path / "gone"), png], capsys, "does not exist")
     error(["predict", str(run), png, "--int8"], capsys, "--quantize int8")
+    lm = tmp_path / "lm"  # a language-model run: nothing to predict classes with
+    lm.mkdir()
+    (lm / "config.yaml").write_text("task: language_model\n")
+    error(["predict", str(lm), png], capsys, "task=language_model run", "ONNX or TorchScript")
 
 
 def test_a_damaged_export_folder_is_a_clear_error(exported, tmp_path, capsys):

@@ -299,9 +299,12 @@ def predict(target: str | Path, files, top_k: int = 5, stage: str = "distill", o
                            f"from {target}/export.")
     for f in files:  # before the run is rebuilt and exported
         _exists(Path(f))
-    fmt = "onnx" if _has_onnxruntime() else "torchscript"
+    task, fmt = task_of_run(target), "onnx" if _has_onnxruntime() else "torchscript"
+    if fmt not in task.export_formats:
+        raise DistillError(f"'{target}' is a task={task.name} run, which exports as {', '.join(task.export_formats)}; "
+                           "distill predict runs models exported as ONNX or TorchScript (classifier runs).")
     with tempfile.TemporaryDirectory(prefix="distill-predict-") as tmp:
-        task_of_run(target).export(target, fmt, Path(tmp) / "export", stage, trust)
+        task.export(target, fmt, Path(tmp) / "export", stage, trust)
         return predict_with(open_export(Path(tmp) / "export"), files, top_k, opts)
 
 
