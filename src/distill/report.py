@@ -287,7 +287,7 @@ def _int8_note(cost: dict) -> list[str]:
     lat, acc = q["latency"], {m: fmt(q[m]["acc"]) for m in ("fp32", "int8")}
     return ["", f"ONNX rows: {q['folder']}/quantization.json, measured by `distill export --quantize int8` "
                 f"on {lat.get('measured', '?')} with onnxruntime {lat.get('onnxruntime', '?')}, {lat['threads']} "
-                f"thread, batch 1, median of {lat['repeats']} (so not comparable to the torch rows above). "
+                f"thread, batch 1, median of {lat['repeats']} (onnxruntime, not torch: compare these two rows with each other). "
                 f"{q['method'].capitalize()} int8 quantization; test accuracy fp32 {acc['fp32']} %, int8 "
                 f"{acc['int8']} % (the same class on {fmt(q.get('agreement'))} % of the test samples)."]
 
