@@ -249,6 +249,9 @@ def test_out_at_a_users_folder_is_refused_and_left_untouched(png_run, tmp_path, 
     assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
     assert main(["export", str(run), "--format", "onnx", "--out", str(run)]) == 2  # the run folder itself
     assert "is a distill run folder, not a `distill export` folder" in capsys.readouterr().err
+    for fmt in ("torchscript", "safetensors"):
+        assert main(["export", str(run), "--format", fmt, "--quantize", "int8", "--out", str(tmp_path / "q")]) == 2
+        assert "use it with --format onnx" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "--out names the export folder" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()

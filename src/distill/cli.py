@@ -206,6 +206,8 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     """A stage's model in one of the formats of the run's task (--format)."""
     run_dir = Path(args.run_dir)
+    if args.quantize and args.format != "onnx":
+        raise DistillError(f"--quantize {args.quantize} makes an int8 ONNX model: use it with --format onnx.")
     task = task_of_run(run_dir)
     extra = {"quantize": args.quantize} if args.quantize and args.format in task.export_formats else {}
     result = task.export(run_dir, args.format, args.out, args.stage, _trust(args), **extra)
