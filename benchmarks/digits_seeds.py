@@ -19,6 +19,8 @@ markdown table of mean +- sample standard deviation over seeds, with the paired 
     python benchmarks/digits_seeds.py                          # 5 seeds, both settings
     python benchmarks/digits_seeds.py --seeds 3 --settings transfer loss.kd.T=2
     python benchmarks/digits_seeds.py --out /tmp/x.json student.kwargs.hidden=[64]
+    python benchmarks/digits_seeds.py --config configs/text/pydoc.yaml --seeds 3 \
+        --transfer-fraction 0.25 --out benchmarks/results/text_pydoc_seeds.json   # the text example
 
 Extra arguments are dotted key=value overrides, as for `distill run`. Timed runs use
 train.threads=2 unless --threads or a train.threads=... override says otherwise.
@@ -122,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="which settings to run (default: all)",
     )
     p.add_argument("--config", help="YAML config (default: the built-in demo)")
+    p.add_argument("--transfer-fraction", type=float, default=0.1,
+                   help="data.label_fraction of the transfer setting (default 0.1)")
     p.add_argument(
         "--threads",
         type=int,
@@ -148,6 +152,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    SETTINGS["transfer"] = [f"data.label_fraction={args.transfer_fraction}"]
     base = [f"train.threads={args.threads}", *args.overrides]  # a user train.threads wins
     report = {
         "schema": 1,

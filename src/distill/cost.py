@@ -13,6 +13,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,18 +60,20 @@ def model_cost(
     repeats: int = 10,
     warmup: int = 3,
     batch_size: int = 256,
+    make_input: Callable[[int, torch.Generator], torch.Tensor] | None = None,
 ) -> dict:
     """{params, size_bytes, flops (per sample), latency_ms (batch 1), throughput (samples/s at
     `batch_size`), batch_size, repeats, threads, device} for one model on inputs of `in_shape`
-    (one sample's shape, without the batch dimension)."""
+    (one sample's shape, without the batch dimension). `make_input(n, generator)` makes a
+    batch of n inputs (default: standard normal; token ids need their own)."""
     device = torch.device(device)
     in_shape = tuple(in_shape)
     m = copy.deepcopy(model).cpu().eval()
     cost = {"params": count_parameters(m), "size_bytes": disk_size(m), "flops": count_flops(m, in_shape)}
     m.to(device)
     g = torch.Generator().manual_seed(0)
-    x1 = torch.randn(1, *in_shape, generator=g).to(device)
-    xb = torch.randn(batch_size, *in_shape, generator=g).to(device)
+    make_input = make_input or (lambda n, gen: torch.randn(n, *in_shape, generator=gen))
+    x1, xb = make_input(1, g).to(device), make_input(batch_size, g).to(device)
     latency = _median_seconds(m, x1, repeats, warmup)
     batch = _median_seconds(m, xb, repeats, warmup)
     cost.update(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from torch import nn
 from .classifier_run import load_run, rebuild
 from .data import raw_splits
 from .errors import DistillError
-from .io import atomic_write, write_json
+from .io import atomic_write, write_json, write_text
 from .models.outputs import LogitsOnly
 from .quantize import measure, onnxruntime, quantize_int8, session
 from .raw_inputs import as_raw, class_names, preprocess_record, raw_input_model
@@ -69,6 +69,7 @@ class ExportBundle:
     dynamic_axes: per input name, {dim: name} beyond the batch (e.g. {1: "sequence"}).
     calibration: () -> raw training batches ({name: array}) for static int8 calibration.
     test: () -> (raw batch, labels) over the run's test split, for the int8/fp32 accuracy.
+    files: more files of the export, name -> text (a text run's tokenizer.json).
     """
 
     task: str
@@ -79,6 +80,7 @@ class ExportBundle:
     dynamic_axes: dict[str, dict[int, str]] | None = None
     calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None
     test: Callable[[], Batches] | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
     def axes(self) -> dict[str, dict[int, str]]:
         extra = self.dynamic_axes or {}
@@ -116,7 +118,7 @@ def write_export(bundle: ExportBundle, fmt: str, out: Path, stage: str, quantize
         onnxruntime()  # before anything is written
     check_out(out)
     claim(out, "export", "distill export --out")
-    names = [MODEL_FILES[fmt], LABELS, PREPROCESS] + ([INT8, QUANTIZATION] if quantize else [])
+    names = [MODEL_FILES[fmt], LABELS, PREPROCESS, *bundle.files] + ([INT8, QUANTIZATION] if quantize else [])
     before = owned_files(out)
     record_files(out, [*before, *names])  # listed before they exist, so a killed export leaves none unowned
     for stale in set(before) - set(names):  # one model per folder: the previous export's other files go
@@ -131,6 +133,8 @@ def write_export(bundle: ExportBundle, fmt: str, out: Path, stage: str, quantize
     if diff > PARITY_TOLERANCE:
         raise DistillError(f"The exported {fmt} model disagrees with torch by {diff:.2e} (> {PARITY_TOLERANCE}); "
                            f"it was written to {model_path} but should not be trusted.")
+    for name, text in bundle.files.items():
+        write_text(out / name, text)
     write_json(out / LABELS, list(bundle.labels))
     write_json(out / PREPROCESS, _preprocess_file(bundle, fmt, stage, diff, expected.shape[-1]))
     result = {"path": str(model_path), "format": fmt, "max_abs_diff": diff, "dir": str(out),
@@ -254,12 +258,15 @@ def classifier_bundle(run_dir: Path, stage: str = "distill", trust: Trust = NO_T
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: str = "distill",
-           trust: Trust = NO_TRUST, quantize: str | None = None) -> dict:
-    """Export a classification run's `stage`: an export folder for onnx / torchscript (module
+           trust: Trust = NO_TRUST, quantize: str | None = None,
+           bundle: Callable[[Path, str, Trust], ExportBundle] = classifier_bundle,
+           task: str = "classification") -> dict:
+    """Export a classifier run's `stage`: an export folder for onnx / torchscript (module
     docstring), the weights file for safetensors. Returns {"path", "format"} and for a folder
-    "dir", "labels", "preprocess", "max_abs_diff" (and "quantization", "int8" with `quantize`)."""
+    "dir", "labels", "preprocess", "max_abs_diff" (and "quantization", "int8" with `quantize`).
+    `bundle` builds the task's ExportBundle (a text run's: distill.text.export.text_bundle)."""
     run_dir = Path(run_dir)
-    check_request(run_dir, fmt, FORMATS, "classification", quantize)
+    check_request(run_dir, fmt, FORMATS, task, quantize)
     if not out and (run_dir / "config.yaml").exists():  # (without it _check_stage says what is missing)
         require(run_dir, "run", "distill export")  # the default output lands in the run folder
     if fmt == "safetensors":
@@ -271,4 +278,5 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: 
         onnxruntime()
     folder = Path(out) if out else default_dir(run_dir, stage)
     check_out(folder)  # refused before anything is rebuilt
-    return write_export(classifier_bundle(run_dir, stage, trust), fmt, folder, stage, quantize)
+    _check_stage(run_dir, stage)
+    return write_export(bundle(run_dir, stage, trust), fmt, folder, stage, quantize)

@@ -25,7 +25,7 @@ import json
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class Options:
 
     texts: list[str] = field(default_factory=list)
     resize: bool = False
+    folder: Path | None = None  # the export folder (a text export's tokenizer.json is read from it)
 
 
 Reader = Callable[[list[Path], dict, Options], tuple[list[str], dict[str, np.ndarray]]]
@@ -191,9 +192,13 @@ def text_items(files: list[Path], opts: Options) -> list[tuple[str, str]]:
 
 def read_texts(files: list[Path], pre: dict, opts: Options) -> tuple[list[str], dict[str, np.ndarray]]:
     """The text task's reader: text_items(files, opts), tokenized as preprocess.json says, as
-    {"input_ids": int64 (N, T), "attention_mask": int64 (N, T)} (filled in with the text task)."""
-    raise DistillError("This export takes texts, and this version of distill cannot tokenize them for "
-                       "predict yet.")
+    {"input_ids": int64 (N, T), "attention_mask": int64 (N, T)} (distill.text.export.tokenize)."""
+    from .text.export import tokenize
+
+    items = text_items(files, opts)
+    if not items:
+        raise DistillError("No text to classify: give .txt files (one text per line) or --text \"...\".")
+    return [name for name, _ in items], tokenize([t for _, t in items], pre, opts.folder)
 
 
 INPUT_READERS: dict[str, Reader] = {"image": read_images, "features": read_features, "text": read_texts}
@@ -276,6 +281,7 @@ def predict_with(exported: Exported, files, top_k: int = 5, opts: Options | None
     if not files and not opts.texts:
         raise DistillError("Give the files to predict (images, .npz, .npy, .csv; .txt or --text for texts).")
     pre = exported.preprocess
+    opts = replace(opts, folder=exported.folder)
     names, feed = INPUT_READERS[pre["kind"]](files, pre, opts)
     n = len(names)
     logits = np.concatenate([exported.run({k: v[i:i + BATCH] for k, v in feed.items()}) for i in range(0, n, BATCH)])

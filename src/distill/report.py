@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from .classifier_run import load_run, rebuild, refuse_ignored_path, weights_of
 from .cost import compare_cost, read_int8
 from .errors import DistillError
@@ -121,8 +123,17 @@ def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, bui
         return None
     int8 = read_int8(default_dir(run_dir, student))  # measured by `distill export --quantize int8`
     teacher, student = load_run(run_dir, "teacher", trust, data)[0], load_run(run_dir, student, trust, data)[0]
-    cost = compare_cost(teacher, student, data.in_shape, device, repeats=repeats)
+    cost = compare_cost(teacher, student, data.in_shape, device, repeats=repeats, make_input=_token_ids(data))
     return {**cost, "int8": int8} if int8 else cost
+
+
+def _token_ids(data):
+    """Text runs are timed on rows of real (non-pad) token ids, the longest rows they see; else None."""
+    s = data.stats
+    if s.get("kind") != "text":
+        return None
+    low = max(s["pad_id"], 3) + 1  # above the special ids of either tokenizer kind
+    return lambda n, g: torch.randint(low, s["vocab_size"], (n, s["max_length"]), generator=g)
 
 
 def evaluation_table(evaluation: dict):

@@ -8,9 +8,13 @@ evaluation, the run folder, reports and exports are the classification task's, u
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..classifier_run import build_classifier_data, create_classifier
 from ..data import Data
+from ..export import export as export_classifier
 from ..terms import build_terms
+from ..trust import NO_TRUST, Trust
 from .classification import ClassificationTask
 
 
@@ -50,4 +54,14 @@ class TextClassificationTask(ClassificationTask):
         return lines
 
     def data_summary(self, data: Data) -> dict:
-        return {**super().data_summary(data), "class_names": data.class_names}
+        from ..text.export import text_record
+
+        return {**super().data_summary(data), "preprocess": text_record(self.cfg, data)[0]}
+
+    def export(self, run_dir: Path, fmt: str, out: Path | None = None, stage: str = "distill",
+               trust: Trust = NO_TRUST, quantize: str | None = None) -> dict:
+        """An export folder whose graph takes (input_ids, attention_mask), with the tokenizer's
+        settings (and a Hugging Face tokenizer's tokenizer.json) beside it (distill.text.export)."""
+        from ..text.export import text_bundle
+
+        return export_classifier(run_dir, fmt, out, stage, trust, quantize, bundle=text_bundle, task=self.name)

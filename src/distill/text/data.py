@@ -53,8 +53,6 @@ def build_text_data(cfg, seed: int = 0) -> Data:
 
     stats = {"kind": "text", "max_length": cfg.max_length, "pad_id": pad, "vocab_size": tokenizer.vocab_size,
              "tokenizer": tokenizer.settings()}
-    data = Data(loader(splits.teacher_train, None, True), loader(splits.train, splits.student_labels, True),
+    return Data(loader(splits.teacher_train, None, True), loader(splits.train, splits.student_labels, True),
                 loader(splits.val, None, False), loader(splits.test, None, False), len(names),
-                (cfg.max_length,), splits.counts(), stats=stats)
-    data.class_names = names
-    return data
+                (cfg.max_length,), splits.counts(), stats=stats, class_names=names)
