@@ -265,7 +265,7 @@ def render_markdown(report: dict, figures: dict[str, str]) -> str:
                 f"{cost['student']['repeats']} timed runs on {cost['student']['device']} with "
                 f"{cost['student']['threads']} thread(s). Timings are of this machine only.", *_int8_note(cost)]
         out += _figure(figures, "cost", "Teacher vs. student cost")
-    out += _per_class(ev)
+    out += _per_class(ev, d.get("class_names"))
     out += _figure(figures, "confusion", "Confusion matrix")
     out += ["", "## Training curves"]
     out += _figure(figures, "curves", "Training curves")
@@ -303,7 +303,7 @@ def _int8_note(cost: dict) -> list[str]:
                 f"{acc['int8']} % (the same class on {fmt(q.get('agreement'))} % of the test samples)."]
 
 
-def _per_class(ev: dict) -> list[str]:
+def _per_class(ev: dict, names: list[str] | None = None) -> list[str]:
     have = {s: e["best"]["per_class_acc"] for s, e in ev["stages"].items() if e.get("best", {}).get("per_class_acc")}
     if not have:
         return []
@@ -311,5 +311,6 @@ def _per_class(ev: dict) -> list[str]:
     n = ev["num_classes"]
     if n > 20:
         return [*out, f"{n} classes: see report.json (`evaluation.stages.<stage>.best.per_class_acc`)."]
-    rows = [[str(c), *(fmt(v[c], ".1f") for v in have.values())] for c in range(n)]
+    names = names if names and len(names) == n else [str(c) for c in range(n)]  # older runs record none
+    rows = [[names[c], *(fmt(v[c], ".1f") for v in have.values())] for c in range(n)]
     return [*out, table(["class", *(LABELS[s] for s in have)], rows)]

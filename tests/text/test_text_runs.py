@@ -133,3 +133,11 @@ def test_a_local_hf_tokenizer_trains_exports_and_tokenizes_the_same(corpus, tmp_
 def test_text_keys_of_another_task_are_refused(capsys):
     assert main(["run", "--quiet", "task=text_classification", "data.augment=flip"]) == 2
     assert "data.augment" in capsys.readouterr().err
+
+
+def test_the_report_times_token_ids_and_names_the_classes(text_run):
+    from distill.report import write_report
+
+    md = write_report(text_run, repeats=1).read_text()
+    assert "| pos |" in md and "| mid |" in md  # per-class accuracy by class name
+    assert "## Cost" in md
