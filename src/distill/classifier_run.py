@@ -19,6 +19,7 @@ from .data import Data, build_data, fingerprint
 from .errors import DistillError
 from .io import load_weights
 from .models import create_model
+from .models.hf import is_hf_folder
 from .run_reader import run_config, weights_file
 from .trust import NO_TRUST, Trust
 
@@ -45,7 +46,7 @@ def create_classifier(cfg: RunConfig, role: str, data: Data, trust_checkpoint: b
         s = data.stats
         return create_text_model(spec, data.num_classes, s["vocab_size"], s["pad_id"], s["max_length"], role,
                                  trust_checkpoint)
-    return create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
+    return create_model(spec.model, data.num_classes, data.in_shape, trust_checkpoint=trust_checkpoint, **spec.kwargs)
 
 
 def rebuild(run_dir: str | Path, overrides: Sequence[str] = (), trust: Trust = NO_TRUST) -> tuple[RunConfig, Data]:
@@ -81,6 +82,8 @@ def weights_of(run_dir: str | Path, cfg: RunConfig, stage: str, last: bool = Fal
     if path is None and stage == "teacher" and not last and cfg.teacher.checkpoint:
         checkpoint = Path(cfg.teacher.checkpoint)
         return checkpoint if checkpoint.is_file() else None
+    if path is None and stage == "teacher" and not last and is_hf_folder(cfg.teacher.model):
+        return Path(cfg.teacher.model)  # a save_pretrained teacher used as it is: its folder
     return path
 
 
@@ -96,7 +99,8 @@ def load_run(run_dir: str | Path, stage: str, trust: Trust = NO_TRUST, data: Dat
         raise DistillError(f"'{run_dir}' has no finished '{stage}' stage "
                            f"({stage}{'-last' if last else ''}.safetensors is missing); pick another stage.")
     model = create_classifier(cfg, "teacher" if stage == "teacher" else "student", data, trust.checkpoint)
-    load_weights(model, path, trust=trust.checkpoint)  # teacher.checkpoint may be a pickle
+    if not path.is_dir():  # a teacher folder's weights came with create_classifier
+        load_weights(model, path, trust=trust.checkpoint)  # teacher.checkpoint may be a pickle
     return model.eval(), data
 
 

@@ -1,7 +1,8 @@
 """Capture intermediate outputs (or inputs) of submodules by path, with forward hooks.
 
 Paths are the names `model.named_modules()` gives ("layer2", "hidden.0"); append ":input" to
-capture a module's input instead of its output. User models need no edits. Paths resolve
+capture a module's input instead of its output. User models need no edits. A module that returns
+a tuple (a Hugging Face block's (hidden, attention weights)) gives its first element. Paths resolve
 through wrappers, so "layer2" also finds DDP's "module.layer2" and torch.compile's
 "_orig_mod.layer2". A module that runs twice in one forward pass would make "its output"
 ambiguous, so that is an error.
@@ -96,12 +97,16 @@ class FeatureCapture:
                 f"The {self.role}'s module '{path}' ran twice in one forward pass, so its "
                 "feature is ambiguous. Hook a module that runs once (e.g. its parent block)."
             )
+        if isinstance(value, tuple | list) and value and isinstance(value[0], torch.Tensor):
+            value = value[0]  # (hidden, attention weights, ...): Hugging Face blocks, RNNs
+        if not isinstance(value, torch.Tensor):
+            raise DistillError(f"The {self.role}'s module '{path}' returns a {type(value).__name__}, not a "
+                               "tensor (or a tuple starting with one), so it has no feature to capture. "
+                               "Hook a submodule that returns a tensor.")
         self.features[path] = self._keep(path, value)
 
     def _keep(self, path: str, value):
         """The value to store: a clone where a later in-place op may (or does) change it."""
-        if not isinstance(value, torch.Tensor):
-            return value
         if value.is_inference():  # no version counter to watch: always copy
             return value.clone()
         mutated = self.mutated.get((path, self._training))

@@ -88,7 +88,7 @@ class Run:
         self.device = resolve_device(cfg.train.device)
         self.folder = RunFolder(out_dir, resume)
         self.quiet = quiet or not self.folder.main  # only rank 0 prints
-        self.task = make_task(cfg)
+        self.task = make_task(cfg, trust_checkpoint)
         self.data_id: tuple[str, str] | None = None  # (fingerprint, source) checkpoints carry
 
     def log(self, text: str) -> None:

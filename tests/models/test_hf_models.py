@@ -185,3 +185,23 @@ def test_distill_run_with_hf_teacher_and_student_and_a_feature_term(tmp_path, ca
     assert summary["stages"]["distill"]["params"] == count_parameters(tiny_vit())
     losses = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("hint" in json.dumps(r) for r in losses if r.get("stage") == "distill")
+
+
+def test_a_saved_folder_is_a_ready_teacher_and_a_tuple_output_is_its_first_element(saved, tmp_path, capsys):
+    """teacher.model=<save_pretrained folder> without a teacher stage distills from it as it is
+    (eval and report read it back from the folder); a hooked module returning a tuple (an HF
+    attention block: (hidden, weights)) gives its first element."""
+    model, folder = saved
+    attention = next(n for n, _ in model.named_modules() if n.endswith(".attention") and ".1." in n)
+    out = tmp_path / "run"
+    rc = main(["run", "--out", str(out), "--quiet", "train.epochs=1", "data.batch_size=128",
+               f"teacher.model={folder}", "teacher.kwargs={}", "stages=[scratch,distill]",
+               "student.model=hf_image", f"student.kwargs={json.dumps(TINY)}",
+               f"loss.hint={{type: cosine, weight: 1.0, student: {attention}, teacher: {attention}}}"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"]["teacher"]["checkpoint"] == str(folder)
+    from distill.report import evaluate_run
+
+    ev = evaluate_run(out)
+    assert "teacher" in ev["stages"] and "distill" in ev["stages"]

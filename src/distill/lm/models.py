@@ -46,13 +46,18 @@ def build_config(name: str, vocab_size: int, kwargs: dict, tokenizer=None):
         raise DistillError(f"Cannot build a {name} config from kwargs {kwargs}: {e}") from None
 
 
-def create_lm(spec: str, kwargs: dict, vocab_size: int, tokenizer=None) -> torch.nn.Module:
-    """A causal LM from a local folder or an architecture name (see the module docstring)."""
+def create_lm(spec: str, kwargs: dict, vocab_size: int, tokenizer=None, role: str = "model",
+              trust_checkpoint: bool = False) -> torch.nn.Module:
+    """A causal LM from a local folder or an architecture name (see the module docstring); a
+    folder's pickled (.bin) weights only with `trust_checkpoint` (unpickling can run code)."""
     tf = transformers()
     if spec in ARCHITECTURES:
         config = build_config(spec, vocab_size, kwargs, tokenizer)
         model = tf.AutoModelForCausalLM.from_config(config)
     elif Path(spec).is_dir():
+        from ..models.hf import check_weights_file
+
+        check_weights_file(Path(spec), role, trust_checkpoint)
         try:
             model = tf.AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **kwargs)
         except (OSError, ValueError, TypeError) as e:

@@ -64,7 +64,7 @@ def _new_head(auto_class: str, num_labels: int) -> str:
             "ignore_mismatched_sizes=True).save_pretrained(new_folder)")
 
 
-def _check_weights_file(folder: Path, role: str, trust_checkpoint: bool) -> None:
+def check_weights_file(folder: Path, role: str, trust_checkpoint: bool) -> None:
     if trust_checkpoint or any(folder.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in folder.glob("*.bin"))
@@ -99,7 +99,7 @@ def load_pretrained(folder: str, auto_class: str, num_labels: int | None, role: 
             f"has {num_labels} classes. Use a model fine-tuned for {num_labels} classes; to start from "
             f"this one with a new, random head on purpose, save that first: {_new_head(auto_class, num_labels)}."
         )
-    _check_weights_file(path, role, trust_checkpoint)
+    check_weights_file(path, role, trust_checkpoint)
     try:
         model, info = getattr(tf, auto_class).from_pretrained(
             folder, config=config, local_files_only=True, use_safetensors=None if trust_checkpoint else True,

@@ -17,9 +17,10 @@ TASKS = {"classification": ClassificationTask, "language_model": LanguageModelTa
          "text_classification": TextClassificationTask}
 
 
-def make_task(cfg):
-    """The Task of a validated run config."""
-    return TASKS[cfg.task](cfg)
+def make_task(cfg, trust_checkpoint: bool = False):
+    """The Task of a validated run config; `trust_checkpoint` (--trust-checkpoint) lets it load
+    pickled weights of a model folder."""
+    return TASKS[cfg.task](cfg, trust_checkpoint)
 
 
 def task_of_run(path: str | Path) -> Task:

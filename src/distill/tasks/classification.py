@@ -17,6 +17,7 @@ from torch import nn
 from ..cache import open_cache
 from ..cache_plan import cache_size, preview
 from ..cache_plan import plan as plan_cache
+from ..classifier_run import create_classifier
 from ..classifier_run import load_run as load_classifier_run
 from ..contracts import Selection
 from ..data import Data, build_data, fingerprint
@@ -25,7 +26,7 @@ from ..errors import DistillError
 from ..export import FORMATS
 from ..export import export as export_classifier
 from ..metrics import evaluate_classifier
-from ..models import create_model
+from ..models.hf import is_hf_folder
 from ..models.outputs import logits_of
 from ..raw_inputs import class_names, preprocess_record
 from ..report import evaluate_target, evaluation_table
@@ -101,8 +102,9 @@ class ClassificationTask:
     metrics = ("acc",)
     selection = Selection("acc")  # the best epoch: highest validation accuracy
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, trust_checkpoint: bool = False):
         self.cfg = cfg
+        self.trust_checkpoint = trust_checkpoint  # a model folder's pickled weights may be loaded
         self.cache_views: int | None = None  # preflight: the distill stage's cache plan
         self.cache_note: str | None = None  # and its size, said in the run's first lines
 
@@ -113,12 +115,14 @@ class ClassificationTask:
         return build_terms(self.cfg)
 
     def create_model(self, role: str, data: Data) -> nn.Module:
-        spec = getattr(self.cfg, role)
-        return create_model(spec.model, data.num_classes, data.in_shape, **spec.kwargs)
+        return create_classifier(self.cfg, role, data, self.trust_checkpoint)
 
     def pretrained_teacher(self) -> str | None:
-        """Where a ready teacher comes from when the teacher stage does not train one."""
-        return self.cfg.teacher.checkpoint
+        """Where a ready teacher comes from when the teacher stage does not train one:
+        teacher.checkpoint, or a save_pretrained folder as teacher.model (with a teacher
+        stage, that stage fine-tunes the folder's model on the data first)."""
+        t = self.cfg.teacher
+        return t.checkpoint or (t.model if is_hf_folder(t.model) and "teacher" not in self.cfg.stages else None)
 
     def preflight(self, data: Data, terms: dict, has_teacher: bool) -> None:
         """Before any stage trains: with a distill stage, the cache settings (cache_plan.plan,

@@ -35,8 +35,9 @@ class LanguageModelTask:
     metrics = ("ppl", "loss", "acc")  # perplexity, next-token NLL (nats), next-token accuracy %
     selection = Selection("ppl", lower_is_better=True)  # the best epoch: lowest perplexity
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, trust_checkpoint: bool = False):
         self.cfg = cfg
+        self.trust_checkpoint = trust_checkpoint  # a model folder's pickled weights may be loaded
         self.tokenizer = None  # the data's, once built: on-policy sampling needs its special ids
         transformers()  # a clear error now if the extra is not installed
 
@@ -50,7 +51,8 @@ class LanguageModelTask:
 
     def create_model(self, role: str, data: LMData) -> nn.Module:
         spec = getattr(self.cfg, role)
-        return create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer)
+        return create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer,
+                         role=role, trust_checkpoint=self.trust_checkpoint)
 
     def pretrained_teacher(self) -> str | None:
         """teacher.checkpoint, or a teacher folder when no teacher stage is asked for (with

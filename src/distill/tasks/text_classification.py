@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..classifier_run import build_classifier_data, create_classifier
+from ..classifier_run import build_classifier_data
 from ..data import Data
 from ..export import export as export_classifier
 from ..terms import build_terms
@@ -21,8 +21,8 @@ from .classification import ClassificationTask
 class TextClassificationTask(ClassificationTask):
     name = "text_classification"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, trust_checkpoint: bool = False):
+        super().__init__(cfg, trust_checkpoint)
         from ..models.hf import transformers_module  # transformers: for text runs only
 
         transformers_module()  # a clear error now if the extra is not installed
@@ -42,9 +42,6 @@ class TextClassificationTask(ClassificationTask):
             for term in mapped:
                 term.map_layers(*depths)
         return terms, ce_weight
-
-    def create_model(self, role: str, data: Data):
-        return create_classifier(self.cfg, role, data)
 
     def describe(self, data: Data) -> list[str]:
         lines = super().describe(data)
