@@ -6,7 +6,10 @@ import inspect
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from .errors import DistillError
 
 
 def _defaults(cls) -> str:
@@ -53,7 +56,11 @@ def cmd_models(args) -> int:
                          no_wrap=col != "hookable paths")
     for name in MODELS:
         shape, classes = default_shape(name)
-        model = create_skeleton(name, classes, shape)
+        try:
+            model = create_skeleton(name, classes, shape)
+        except DistillError as e:  # hf_image without the optional transformers package
+            table.add_row(name, "x".join(map(str, shape)), str(classes), "-", *(("-",) if args.flops else ()), escape(str(e)))
+            continue
         paths = getattr(model, "hook_paths", None) or [n for n, _ in model.named_children()]
         flops = (f"{count_flops(model, shape) / 1e6:,.2f}",) if args.flops else ()
         table.add_row(name, "x".join(map(str, shape)), str(classes), f"{count_parameters(model):,}", *flops,

@@ -205,3 +205,10 @@ def test_a_saved_folder_is_a_ready_teacher_and_a_tuple_output_is_its_first_eleme
 
     ev = evaluate_run(out)
     assert "teacher" in ev["stages"] and "distill" in ev["stages"]
+
+
+def test_distill_models_lists_the_zoo_without_transformers(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet8x4" in out and "distill[lm]" in out.replace("\n", "")
