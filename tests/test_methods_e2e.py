@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from distill import LOSSES, Batch, Distiller
 from distill.cli import main
+from distill.losses.transformer import MapsLayers
 from distill.models import create_model
 
 TEACHER_CHANNELS, STUDENT_CHANNELS = [16, 32], [8, 16]
@@ -60,7 +61,14 @@ def teacher_checkpoint(tmp_path_factory):
     return out / "teacher.safetensors"
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+def _methods():
+    """Every registered method; the transformer terms (TinyBERT, MiniLM) need a text classifier's
+    layers, which task: text_classification maps to its models (its tests run them)."""
+    return [pytest.param(n, marks=pytest.mark.skip(reason="a transformer term: task text_classification"))
+            if issubclass(LOSSES[n], MapsLayers) else n for n in LOSSES]
+
+
+@pytest.mark.parametrize("name", _methods())
 def test_method_runs_end_to_end(name, teacher_checkpoint, tmp_path):
     out = tmp_path / name
     argv = [

@@ -19,11 +19,13 @@ from .dist import DIST
 from .dkd import DKD
 from .fitnet import FitNet
 from .kd import KD, kd_loss
+from .minilm import MiniLMAttention, MiniLMValue
 from .nst import NST
 from .pkt import PKT
 from .regressor import Regressor
 from .rkd import RKD
 from .sp import SP
+from .tinybert import TinyBERTEmbedding, TinyBERTHidden
 from .vid import VID
 
 LOSSES: dict[str, type[nn.Module]] = {
@@ -43,6 +45,12 @@ LOSSES: dict[str, type[nn.Module]] = {
     "cc": CC,
     "cosine": Cosine,
     "regressor": Regressor,
+    # transformer methods (task: text_classification, which maps their layers to the models'
+    # depths: losses.transformer)
+    "tinybert_hidden": TinyBERTHidden,
+    "tinybert_embedding": TinyBERTEmbedding,
+    "minilm_attention": MiniLMAttention,
+    "minilm_value": MiniLMValue,
 }
 
 
