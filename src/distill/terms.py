@@ -137,9 +137,16 @@ def build_loss_term(name: str, kind: str, args: dict[str, Any], task: str = "cla
             f"named_modules() gives them, e.g. layer1). Set them: {example}"
         )
     try:
-        return cls(**args)
+        term = cls(**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"loss.{name}: {e}.") from None
+    from .losses.transformer import MapsLayers
+
+    if task != "text_classification" and isinstance(term, MapsLayers):
+        raise ConfigError(f"loss.{name} ({kind}) reads a transformer's layers (embeddings, hidden.<i>, "
+                          "attention.<i>), which only task: text_classification models expose. Set "
+                          "task=text_classification, or use a feature method such as fitnet or cosine.")
+    return term
 
 
 def build_terms(cfg) -> tuple[dict, float]:

@@ -92,17 +92,19 @@ def test_malformed_maps_are_refused_when_the_term_is_built(bad):
 
 @pytest.mark.parametrize("name", TRANSFORMER)
 def test_default_construction_from_a_config(name):
-    term = build_loss_term("h", name, {}, "classification")
+    term = build_loss_term("h", name, {}, "text_classification")
     assert isinstance(term, LOSSES[name]) and isinstance(term, MapsLayers)
     assert LOSSES[name].cite
+    with pytest.raises(ConfigError, match="task: text_classification"):  # classifiers expose no taps
+        build_loss_term("h", name, {}, "classification")
 
 
 def test_a_config_with_transformer_terms_checks():
     check_loss({"ce": {"weight": 1.0}, "h": {"type": "tinybert_hidden", "layers": [[1, 2], [2, 4]]},
                 "e": {"type": "tinybert_embedding"}, "at": {"type": "minilm_attention"},
-                "vr": {"type": "minilm_value", "heads": 12, "layers": "uniform"}})
+                "vr": {"type": "minilm_value", "heads": 12, "layers": "uniform"}}, "text_classification")
     with pytest.raises(ConfigError, match="heads must be"):
-        check_loss({"vr": {"type": "minilm_value", "heads": 0}})
+        check_loss({"vr": {"type": "minilm_value", "heads": 0}}, "text_classification")
 
 
 @pytest.mark.parametrize("name", sorted(TAPS))

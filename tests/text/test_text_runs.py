@@ -141,3 +141,53 @@ def test_the_report_times_token_ids_and_names_the_classes(text_run):
     md = write_report(text_run, repeats=1).read_text()
     assert "| pos |" in md and "| mid |" in md  # per-class accuracy by class name
     assert "## Cost" in md
+
+
+def test_tapped_attention_is_a_distribution_in_training_mode():
+    """HF models return attention probabilities after dropout; while the tap is hooked the
+    wrapper turns that dropout off (and back on after)."""
+    from distill.config import ModelConfig
+    from distill.hooks import FeatureCapture
+    from distill.text.models import create_text_model
+
+    spec = ModelConfig(model="bert", kwargs={**TINY, "attention_probs_dropout_prob": 0.5})
+    torch.manual_seed(0)
+    model = create_text_model(spec, 3, 50, 0, 8, "student").train()
+    ids = torch.randint(4, 50, (4, 8))
+    capture = FeatureCapture(model, ["attention.2"], "student")
+    _, feats = capture.run(model, ids)
+    assert torch.allclose(feats["attention.2"].sum(-1), torch.ones(4, TINY["num_attention_heads"], 8), atol=1e-5)
+    rates = {m.p for n, m in model.named_modules() if n.endswith("attention.self.dropout")}
+    assert rates == {0.5}  # restored
+
+
+TERMS = ["loss.hid={type: tinybert_hidden, weight: 1.0}", "loss.emb={type: tinybert_embedding, weight: 1.0}",
+         "loss.att={type: minilm_attention, weight: 1.0}", "loss.vr={type: minilm_value, weight: 1.0}",
+         "loss.hid2={type: tinybert_hidden, weight: 0.5, layers: [[1, 2], [2, 4]]}"]
+
+
+def test_every_transformer_term_distills_end_to_end(corpus, tmp_path):
+    run = tmp_path / "run"
+    assert main(["run", "--out", str(run), f"data.path={corpus}", *RUN, "train.epochs=2", "teacher.train.epochs=2",
+                 "teacher.kwargs.attention_probs_dropout_prob=0.1", "student.kwargs.attention_probs_dropout_prob=0.1",
+                 *TERMS]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    distill_rows = [r for r in rows if r.get("stage") == "distill" and "train_att" in r]
+    assert len(distill_rows) == 2
+    for r in distill_rows:
+        for name in ("hid", "emb", "att", "vr", "hid2", "kd"):
+            assert np.isfinite(r[f"train_{name}"]) and r[f"train_{name}"] >= 0
+    # attention is a distribution in training too: KL to the teacher is small, not log(1/(1-p))-sized
+    assert distill_rows[-1]["train_att"] < 1.0
+
+
+@pytest.mark.parametrize("term, message", [
+    ("loss.h={type: tinybert_hidden, layers: uniform}", "multiple"),  # 3 teacher layers, 2 student
+    ("loss.h={type: tinybert_hidden, layers: [[1, 9]]}", "out of range"),
+    ("loss.h={type: minilm_attention, layers: nope}", "layers"),
+])
+def test_bad_layer_maps_are_config_errors(corpus, tmp_path, capsys, term, message):
+    rc = main(["run", "--out", str(tmp_path / "r"), f"data.path={corpus}", *RUN, "teacher.kwargs.num_hidden_layers=3", term])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "teacher.safetensors").exists()  # refused before training

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from ..classifier_run import build_classifier_data
 from ..data import Data
+from ..errors import ConfigError
 from ..export import export as export_classifier
+from ..losses.transformer import MapsLayers
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
 from .classification import ClassificationTask
@@ -34,13 +36,18 @@ class TextClassificationTask(ClassificationTask):
         """The terms, with every layer map ("uniform", "last" or explicit pairs) resolved
         against the two models' depths, read from their configs."""
         terms, ce_weight = build_terms(self.cfg)
-        mapped = [term for term, _ in terms.values() if hasattr(term, "map_layers")]
+        mapped = {name: term for name, (term, _) in terms.items() if isinstance(term, MapsLayers)}
         if mapped:
             from ..text.models import model_depth
 
             depths = model_depth(self.cfg.student), model_depth(self.cfg.teacher)
-            for term in mapped:
-                term.map_layers(*depths)
+            if 0 in depths:  # not a text model: create_text_model says what is wrong with it
+                return terms, ce_weight
+            for name, term in mapped.items():
+                try:
+                    term.map_layers(*depths)
+                except ValueError as e:
+                    raise ConfigError(f"loss.{name}: {e}") from None
         return terms, ce_weight
 
     def describe(self, data: Data) -> list[str]:

@@ -15,7 +15,10 @@ any module:
 
 Attention probabilities are asked of the model only while an attention tap is hooked, and
 values are tapped (by forward hooks on the value projections, held for one forward) only
-while a value tap is: otherwise the model runs as it would alone.
+while a value tap is: otherwise the model runs as it would alone. Hugging Face models return
+the probabilities after attention dropout (zeros, and the rest scaled by 1/(1-p)), which are
+no distribution to match, so while an attention tap is hooked the attention-probability
+dropout (ATTENTION_DROPOUT) is off; the model's other dropout is untouched.
 
 Models (`teacher.model` / `student.model`):
 - `bert`: a BertForSequenceClassification built from a BertConfig of the kwargs (hidden_size,
@@ -36,6 +39,8 @@ from ..models.hf import from_config, is_hf_folder, load_pretrained
 AUTO = "AutoModelForSequenceClassification"
 VALUE_SUFFIXES = ("attention.self.value", "attention.v_lin", "self_attn.v_proj", "attn.v_proj")
 BUILT_IN = ("bert", "hf")
+# the dropout applied to attention probabilities, by module name (BERT/RoBERTa/ELECTRA, DistilBERT, others)
+ATTENTION_DROPOUT = ("attention.self.dropout", "attention.dropout", "self_attn.dropout", "attn.attn_dropout")
 
 
 def _value_modules(model: nn.Module) -> list[nn.Module]:
@@ -72,12 +77,20 @@ class TextClassifier(nn.Module):
                                    "cannot be tapped; use a BERT-style model or another term.")
             handles = [m.register_forward_hook(lambda _m, _i, out, tap=self.values[str(i)]: tap(out))
                        for i, m in enumerate(found, 1)]
+        attentions = self._hooked(self.attention)
+        dropouts = [m for n, m in self.model.named_modules()
+                    if attentions and isinstance(m, nn.Dropout) and n.endswith(ATTENTION_DROPOUT)]
+        rates = [m.p for m in dropouts]
         try:
+            for m in dropouts:
+                m.p = 0.0  # tapped probabilities must be a distribution (module docstring)
             out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                             output_attentions=self._hooked(self.attention))
+                             output_attentions=attentions)
         finally:
             for h in handles:
                 h.remove()
+            for m, rate in zip(dropouts, rates, strict=True):
+                m.p = rate
         states = out.hidden_states
         self.embeddings(states[0])
         for i in range(1, self.depth + 1):
