@@ -209,8 +209,7 @@ def cmd_export(args) -> int:
     if args.quantize and args.format != "onnx":
         raise DistillError(f"--quantize {args.quantize} makes an int8 ONNX model: use it with --format onnx.")
     task = task_of_run(run_dir)
-    extra = {"quantize": args.quantize} if args.quantize and args.format in task.export_formats else {}
-    result = task.export(run_dir, args.format, args.out, args.stage, _trust(args), **extra)
+    result = task.export(run_dir, args.format, args.out, args.stage, _trust(args), args.quantize)
     parity = f" (max |exported - torch| difference {result['max_abs_diff']:.2e})" if "max_abs_diff" in result else ""
     print(f"Wrote {result['path']}{parity}")
     if "dir" in result:

@@ -244,10 +244,13 @@ class Task(Protocol):
         """A rich Table of `evaluate_run`'s result, for the console."""
         ...
 
-    def export(self, run_dir: Path, fmt: str, out: Path | None, stage: str, trust: Any) -> dict:
+    def export(self, run_dir: Path, fmt: str, out: Path | None, stage: str, trust: Any,
+               quantize: str | None = None) -> dict:
         """Write a stage's model in format `fmt` (one of `export_formats`; another is refused,
         naming this task's formats) to `out` (default: inside the run folder); returns {"path",
-        "format"} and, where the export is checked against torch, "max_abs_diff"."""
+        "format"} and, where the export is checked against torch, "max_abs_diff". `quantize`
+        ("int8", --quantize) also writes a quantized model where the task makes one (a
+        classifier's ONNX export), and is refused by the others."""
         ...
 
     def write_report(self, run_dir: Path, trust: Any) -> Path:

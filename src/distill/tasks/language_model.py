@@ -180,8 +180,11 @@ class LanguageModelTask:
         return lm_tools.evaluation_table(evaluation)
 
     def export(self, run_dir: Path, fmt: str, out: Path | None = None, stage: str = "distill",
-               trust: Trust = NO_TRUST) -> dict:
+               trust: Trust = NO_TRUST, quantize: str | None = None) -> dict:
         """A Hugging Face folder, loaded back by transformers and checked against the logits."""
+        if quantize is not None:
+            raise DistillError(f"'{run_dir}' is a language-model run, exported as a Hugging Face folder; "
+                               "--quantize makes int8 ONNX classifiers only. Remove --quantize.")
         return lm_tools.export(run_dir, fmt, out, stage, trust)
 
     def write_report(self, run_dir: Path, trust: Trust = NO_TRUST) -> Path:
