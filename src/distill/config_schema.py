@@ -300,7 +300,7 @@ class LanguageModelConfig(RunBase):
 # counts, so the MiniLM terms apply; no dropout in the teacher's targets (it is in eval mode).
 _BERT = {"num_attention_heads": 4, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
 TEXT_DEFAULTS: dict[str, Any] = {
-    "data": {"name": "pydoc", "max_length": 128, "label_fraction": 0.25},
+    "data": {"name": "pydoc", "max_length": 96, "label_fraction": 0.25},
     "teacher": {"model": "bert", "kwargs": {"hidden_size": 128, "num_hidden_layers": 4, "intermediate_size": 256, **_BERT},
                 "train": {"epochs": 12}},
     "student": {"model": "bert", "kwargs": {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, **_BERT}},

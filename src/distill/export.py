@@ -23,6 +23,8 @@ calling `write_export`; the classifier's bundle is `classifier_bundle`.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterable
@@ -118,6 +120,27 @@ def write_export(bundle: ExportBundle, fmt: str, out: Path, stage: str, quantize
         onnxruntime()  # before anything is written
     check_out(out)
     claim(out, "export", "distill export --out")
+    fd = hold(out)  # a second export into this folder at the same time is refused
+    try:
+        return _write_locked(bundle, fmt, out, stage, quantize)
+    finally:
+        os.close(fd)
+
+
+def hold(folder: Path) -> int:
+    """An exclusive lock on the export folder itself (flock on its directory: no lock file is
+    left among the deployable files); released when the descriptor closes or the process ends."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DistillError(f"'{folder}' is in use by another distill process (an export running into it); wait "
+                           "for it, or export into another folder.") from None
+    return fd
+
+
+def _write_locked(bundle: ExportBundle, fmt: str, out: Path, stage: str, quantize: str | None) -> dict:
     names = [MODEL_FILES[fmt], LABELS, PREPROCESS, *bundle.files] + ([INT8, QUANTIZATION] if quantize else [])
     before = owned_files(out)
     record_files(out, [*before, *names])  # listed before they exist, so a killed export leaves none unowned
@@ -271,6 +294,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: 
         require(run_dir, "run", "distill export")  # the default output lands in the run folder
     if fmt == "safetensors":
         path = Path(out) if out else run_dir / f"{stage}-export.safetensors"
+        if out and path.exists():  # distill overwrites only what it wrote: the default file in its run folder
+            raise DistillError(f"--out '{path}' exists; distill writes the weights only to a new file. Give a "
+                               "new file name, or leave out --out to write RUN/<stage>-export.safetensors.")
         load_student(run_dir, stage, trust)  # checks the weights fit the configured architecture
         shutil.copyfile(run_dir / f"{stage}.safetensors", path)
         return {"path": str(path), "format": fmt}

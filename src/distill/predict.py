@@ -34,7 +34,7 @@ import torch
 from .data.image_folder import IMAGE_EXTENSIONS, decode_image
 from .data.tables import _feature, load_npz
 from .errors import DistillError, clip
-from .export import INT8, LABELS, PREPROCESS
+from .export import INT8, LABELS, MODEL_FILES, PREPROCESS
 from .quantize import INSTALL, session
 from .tasks import task_of_run
 from .trust import NO_TRUST, Trust
@@ -195,6 +195,10 @@ def read_texts(files: list[Path], pre: dict, opts: Options) -> tuple[list[str], 
     {"input_ids": int64 (N, T), "attention_mask": int64 (N, T)} (distill.text.export.tokenize)."""
     from .text.export import tokenize
 
+    width = pre["inputs"][0]["shape"][-1]
+    if width != pre.get("max_length"):
+        raise DistillError(f"preprocess.json's max_length {pre.get('max_length')!r} is not the model's input "
+                           f"length {width!r}; export the run again.")
     items = text_items(files, opts)
     if not items:
         raise DistillError("No text to classify: give .txt files (one text per line) or --text \"...\".")
@@ -229,12 +233,18 @@ def open_export(folder: str | Path, int8: bool = False) -> Exported:
     folder = Path(folder)
     pre = _json(folder / PREPROCESS, "the export record")
     need = ("kind", "model", "inputs", "num_classes")
-    if not isinstance(pre, dict) or any(k not in pre for k in need) or pre["kind"] not in INPUT_READERS:
+    inputs = pre.get("inputs") if isinstance(pre, dict) else None
+    well_formed = isinstance(inputs, list) and inputs and all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape"), list) for i in inputs)
+    if not isinstance(pre, dict) or any(k not in pre for k in need) or pre["kind"] not in INPUT_READERS or not well_formed:
         raise DistillError(f"'{folder / PREPROCESS}' is not a distill export record (it needs {', '.join(need)}, "
                            f"and a kind of {', '.join(INPUT_READERS)}); export the run again.")
     labels = _json(folder / LABELS, "the class names")
-    if not isinstance(labels, list) or len(labels) != pre["num_classes"]:
-        raise DistillError(f"'{folder / LABELS}' should list {pre['num_classes']} class names; export the run again.")
+    if pre["model"] not in (*MODEL_FILES.values(), INT8):  # a name in the folder, never a path out of it
+        raise DistillError(f"'{folder / PREPROCESS}' names the model {pre['model']!r}, not one of distill's "
+                           "model files; export the run again.")
+    if not isinstance(labels, list) or len(labels) != pre["num_classes"] or not all(isinstance(n, str) for n in labels):
+        raise DistillError(f"'{folder / LABELS}' should list {pre['num_classes']} class names (strings); export the run again.")
     path = folder / (INT8 if int8 else pre["model"])
     if not path.is_file():
         hint = " (export with --quantize int8)" if int8 else "; export the run again"
@@ -281,6 +291,10 @@ def predict_with(exported: Exported, files, top_k: int = 5, opts: Options | None
     if not files and not opts.texts:
         raise DistillError("Give the files to predict (images, .npz, .npy, .csv; .txt or --text for texts).")
     pre = exported.preprocess
+    if pre["kind"] != "text" and opts.texts:
+        raise DistillError(f"--text is for text models; this export takes {pre['kind']} inputs. Give files instead.")
+    if pre["kind"] != "text" and not files:
+        raise DistillError(f"Give the files to predict: this export takes {pre['kind']} inputs.")
     opts = replace(opts, folder=exported.folder)
     names, feed = INPUT_READERS[pre["kind"]](files, pre, opts)
     n = len(names)

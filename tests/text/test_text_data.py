@@ -102,3 +102,10 @@ def test_build_text_data_splits_masks_and_transfer_set():
     assert (batch.mask == (batch.inputs != 0)).all() and (batch.inputs[:, 0] == 1).all()
     again = build_text_data(cfg, seed=0)
     assert np.array_equal(again.test.x.numpy(), data.test.x.numpy())  # deterministic
+
+
+def test_the_example_config_is_the_tasks_defaults():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "configs" / "text" / "pydoc.yaml"
+    assert load_config(example).model_dump() == load_config(None, ["task=text_classification"]).model_dump()

@@ -64,13 +64,23 @@ def check_classes(y: np.ndarray, name: str) -> None:
             "Add samples of the other classes, or check the label column."
         )
     if classes[-1] != len(classes) - 1:
-        missing = sorted(set(range(int(classes[-1]) + 1)) - set(classes.tolist()))
+        missing = _first_missing(classes, 11)  # not the set of 0..max: labels may be ~2**62
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
         raise DistillError(
             f"{name} use {len(classes)} classes but not 0..{len(classes) - 1}: class(es) {shown} "
             f"never occur, and each would be an output no sample teaches. Renumber the labels, "
             f"e.g. y = np.unique(y, return_inverse=True)[1]."
         )
+
+
+def _first_missing(classes: np.ndarray, n: int) -> list[int]:
+    """The first n integers >= 0 that the sorted unique `classes` lack."""
+    missing, present, i = [], set(classes.tolist()), 0
+    while len(missing) < n and i <= int(classes[-1]):
+        if i not in present:
+            missing.append(i)
+        i += 1
+    return missing
 
 
 def _check_lengths(x: np.ndarray, y: np.ndarray, where: str) -> None:

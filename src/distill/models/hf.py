@@ -166,7 +166,7 @@ def from_config(auto_class: str, kwargs: dict, **fixed) -> nn.Module:
     try:
         config = tf.AutoConfig.for_model(model_type, **kwargs, **fixed)
         return getattr(tf, auto_class).from_config(config)
-    except (TypeError, ValueError, AttributeError) as e:
+    except (TypeError, ValueError, AttributeError, ArithmeticError, IndexError) as e:  # 0 heads: a modulo by 0
         reason = _first_line(e)
     except Exception as e:  # huggingface_hub's strict dataclass validation (a field of the wrong type)
         if "Validation" not in type(e).__name__:

@@ -71,9 +71,21 @@ def pydoc_corpus() -> tuple[list[str], np.ndarray, list[str]]:
     return [t for t, _ in kept], np.array([y for _, y in kept], dtype=np.int64), names
 
 
+def _check_label_values(parts: dict[str, list], where: str) -> None:
+    """Every label is a number or a non-empty string: a missing label is not a class."""
+    for split, labels in parts.items():
+        for i, v in enumerate(labels):
+            bad = v is None or isinstance(v, bool | list | dict | float) or (isinstance(v, str) and not v.strip())
+            if bad and not (isinstance(v, float) and v.is_integer()):
+                raise DistillError(f"Row {i + 1} of the {split} rows of {where} has the label {short(v)}: every row "
+                                   "needs a label, a class index or a class name. Fill it in or drop the row.")
+
+
 def _encode_labels(parts: dict[str, list], where: str) -> tuple[dict[str, np.ndarray], list[str]]:
     """Labels of every split as ints: whole numbers as they are, otherwise strings as classes in
     sorted order (the same classes across splits)."""
+    _check_label_values(parts, where)
+    parts = {s: [int(v) if isinstance(v, float) else v for v in labels] for s, labels in parts.items()}
     values = [v for labels in parts.values() for v in labels]
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values) or all(
             isinstance(v, str) and v.strip().lstrip("-").isdigit() for v in values):
@@ -81,6 +93,7 @@ def _encode_labels(parts: dict[str, list], where: str) -> tuple[dict[str, np.nda
         bad = [int(v) for a in out.values() for v in a if v < 0]
         if bad:
             raise DistillError(f"The labels in {where} must be class indices >= 0; found {bad[0]}.")
+        check_used_classes(list(out.values()), where)  # before 0..max is spelled out
         names = [str(i) for i in range(int(max(a.max() for a in out.values())) + 1)]
     else:
         names = sorted({str(v) for v in values})
@@ -97,14 +110,14 @@ def _check_text(text, where: str) -> str:
 
 
 def _rows_csv(path: Path, text_col: str, label_col: str) -> tuple[list[str], list]:
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         missing = [c for c in (text_col, label_col) if c not in columns]
         if missing:
             raise DistillError(f"'{path}' has no column {missing[0]!r}; its columns: {', '.join(columns) or 'none'}. "
                                "Set data.text_column and data.label_column.")
-        rows = [(r[text_col], r[label_col]) for r in reader]
+        rows = [(r[text_col], r[label_col]) for r in reader]  # a short row gives None: refused as a label
     return [_check_text(t, f"row {i + 2} of '{path}'") for i, (t, _) in enumerate(rows)], [y for _, y in rows]
 
 

@@ -50,18 +50,41 @@ def text_record(cfg, data) -> tuple[dict, dict[str, str]]:
             raise DistillError(f"The tokenizer in '{cfg.data.tokenizer}' is a slow (Python) tokenizer, which an "
                                "export cannot carry; save a fast tokenizer (tokenizer.json) and train with it.")
         files[TOKENIZER_FILE] = tok.backend_tokenizer.to_str()
-        tokenizer = {"kind": "hf", "file": TOKENIZER_FILE}
+        # tokenizer.json does not carry these (they live in tokenizer_config.json)
+        tokenizer = {"kind": "hf", "file": TOKENIZER_FILE, "padding_side": tok.padding_side,
+                     "truncation_side": tok.truncation_side}
     record = {"kind": "text", "num_classes": data.num_classes, "max_length": s["max_length"],
               "pad_id": s["pad_id"], "vocab_size": s["vocab_size"], "tokenizer": tokenizer,
               "text": {"truncation": "to max_length, [CLS]/[SEP] (or the tokenizer's own specials) kept",
-                       "padding": "right, with pad_id, to max_length",
+                       "padding": f"{tokenizer.get('padding_side', 'right')}, with pad_id, to max_length",
                        "attention_mask": "1 for real tokens, 0 for padding"}}
     return record, files
 
 
+def _int(record: dict, key: str, low: int) -> int:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DistillError(f"preprocess.json's {key} is {value!r}, not a whole number >= {low}; export the run again.")
+    return value
+
+
+def check_record(record: dict) -> dict:
+    """The tokenizer part of a text export's preprocess.json, checked (it is read from disk)."""
+    _int(record, "max_length", 2), _int(record, "pad_id", 0), _int(record, "vocab_size", 5)
+    tok = record.get("tokenizer")
+    sides = ("left", "right")
+    good = isinstance(tok, dict) and (tok.get("kind") == "words" or (
+        tok.get("kind") == "hf" and tok.get("file") == TOKENIZER_FILE
+        and tok.get("padding_side") in sides and tok.get("truncation_side") in sides))
+    if not good:
+        raise DistillError(f"preprocess.json's tokenizer is {tok!r}: it should be {{kind: words}} or {{kind: hf, "
+                           f"file: {TOKENIZER_FILE}, padding_side, truncation_side}}; export the run again.")
+    return tok
+
+
 def tokenize(texts: list[str], record: dict, folder: Path | None = None) -> dict[str, np.ndarray]:
     """The graph's two inputs for `texts`, as the run's data were tokenized."""
-    tok, length = record["tokenizer"], record["max_length"]
+    tok, length = check_record(record), record["max_length"]
     if tok["kind"] == "words":
         ids = WordTokenizer(record["vocab_size"]).encode(texts, length)
     else:
@@ -72,8 +95,8 @@ def tokenize(texts: list[str], record: dict, folder: Path | None = None) -> dict
             backend = Tokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library's own errors for a damaged file
             raise DistillError(f"Could not read the tokenizer '{path}' ({e}); export the run again.") from None
-        backend.enable_truncation(length)
-        backend.enable_padding(length=length, pad_id=record["pad_id"])
+        backend.enable_truncation(length, direction=tok["truncation_side"])
+        backend.enable_padding(length=length, pad_id=record["pad_id"], direction=tok["padding_side"])
         ids = np.array([e.ids for e in backend.encode_batch(texts)], dtype=np.int64)
     return {"input_ids": ids, "attention_mask": (ids != record["pad_id"]).astype(np.int64)}
 

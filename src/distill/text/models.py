@@ -104,6 +104,9 @@ def create_text_model(spec, num_classes: int, vocab_size: int, pad_id: int, max_
                       role: str, trust_checkpoint: bool = False) -> TextClassifier:
     """The TextClassifier of a ModelConfig `spec` (the module docstring)."""
     name, kwargs = spec.model, dict(spec.kwargs)
+    if is_hf_folder(name) and kwargs:
+        raise DistillError(f"{role}.model is the folder '{name}', whose config.json fixes the architecture; "
+                           f"{role}.kwargs ({', '.join(sorted(kwargs))}) would be ignored. Remove them.")
     if is_hf_folder(name):
         model = load_pretrained(name, AUTO, num_classes, role, trust_checkpoint)
         vocab = model.get_input_embeddings().weight.shape[0]
@@ -127,6 +130,9 @@ def create_text_model(spec, num_classes: int, vocab_size: int, pad_id: int, max_
     else:
         raise DistillError(f"{role}.model for a text_classification run is bert, hf (with kwargs.model_type) "
                            f"or a local folder saved with save_pretrained; got '{name}'.")
+    if model.config.num_hidden_layers < 1:
+        raise DistillError(f"The {role} has {model.config.num_hidden_layers} transformer layers; give it at least 1 "
+                           f"({role}.kwargs.num_hidden_layers).")
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and positions < max_length:
         raise DistillError(f"data.max_length={max_length} exceeds the {role}'s {positions} positions; "

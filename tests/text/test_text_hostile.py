@@ -1,0 +1,134 @@
+"""Hostile inputs to the text task, its export and predict: each a clear error, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from test_text_runs import RUN, _hf_tokenizer  # the same tiny BERT run and HF tokenizer
+
+from distill.cli import main
+from distill.config import load_config
+from distill.errors import DistillError
+from distill.text.corpus import read_corpus
+from distill.text.export import tokenize
+from distill.text.tokenizer import HFTextTokenizer
+
+pytest.importorskip("transformers")
+
+
+def _read(tmp_path, name, content, **keys):
+    path = tmp_path / f"d.{name}"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    over = [f"data.{k}={v}" for k, v in keys.items()]
+    return read_corpus(load_config(None, ["task=text_classification", f"data.name={name}", f"data.path={path}", *over]).data)
+
+
+def test_huge_integer_labels_are_refused_at_once(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(DistillError, match="never occur"):
+        _read(tmp_path, "csv", "text,label\na,0\nb,1000000000\nc,2000000000\n")
+    assert time.perf_counter() - start < 5  # not 0..2e9 spelled out (that took 23 GB)
+
+
+@pytest.mark.parametrize("name, content, where", [
+    ("csv", "text,label\na,0\nb,\nc,1\n", "Row 2"),
+    ("csv", "text,label\na,0\nb\nc,1\n", "Row 2"),
+    ("jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": [1]}\n', "Row 2"),
+    ("jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": null}\n', "Row 2"),
+])
+def test_a_missing_or_non_scalar_label_names_its_row(tmp_path, name, content, where):
+    with pytest.raises(DistillError, match=where):
+        _read(tmp_path, name, content)
+
+
+def test_a_csv_with_a_byte_order_mark_reads(tmp_path):
+    parts, names = _read(tmp_path, "csv", "\ufefftext,label\nx,a\ny,b\n")
+    assert parts["train"][0] == ["x", "y"] and names == ["a", "b"]
+
+
+@pytest.mark.parametrize("side", ["padding_side", "truncation_side"])
+def test_the_export_tokenizes_as_training_did_whatever_the_tokenizer_sides(tmp_path, side):
+    _hf_tokenizer(tmp_path / "tok")
+    config = tmp_path / "tok" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), side: "left"}))
+    tok = HFTextTokenizer(str(tmp_path / "tok"))
+    texts = ["the film was good", "the film was really quite bad and then it ended"]
+    record = {"max_length": 6, "pad_id": tok.pad_id, "vocab_size": tok.vocab_size,
+              "tokenizer": {"kind": "hf", "file": "tokenizer.json", "padding_side": tok.tok.padding_side,
+                            "truncation_side": tok.tok.truncation_side}}
+    (tmp_path / "tokenizer.json").write_text(tok.tok.backend_tokenizer.to_str())
+    assert tokenize(texts, record, tmp_path)["input_ids"].tolist() == tok.encode(texts, 6).tolist()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    data = root / "d.csv"
+    data.write_text("text,label\n" + "".join(f"word{i % 3} filler text {i},c{i % 3}\n" for i in range(60)))
+    run = root / "run"
+    assert main(["run", "--out", str(run), f"data.path={data}", *RUN, "train.epochs=1", "teacher.train.epochs=1",
+                 "stages=[teacher,distill]"]) == 0
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    return run, run / "export"
+
+
+def test_safetensors_out_never_overwrites_a_file(exported, tmp_path, capsys):
+    run, _ = exported
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(mine)]) == 2
+    assert mine.read_text() == "mine" and "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"max_length": "x"}, "max_length"),
+    ({"tokenizer": None}, "tokenizer"),
+    ({"pad_id": None}, "pad_id"),
+    ({"max_length": 100000}, "input length"),
+    ({"model": "../../model.torchscript.pt"}, "names the model"),
+])
+def test_a_tampered_text_record_is_a_clear_error(exported, tmp_path, capsys, change, message):
+    _, folder = exported
+    copy = tmp_path / "export"
+    shutil.copytree(folder, copy)
+    record = json.loads((copy / "preprocess.json").read_text())
+    (copy / "preprocess.json").write_text(json.dumps({**record, **change}))
+    assert main(["predict", str(copy), "--text", "word1 filler"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_labels_that_are_not_names_are_refused(exported, tmp_path, capsys):
+    _, folder = exported
+    copy = tmp_path / "export"
+    shutil.copytree(folder, copy)
+    (copy / "labels.json").write_text(json.dumps([None, 5, {"x": 1}]))
+    assert main(["predict", str(copy), "--text", "word1"]) == 2
+    assert "class names" in capsys.readouterr().err
+
+
+def test_an_export_in_progress_holds_the_folder(exported, capsys):
+    from distill.export import hold
+
+    run, folder = exported
+    fd = hold(folder)  # as a second `distill export` running into the same folder
+    try:
+        assert main(["export", str(run), "--format", "torchscript"]) == 2
+        assert "in use by another distill process" in capsys.readouterr().err
+    finally:
+        import os
+
+        os.close(fd)
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+
+
+def test_model_mistakes_are_config_errors(tmp_path, capsys):
+    base = ["run", "--out", str(tmp_path / "r"), "--quiet", "task=text_classification", "data.max_length=16"]
+    for override, message in (("student.kwargs.num_hidden_layers=0", "at least 1"),
+                              ("student.kwargs.num_attention_heads=0", "modulo by zero")):
+        assert main([*base, override]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
