@@ -21,6 +21,7 @@ WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor
 FILLER = ["the", "film", "was", "really", "quite", "and", "then", "it", "ended"]
 TINY = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
 RUN = ["--quiet", "--no-report", "task=text_classification", "data.name=csv", "data.max_length=16",
+       "loss.hid=null", "loss.att=null",  # CE + KD; the transformer terms are tested one by one
        "data.label_fraction=1.0", "data.batch_size=16", "train.epochs=6", "train.lr=0.005", "train.warmup_epochs=0",
        *[f"{role}.kwargs.{k}={v}" for role in ("teacher", "student") for k, v in TINY.items()],
        "teacher.kwargs.num_hidden_layers=4", "teacher.train.epochs=6"]
