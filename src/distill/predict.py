@@ -308,7 +308,12 @@ def predict(target: str | Path, files, top_k: int = 5, stage: str = "distill", o
     """`distill predict`: TARGET an export folder or a run folder (module docstring)."""
     target = Path(target)
     if (target / PREPROCESS).is_file():
-        return predict_with(open_export(target, int8), files, top_k, opts)
+        exported = open_export(target, int8)
+        if stage != "distill" and stage != exported.preprocess.get("stage"):
+            raise DistillError(f"--stage {stage} picks a stage of a run folder; the export folder '{target}' holds "
+                               f"one model, of the {exported.preprocess.get('stage')!r} stage. Give the run folder, "
+                               "or an export of that stage.")
+        return predict_with(exported, files, top_k, opts)
     if not (target / "config.yaml").is_file():
         what = "does not exist" if not target.exists() else "is neither a run folder (no config.yaml) nor an export folder (no preprocess.json)"
         raise DistillError(f"'{target}' {what}. Give a run folder written by `distill run`, or an export "

@@ -132,3 +132,9 @@ def test_model_mistakes_are_config_errors(tmp_path, capsys):
         assert main([*base, override]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_stage_on_an_export_folder_is_not_ignored(exported, capsys):
+    _, folder = exported
+    assert main(["predict", str(folder), "--text", "word1", "--stage", "teacher"]) == 2
+    assert "holds one model" in capsys.readouterr().err
