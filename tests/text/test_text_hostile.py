@@ -138,3 +138,12 @@ def test_stage_on_an_export_folder_is_not_ignored(exported, capsys):
     _, folder = exported
     assert main(["predict", str(folder), "--text", "word1", "--stage", "teacher"]) == 2
     assert "holds one model" in capsys.readouterr().err
+
+
+def test_a_label_column_of_unique_values_says_so_briefly(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(300)))
+    rc = main(["run", "--out", str(tmp_path / "r"), "--quiet", "task=text_classification", "data.name=csv",
+               f"data.path={data}", "data.label_column=text", "data.text_column=label"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "300 class(es) have a single sample" in err and len(err) < 400

@@ -55,6 +55,14 @@ def stratified(idx: np.ndarray, y: np.ndarray, fraction: float | int, seed: int)
     try:
         return train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
     except ValueError as e:
+        counts = np.bincount(y[idx][y[idx] >= 0]) if len(idx) else np.zeros(0, int)
+        rare = np.flatnonzero((counts > 0) & (counts < 2))
+        if len(rare):  # sklearn would list every such class (thousands when each text is its own label)
+            raise DistillError(
+                f"Cannot make a stratified split of {len(idx)} samples into {len(np.flatnonzero(counts))} "
+                f"classes: {len(rare)} class(es) have a single sample (e.g. {', '.join(map(str, rare[:5]))}), and "
+                "each needs at least 2. Check the label column (is it the labels?), or add samples."
+            ) from None
         raise DistillError(
             f"Cannot make a stratified split of {len(idx)} samples with fraction {fraction}: {e}. "
             "Use more data or a larger fraction."
