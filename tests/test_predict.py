@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from distill.cli import main
+from distill.errors import DistillError
 from distill.predict import Options, open_export, predict, predict_with
 from test_export_raw import CLASSES, FOLDER_RUN, _csv, png_folder  # the same PNG folder and run
 
@@ -163,3 +164,29 @@ def test_csv_and_npz_features(tmp_path, capsys):
     error(["predict", str(out), str(tmp_path / "bad.csv")], capsys, "'x' is not a number")
     np.savez(tmp_path / "wrong.npz", x=np.zeros((2, 5)))
     error(["predict", str(out), str(tmp_path / "wrong.npz")], capsys, "shape (2, 5)", "(N, 3)")
+
+
+def test_no_samples_and_wrong_argument_types_are_clear_errors(exported, tmp_path):
+    from distill.predict import Options, predict
+
+    run, folder, images = exported
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x=np.zeros((0, 3, 8, 8), np.uint8))
+    with pytest.raises(DistillError, match="no samples"):
+        predict(folder, [empty])
+    png = images / CLASSES[0] / "00.png"
+    for kwargs, message in (({"top_k": "3"}, "top_k"), ({"top_k": 0}, "top_k"),
+                            ({"opts": Options(texts="one text")}, "list of strings")):
+        with pytest.raises(DistillError, match=message):
+            predict(folder, [png], **kwargs)
+    with pytest.raises(DistillError, match="list of paths"):
+        predict(folder, str(png))
+
+
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from distill.data.image_folder import decode_image
+
+    a = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "i16.png")
+    x = decode_image(tmp_path / "i16.png")
+    assert x.shape == (3, 8, 8) and x[0, 0, 0] == 0 and x[0, 7, 7] == round(63000 * 255 / 65535)

@@ -27,12 +27,13 @@ TASK = "classification"
 CLASSIFIER_TASKS = ("classification", "text_classification")  # what these functions rebuild
 
 
-def build_classifier_data(cfg: RunConfig, seed: int) -> Data:
-    """The Data of a classifier run's config: images or features, or token ids for text."""
+def build_classifier_data(cfg: RunConfig, seed: int, classes: list[str] | None = None) -> Data:
+    """The Data of a classifier run's config: images or features, or token ids for text, whose
+    labels are looked up in `classes` when given (a run's own, for other data of its classes)."""
     if cfg.task == "text_classification":
         from .text.data import build_text_data  # only text runs need the tokenizers
 
-        return build_text_data(cfg.data, seed)
+        return build_text_data(cfg.data, seed, classes)
     return build_data(cfg.data, seed=seed)
 
 
@@ -45,7 +46,7 @@ def create_classifier(cfg: RunConfig, role: str, data: Data, trust_checkpoint: b
 
         s = data.stats
         return create_text_model(spec, data.num_classes, s["vocab_size"], s["pad_id"], s["max_length"], role,
-                                 trust_checkpoint)
+                                 trust_checkpoint, s.get("tokenizer_source"))
     return create_model(spec.model, data.num_classes, data.in_shape, trust_checkpoint=trust_checkpoint, **spec.kwargs)
 
 
@@ -60,9 +61,16 @@ def rebuild(run_dir: str | Path, overrides: Sequence[str] = (), trust: Trust = N
             "write_report), or `distill eval RUN`, `distill export RUN` and `distill report RUN`, "
             "which pick the run's task themselves."
         )
-    data = build_classifier_data(cfg, cfg.seed)
+    data = build_classifier_data(cfg, cfg.seed, _run_classes(Path(run_dir)) if overrides else None)
     _check_same_data(Path(run_dir), cfg, data, overrides)
     return cfg, data
+
+
+def _run_classes(run_dir: Path) -> list[str] | None:
+    """The class names a run recorded (summary.json), or None for runs that record none."""
+    summary = run_dir / "summary.json"
+    names = json.loads(summary.read_text()).get("data", {}).get("class_names") if summary.is_file() else None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
 def _check_same_data(run_dir: Path, cfg: RunConfig, data: Data, overrides: Sequence[str]) -> None:

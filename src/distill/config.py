@@ -128,6 +128,8 @@ def _read_file(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Load a YAML config (or the built-in default), apply overrides, validate."""
+    if isinstance(overrides, str):  # a string would be read character by character
+        raise ConfigError(f"overrides must be a list of key=value strings, e.g. [{overrides!r}]; got one string.")
     raw: dict = {} if path is None else _read_file(path)
     if path is not None and saved_by_distill(path):
         raw = migrate(raw)  # a run folder's config.yaml, maybe in an older schema (saved_config)

@@ -282,9 +282,21 @@ def _ranked(logits: np.ndarray, labels: list[str], top_k: int) -> list[list[dict
     return [[{"label": labels[j], "index": int(j), "prob": float(p[i, j])} for j in row] for i, row in enumerate(order)]
 
 
+def _check_call(files, top_k, opts: Options) -> None:
+    """The Python API's arguments (the CLI's are typed by argparse)."""
+    if isinstance(files, str | Path) or not isinstance(files, list | tuple):
+        raise DistillError(f"files must be a list of paths (e.g. [\"a.png\"]); got {type(files).__name__}.")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise DistillError(f"top_k must be a whole number >= 1; got {top_k!r}.")
+    texts = opts.texts
+    if not isinstance(texts, list | tuple) or not all(isinstance(t, str) for t in texts):
+        raise DistillError("Options(texts=...) must be a list of strings, e.g. Options(texts=[\"some text\"]).")
+
+
 def predict_with(exported: Exported, files, top_k: int = 5, opts: Options | None = None) -> list[dict]:
     """[{"input": name, "top": [{"label", "index", "prob"}, ...]}] for every input in `files`."""
     opts = opts or Options()
+    _check_call(files, top_k, opts)
     files = [Path(f) for f in files]
     for f in files:
         _exists(f)
@@ -298,6 +310,8 @@ def predict_with(exported: Exported, files, top_k: int = 5, opts: Options | None
     opts = replace(opts, folder=exported.folder)
     names, feed = INPUT_READERS[pre["kind"]](files, pre, opts)
     n = len(names)
+    if n == 0 or min(len(v) for v in feed.values()) == 0:
+        raise DistillError(f"{', '.join(map(str, files)) or 'The inputs'} hold no samples to predict.")
     logits = np.concatenate([exported.run({k: v[i:i + BATCH] for k, v in feed.items()}) for i in range(0, n, BATCH)])
     top = _ranked(logits, exported.labels, max(1, min(top_k, len(exported.labels))))
     return [{"input": name, "top": t} for name, t in zip(names, top, strict=True)]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RunConfig, absolute_paths, stage_train
+from .config import RunBase, RunConfig, absolute_paths, stage_train
 from .engine import fit
 from .errors import DistillError
 from .io import load_weights
@@ -309,6 +309,9 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False,
         resume: bool = False, trust_checkpoint: bool = False) -> dict:
     """Run every configured stage into `out_dir` (default runs/<name>-<timestamp>/); return the
     summary. `resume=True` continues the unfinished run in `out_dir` exactly where it stopped."""
+    if not isinstance(cfg, RunBase):
+        raise DistillError(f"distill.run takes a validated config, not a {type(cfg).__name__}: build it with "
+                           "distill.load_config(path_or_None, [\"key=value\", ...]).")
     start = time.perf_counter()
     out = Path(out_dir) if out_dir else default_run_dir(cfg)
     runner = Run(cfg, out, quiet, resume, trust_checkpoint)

@@ -147,3 +147,41 @@ def test_a_label_column_of_unique_values_says_so_briefly(tmp_path, capsys):
                f"data.path={data}", "data.label_column=text", "data.text_column=label"])
     err = capsys.readouterr().err
     assert rc == 2 and "300 class(es) have a single sample" in err and len(err) < 400
+
+
+def test_eval_on_other_data_uses_the_runs_classes(exported, tmp_path, capsys):
+    run, _ = exported
+    other = tmp_path / "other.csv"  # two of the run's three classes, in another order
+    other.write_text("text,label\n" + "".join(f"word{i % 3} filler text {i},c{i % 3}\n" for i in range(60) if i % 3))
+    assert main(["eval", str(run), "--data", str(other)]) == 0
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(other.read_text().replace(",c2", ",C2"))
+    assert main(["eval", str(run), "--data", str(renamed)]) == 2
+    err = capsys.readouterr().err
+    assert "no class for: C2" in err and "c0, c1, c2" in err
+
+
+def test_api_mistakes_are_clear_errors(tmp_path):
+    import distill
+
+    with pytest.raises(DistillError, match="list of key=value"):
+        load_config(overrides="task=text_classification")
+    with pytest.raises(DistillError, match="validated config"):
+        distill.run({"task": "text_classification"}, tmp_path / "r")
+
+
+def test_a_model_folder_with_its_own_tokenizer_needs_it(tmp_path, capsys):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    vocab = _hf_tokenizer(tmp_path / "bert")
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"the film was good {i},c{i % 3}\n" for i in range(60)))
+    base = ["run", "--out", str(tmp_path / "r"), "--quiet", "task=text_classification", "data.name=csv",
+            f"data.path={data}", "data.max_length=16", f"teacher.model={tmp_path / 'bert'}", "teacher.kwargs={}",
+            "teacher.train={}", "stages=[teacher]", "train.epochs=1", "loss.hid=null", "loss.att=null"]
+    assert main(base) == 2
+    assert "comes with its own tokenizer" in capsys.readouterr().err
+    assert main([*base, f"data.tokenizer={tmp_path / 'bert'}"]) == 0

@@ -229,10 +229,20 @@ def _decode(f: Path, geometry, Image, mode: str = "RGB") -> np.ndarray:
     """Image `f` decoded to `mode` (RGB), resized and centre-cropped: uint8 (H, W, 3)."""
     try:
         with Image.open(f) as im:
-            im = im.convert(mode)
+            im = _eight_bit(im, Image).convert(mode)
     except (*_READ_ERRORS, Image.DecompressionBombError) as e:
         raise DistillError(f"Could not read image '{f}': {e}. Fix or remove the file.") from e
     return fit_image(im, geometry, f)
+
+
+def _eight_bit(im, Image):
+    """A 16- or 32-bit integer image (Pillow modes I;16*, I) as 8-bit L, keeping the high byte:
+    Pillow's own convert clips every value above 255, so a 16-bit PNG would turn white."""
+    if not im.mode.startswith("I"):
+        return im
+    a = np.asarray(im)
+    top = 65535 if im.mode.startswith("I;16") or a.max(initial=0) <= 65535 else int(a.max())
+    return Image.fromarray((a.astype(np.float64) * (255 / top)).round().astype(np.uint8), "L")
 
 
 def fit_image(im, geometry, where) -> np.ndarray:

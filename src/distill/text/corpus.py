@@ -155,8 +155,24 @@ def _read_hf(path: Path, text_col: str, label_col: str) -> tuple[dict[str, tuple
     return out, names
 
 
-def read_corpus(cfg) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]]:
-    """The labelled texts of data.name (the module docstring) and the class names."""
+def _known_labels(parts: dict[str, list], classes: list[str], where: str) -> dict[str, np.ndarray]:
+    """Labels looked up in a run's class names (a label may also be a class index)."""
+    _check_label_values(parts, where)
+    index = {name: i for i, name in enumerate(classes)}
+    out = {}
+    for split, labels in parts.items():
+        ids = [index.get(v if isinstance(v, str) else str(int(v))) for v in labels]
+        unknown = sorted({str(v) for v, i in zip(labels, ids, strict=True) if i is None})
+        if unknown:
+            raise DistillError(f"{where} has labels the run has no class for: {', '.join(unknown[:5])}. The run's "
+                               f"classes: {', '.join(classes[:20])}.")
+        out[split] = np.array(ids, dtype=np.int64)
+    return out
+
+
+def read_corpus(cfg, classes: list[str] | None = None) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]]:
+    """The labelled texts of data.name (the module docstring) and the class names; with
+    `classes` (a run's), the labels are those classes' indices."""
     if cfg.name == "pydoc":
         texts, labels, names = pydoc_corpus()
         return {"train": (texts, labels)}, names
@@ -179,7 +195,13 @@ def read_corpus(cfg) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]
             raise DistillError(f"'{path}' is not UTF-8 text ({e.reason} at byte {e.start}).") from None
     if not raw["train"][0]:
         raise DistillError(f"'{path}' holds no rows.")
-    labels, found = _encode_labels({s: y for s, (_, y) in raw.items()}, f"'{path}' (data.label_column={cfg.label_column})")
+    where = f"'{path}' (data.label_column={cfg.label_column})"
+    if classes is not None:
+        if names is not None:  # a ClassLabel column: its names, then the run's indices of them
+            raw = {s: (texts, [names[i] if 0 <= i < len(names) else i for i in y]) for s, (texts, y) in raw.items()}
+        labels = _known_labels({s: y for s, (_, y) in raw.items()}, classes, where)
+        return {s: (texts, labels[s]) for s, (texts, _) in raw.items()}, list(classes)
+    labels, found = _encode_labels({s: y for s, (_, y) in raw.items()}, where)
     if names is not None and len(names) < len(found):
         names = None  # not distill's to guess
     return {s: (texts, labels[s]) for s, (texts, _) in raw.items()}, names or found

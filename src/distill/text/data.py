@@ -35,10 +35,11 @@ class TextLoader(TensorLoader):
         return batch
 
 
-def build_text_data(cfg, seed: int = 0) -> Data:
+def build_text_data(cfg, seed: int = 0, classes: list[str] | None = None) -> Data:
     """Data over token ids. Data.stats holds what raw text needs to become the model's inputs
-    (the tokenizer's settings, its vocabulary size and pad id, max_length)."""
-    parts, names = read_corpus(cfg)
+    (the tokenizer's settings, its vocabulary size and pad id, max_length). With `classes`
+    (a run's), labels are looked up in them: other data of the run's classes, or some of them."""
+    parts, names = read_corpus(cfg, classes)
     tokenizer = load_text_tokenizer(cfg.tokenizer, cfg.vocab_size)
     samples = {s: ArraySamples(tokenizer.encode(texts, cfg.max_length), check_labels(y, len(names)))
                for s, (texts, y) in parts.items()}
@@ -52,7 +53,7 @@ def build_text_data(cfg, seed: int = 0) -> Data:
         return TextLoader(x, y, cfg.batch_size if train else cfg.eval_batch_size, train, seed, pad)
 
     stats = {"kind": "text", "max_length": cfg.max_length, "pad_id": pad, "vocab_size": tokenizer.vocab_size,
-             "tokenizer": tokenizer.settings()}
+             "tokenizer": tokenizer.settings(), "tokenizer_source": cfg.tokenizer}
     return Data(loader(splits.teacher_train, None, True), loader(splits.train, splits.student_labels, True),
                 loader(splits.val, None, False), loader(splits.test, None, False), len(names),
                 (cfg.max_length,), splits.counts(), stats=stats, class_names=names)

@@ -100,14 +100,35 @@ class TextClassifier(nn.Module):
         return out.logits
 
 
+def _check_own_tokenizer(folder: str, tokenizer: str | None, role: str) -> None:
+    """A model folder saved with its tokenizer was trained on that tokenizer's ids: the data
+    must be tokenized by it (data.tokenizer naming that folder, or one with the same vocabulary)."""
+    from pathlib import Path
+
+    own = Path(folder)
+    if tokenizer is None or not any((own / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    from ..lm.tokenizer import vocab_digest
+    from .tokenizer import load_text_tokenizer
+
+    same = tokenizer != "words" and (Path(tokenizer).resolve() == own.resolve() or vocab_digest(
+        load_text_tokenizer(tokenizer, 0).tok) == vocab_digest(load_text_tokenizer(folder, 0).tok))
+    if not same:
+        raise DistillError(f"The {role} in '{folder}' comes with its own tokenizer, and data.tokenizer={tokenizer} "
+                           f"tokenizes differently: its token ids would mean other text to the model. Set "
+                           f"data.tokenizer={folder}.")
+
+
 def create_text_model(spec, num_classes: int, vocab_size: int, pad_id: int, max_length: int,
-                      role: str, trust_checkpoint: bool = False) -> TextClassifier:
-    """The TextClassifier of a ModelConfig `spec` (the module docstring)."""
+                      role: str, trust_checkpoint: bool = False, tokenizer: str | None = None) -> TextClassifier:
+    """The TextClassifier of a ModelConfig `spec` (the module docstring); `tokenizer` is
+    data.tokenizer (a model folder's own tokenizer must be it)."""
     name, kwargs = spec.model, dict(spec.kwargs)
     if is_hf_folder(name) and kwargs:
         raise DistillError(f"{role}.model is the folder '{name}', whose config.json fixes the architecture; "
                            f"{role}.kwargs ({', '.join(sorted(kwargs))}) would be ignored. Remove them.")
     if is_hf_folder(name):
+        _check_own_tokenizer(name, tokenizer, role)
         model = load_pretrained(name, AUTO, num_classes, role, trust_checkpoint)
         vocab = model.get_input_embeddings().weight.shape[0]
         if vocab < vocab_size:
