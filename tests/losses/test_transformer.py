@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from test_registry import _cast  # the same dtype cast of a pair of Outputs
 
 from distill import LOSSES, Distiller
 from distill.contracts import Batch, Outputs
@@ -206,10 +207,6 @@ def fp32_case(name: str):
     with torch.no_grad():
         s, t = distiller.part.student_outputs(distiller.student, batch.inputs), distiller.live.outputs(batch.inputs)
     return term, s, t, batch, term(s, t, batch)
-
-
-def _cast(out: Outputs, dtype) -> Outputs:
-    return Outputs(out.logits.to(dtype), {k: v.to(dtype) for k, v in out.features.items()})
 
 
 @pytest.mark.parametrize("name", TRANSFORMER)
