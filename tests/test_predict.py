@@ -190,3 +190,19 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
     Image.fromarray(a).save(tmp_path / "i16.png")
     x = decode_image(tmp_path / "i16.png")
     assert x.shape == (3, 8, 8) and x[0, 0, 0] == 0 and x[0, 7, 7] == round(63000 * 255 / 65535)
+
+
+def test_eval_on_a_folder_of_some_classes_keeps_the_runs_class_indices(exported, tmp_path, capsys):
+    from distill.classifier_run import rebuild
+    from distill.cli import main as cli
+
+    run, _, images = exported
+    some = tmp_path / "some"
+    for c in CLASSES[1:]:  # dog and frog only: alone they would be classes 0 and 1
+        shutil.copytree(images / c, some / c)
+    _, data = rebuild(run, [f"data.path={some}"])
+    assert data.num_classes == 3 and set(data.test.y.tolist()) == {1, 2}
+    assert cli(["eval", str(run), "--data", str(some)]) == 0
+    (some / "frog").rename(some / "toad")
+    assert cli(["eval", str(run), "--data", str(some)]) == 2
+    assert "no output for: toad" in capsys.readouterr().err

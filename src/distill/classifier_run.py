@@ -34,7 +34,7 @@ def build_classifier_data(cfg: RunConfig, seed: int, classes: list[str] | None =
         from .text.data import build_text_data  # only text runs need the tokenizers
 
         return build_text_data(cfg.data, seed, classes)
-    return build_data(cfg.data, seed=seed)
+    return build_data(cfg.data, seed=seed, classes=classes)
 
 
 def create_classifier(cfg: RunConfig, role: str, data: Data, trust_checkpoint: bool = False) -> nn.Module:

@@ -30,7 +30,7 @@ from .loader import BatchLoader, TensorLoader
 from .memory import data_memory_budget
 from .readers import check_inputs
 from .samples import ArraySamples, Mapped, Samples
-from .source import SOURCES, Source, class_count, open_source
+from .source import SOURCES, Source, class_count, open_source, with_classes
 from .splits import Splits, make_splits
 from .stream import StreamLoader
 from .tables import load_npz
@@ -195,10 +195,11 @@ def _loaders(cfg, kind: str, splits: Splits, seed: int, row_map, train_tf, eval_
             make(splits.val, None, False), make(splits.test, None, False))
 
 
-def build_data(cfg, seed: int = 0) -> Data:
-    """Build loaders from a DataConfig. `seed` drives the shuffle order and augmentation draws."""
+def build_data(cfg, seed: int = 0, classes: list[str] | None = None) -> Data:
+    """Build loaders from a DataConfig. `seed` drives the shuffle order and augmentation draws;
+    with `classes` (a run's class names) the labels are those classes' (source.with_classes)."""
     source = open_source(cfg)
-    num_classes = class_count(source)
+    source, num_classes = with_classes(source, classes) if classes is not None else (source, class_count(source))
     extra = _load_unlabelled(cfg.unlabelled_path, source.train) if cfg.unlabelled_path else None
     kind, note = choose_loader(cfg, source, extra)
     splits = make_splits(source, cfg, num_classes, extra)

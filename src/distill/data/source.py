@@ -85,3 +85,27 @@ def class_count(source: Source) -> int:
     """K: one more than the largest label in any split."""
     parts = [s for s in (source.train, source.val, source.test) if s is not None]
     return int(max(int(np.max(p.labels, initial=-1)) for p in parts)) + 1
+
+
+def with_classes(source: Source, classes: list[str]) -> tuple[Source, int]:
+    """(`source` labelled by a run's `classes`, K = len(classes)): other data of the run's
+    classes, or of some of them (`distill eval RUN --data ...`). A source that names its classes
+    (folders, string labels) is looked up by name, so a missing or reordered class cannot shift
+    the others; one that does not (integer labels) must stay within the run's K."""
+    parts = [s for s in (source.train, source.val, source.test) if s is not None]
+    if source.class_names is None:
+        found = class_count(source)
+        if found > len(classes):
+            raise DistillError(f"These data have labels up to {found - 1}, but the run has {len(classes)} classes "
+                               f"(0..{len(classes) - 1}). Give data of the run's classes.")
+        return source, len(classes)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [n for n in source.class_names if n not in index]
+    if unknown:
+        raise DistillError(f"These data have classes the run has no output for: {', '.join(unknown[:5])}. The run's "
+                           f"classes: {', '.join(classes[:20])}.")
+    lut = np.array([index[n] for n in source.class_names], dtype=np.int64)
+    for part in parts:  # freshly opened: relabelled in place (-1, unlabelled, stays)
+        part.labels = np.where(part.labels >= 0, lut[np.maximum(part.labels, 0)], part.labels)
+    source.class_names = list(classes)
+    return source, len(classes)
