@@ -165,7 +165,8 @@ def test_export_without_onnxruntime_says_how_to_install(tmp_path, reference_run,
 
 def test_resume_refusals(tmp_path, reference_run, capsys):
     assert main(["run", "--quiet", "--resume", str(reference_run)]) == 2
-    assert "finished run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "finished run" in err and "nothing to resume" in err and "--out, or delete" not in err
     assert main(["run", "--quiet", "--resume", str(tmp_path)]) == 2
     assert "no run to resume" in capsys.readouterr().err
     claim(tmp_path / "half", "run", "--out")  # a folder distill made (a user's is refused first)

@@ -206,3 +206,18 @@ def test_eval_on_a_folder_of_some_classes_keeps_the_runs_class_indices(exported,
     (some / "frog").rename(some / "toad")
     assert cli(["eval", str(run), "--data", str(some)]) == 2
     assert "no output for: toad" in capsys.readouterr().err
+
+
+def test_integer_arrays_in_0_255_are_images_like_in_training(exported, tmp_path):
+    from distill.predict import predict
+
+    _, folder, images = exported
+    x = np.stack([np.asarray(Image.open(images / c / "00.png").convert("RGB").resize((8, 8))).transpose(2, 0, 1)
+                  for c in CLASSES])
+    np.savez(tmp_path / "u8.npz", x=x.astype(np.uint8))
+    np.savez(tmp_path / "i64.npz", x=x.astype(np.int64))
+    np.savez(tmp_path / "big.npz", x=x.astype(np.int64) + 300)
+    assert predict(folder, [tmp_path / "i64.npz"]) == [
+        {**r, "input": r["input"].replace("u8", "i64")} for r in predict(folder, [tmp_path / "u8.npz"])]
+    with pytest.raises(DistillError, match="0..255"):
+        predict(folder, [tmp_path / "big.npz"])

@@ -96,9 +96,11 @@ def read_images(files: list[Path], pre: dict, opts: Options) -> tuple[list[str],
     for f in files:
         if f.suffix.lower() in (".npz", ".npy"):
             x = _array(f)
-            if x.dtype != np.uint8:
-                raise DistillError(f"The inputs in '{f}' are {x.dtype}; this model takes uint8 images "
-                                   f"(N, {', '.join(map(str, shape))}), as the run trained on.")
+            whole = x.dtype.kind in "iu" and x.size and x.min() >= 0 and x.max() <= 255
+            if x.dtype != np.uint8 and not whole:  # integers in 0..255 are images, as training reads them
+                raise DistillError(f"The inputs in '{f}' are {x.dtype}; this model takes 8-bit images "
+                                   f"(N, {', '.join(map(str, shape))}) of integers in 0..255, as the run trained on.")
+            x = x.astype(np.uint8)
             x = _rows(x, shape, f)
             names += [f"{f}[{i}]" for i in range(len(x))] if len(x) > 1 else [str(f)]
             rows.append(x)

@@ -71,7 +71,9 @@ class RunFolder:
               adopt=self.resume and legacy(self.dir, "run"))
         if (self.dir / "summary.json").exists():
             raise DistillError(
-                f"'{self.dir}' already holds a finished run. Choose another --out, or delete it."
+                f"'{self.dir}' already holds a finished run" + (
+                    ": there is nothing to resume. Read it with distill eval / distill report, or start "
+                    "a new run with another --out." if self.resume else ". Choose another --out, or delete it.")
             )
         if (self.dir / "config.yaml").exists() and not self.resume:
             raise DistillError(
