@@ -2,7 +2,7 @@
 
 `TextClassifier` wraps any AutoModelForSequenceClassification so that everything distill
 does to a classifier works on it unchanged: the batch's inputs are the token ids alone, and
-the attention mask is worked out from them (`ids != pad_id`, right padding). So the hooks, the
+the attention mask is worked out from them (`ids != pad_id`, whichever side the padding is on). So the hooks, the
 teacher cache, evaluation, the cost table and export see a model of one tensor.
 
 What a transformer term reads is exposed as tap modules (nn.Identity), hookable by path like
@@ -30,6 +30,9 @@ Models (`teacher.model` / `student.model`):
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -48,7 +51,7 @@ def _value_modules(model: nn.Module) -> list[nn.Module]:
 
 
 class TextClassifier(nn.Module):
-    """A sequence classifier taking right-padded token ids (the module docstring)."""
+    """A sequence classifier taking padded token ids (the module docstring)."""
 
     def __init__(self, model: nn.Module, pad_id: int):
         super().__init__()
@@ -59,6 +62,10 @@ class TextClassifier(nn.Module):
         self.hidden = nn.ModuleDict({str(i): nn.Identity() for i in range(1, depth + 1)})
         self.attention = nn.ModuleDict({str(i): nn.Identity() for i in range(1, depth + 1)})
         self.values = nn.ModuleDict({str(i): nn.Identity() for i in range(1, depth + 1)})
+        # found once, not per forward (plain lists: not submodules twice over; deepcopy maps them)
+        self._value_projections = _value_modules(model)
+        self._attention_dropouts = [m for n, m in model.named_modules()
+                                    if isinstance(m, nn.Dropout) and n.endswith(ATTENTION_DROPOUT)]
 
     @staticmethod
     def _hooked(taps: nn.ModuleDict) -> bool:
@@ -70,7 +77,7 @@ class TextClassifier(nn.Module):
         mask = (ids != self.pad_id).long() if mask is None else mask.long()
         handles = []
         if self._hooked(self.values):
-            found = _value_modules(self.model)
+            found = self._value_projections
             if len(found) != self.depth:
                 raise DistillError(f"The model has {len(found)} value projections distill can find "
                                    f"({', '.join(VALUE_SUFFIXES)}) for {self.depth} layers, so values.<i> "
@@ -78,8 +85,7 @@ class TextClassifier(nn.Module):
             handles = [m.register_forward_hook(lambda _m, _i, out, tap=self.values[str(i)]: tap(out))
                        for i, m in enumerate(found, 1)]
         attentions = self._hooked(self.attention)
-        dropouts = [m for n, m in self.model.named_modules()
-                    if attentions and isinstance(m, nn.Dropout) and n.endswith(ATTENTION_DROPOUT)]
+        dropouts = self._attention_dropouts if attentions else []
         rates = [m.p for m in dropouts]
         try:
             for m in dropouts:
@@ -103,8 +109,6 @@ class TextClassifier(nn.Module):
 def _check_own_tokenizer(folder: str, tokenizer: str | None, role: str) -> None:
     """A model folder saved with its tokenizer was trained on that tokenizer's ids: the data
     must be tokenized by it (data.tokenizer naming that folder, or one with the same vocabulary)."""
-    from pathlib import Path
-
     own = Path(folder)
     if tokenizer is None or not any((own / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return
@@ -164,9 +168,6 @@ def create_text_model(spec, num_classes: int, vocab_size: int, pad_id: int, max_
 def model_depth(spec) -> int:
     """The number of transformer layers `spec` builds, read from its config alone (a layer map
     is resolved before any model is built)."""
-    import json
-    from pathlib import Path
-
     if is_hf_folder(spec.model):
         config = json.loads((Path(spec.model) / "config.json").read_text())
     elif spec.model in BUILT_IN:
