@@ -4,7 +4,7 @@
 The export folder is distill.export's (model, labels.json, preprocess.json), plus, for a
 Hugging Face tokenizer, `tokenizer.json` (the fast tokenizer's own file). preprocess.json
 says how text becomes the two inputs: the tokenizer (built-in hashed words with its settings,
-or "hf" and that file), max_length, truncation, right padding with pad_id, and the mask
+or "hf", that file and its padding and truncation sides), max_length, padding with pad_id, and the mask
 (1 for real tokens). `tokenize(texts, record, folder)` does exactly that, for `distill predict`.
 Dynamic int8 quantizes the transformer's linear layers (a graph without convolutions).
 """
