@@ -56,7 +56,7 @@ import math
 import torch
 
 from ..errors import DistillError
-from .common import feature_shape, fp32_region
+from .common import feature_shape
 from .transformer import MappedLayers, real_tokens, row_kl, token_width
 
 TINY = torch.finfo(torch.float32).tiny  # the floor of the student's attention probabilities
@@ -164,14 +164,14 @@ class MiniLMAttention(MappedLayers):
         pairs = self.path_pairs()
         first = student.features[pairs[0][0]]  # [B, heads, L, L]
         real = real_tokens(batch.mask, first.transpose(1, 2), "attention maps")
-        with fp32_region(first):
-            total = first.new_zeros((), dtype=torch.float32)
-            for s_path, t_path in pairs:
-                a_s, a_t = student.features[s_path], teacher.features[t_path]
-                check_same_heads(a_s.shape[1], a_t.shape[1], s_path, t_path, "minilm_attention")
-                if self.training and not self.checked:
-                    check_distributions(a_s, real, s_path)
-                total = total + attention_kl(a_s, a_t, real)
+
+        def pair_kl(a_s, a_t, s_path, t_path):
+            check_same_heads(a_s.shape[1], a_t.shape[1], s_path, t_path, "minilm_attention")
+            if self.training and not self.checked:
+                check_distributions(a_s, real, s_path)
+            return attention_kl(a_s, a_t, real)
+
+        total = self.summed(student, teacher, pair_kl)
         self.checked = self.checked or self.training
         return total
 
@@ -230,13 +230,8 @@ class MiniLMValue(MappedLayers):
         pairs = self.path_pairs()
         if self.split is None:
             raise RuntimeError("MiniLMValue.setup() was not called: the head count is not fixed yet")
-        first = student.features[pairs[0][0]]
-        real = real_tokens(batch.mask, first)
-        with fp32_region(first):
-            total = first.new_zeros((), dtype=torch.float32)
-            for s_path, t_path in pairs:
-                total = total + value_relation_kl(student.features[s_path], teacher.features[t_path], self.split, real)
-        return total
+        real = real_tokens(batch.mask, student.features[pairs[0][0]])
+        return self.summed(student, teacher, lambda v_s, v_t, *_: value_relation_kl(v_s, v_t, self.split, real))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, heads={self.heads!r}"

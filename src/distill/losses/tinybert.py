@@ -88,14 +88,9 @@ class TinyBERTHidden(MappedLayers):
         pairs = self.path_pairs()
         if self.projector is None:
             raise RuntimeError("TinyBERTHidden.setup() was not called: the projection W_h does not exist yet")
-        first = student.features[pairs[0][0]]
-        real = real_tokens(batch.mask, first)
-        with fp32_region(first):
-            total = first.new_zeros((), dtype=torch.float32)
-            for s_path, t_path in pairs:
-                h_s = self.projector(zero_padding(student.features[s_path].float(), real))
-                total = total + masked_token_mse(h_s, teacher.features[t_path], real)
-        return total
+        real = real_tokens(batch.mask, student.features[pairs[0][0]])
+        return self.summed(student, teacher, lambda h_s, h_t, *_: masked_token_mse(
+            self.projector(zero_padding(h_s.float(), real)), h_t, real))
 
 
 class TinyBERTEmbedding(nn.Module):

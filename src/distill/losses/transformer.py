@@ -29,7 +29,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .common import feature_shape
+from .common import feature_shape, fp32_region
 
 MAP_MODES = ("uniform", "last")
 EXAMPLE_MAP = "[[1, 2], [2, 4]]"
@@ -124,6 +124,17 @@ class MappedLayers(nn.Module):
                 "directly, call map_layers first"
             )
         return [(f"{self.tap}.{s}", f"{self.tap}.{t}") for s, t in self.pairs]
+
+    def summed(self, student, teacher, pair_loss) -> torch.Tensor:
+        """sum over the mapped pairs of pair_loss(student feature, teacher feature, student path,
+        teacher path), in fp32 with autocast off (the terms sum layers, as TinyBERT does)."""
+        pairs = self.path_pairs()
+        first = student.features[pairs[0][0]]
+        with fp32_region(first):
+            total = first.new_zeros((), dtype=torch.float32)
+            for s_path, t_path in pairs:
+                total = total + pair_loss(student.features[s_path], teacher.features[t_path], s_path, t_path)
+        return total
 
     def extra_repr(self) -> str:
         return f"layers={self.layers!r}, pairs={list(self.pairs)!r}"
