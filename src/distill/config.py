@@ -45,6 +45,7 @@ from .config_yaml import AliasRefused, load_yaml, read_text
 from .errors import ConfigError, clip, short
 from .naming import did_you_mean, unknown_key
 from .saved_config import migrate, saved_by_distill
+from .stage_plan import check_plan, is_teacher, members, spec_of
 from .terms import check_loss
 from .unused_keys import BUILT_IN_DATA, check_unused
 
@@ -185,8 +186,10 @@ def validate(raw: dict) -> RunConfig:
     if cfg.student.train:
         raise ConfigError("student.train is not used: the students train with `train`. Move "
                           f"{sorted(cfg.student.train)} there.")
-    stage_train(cfg, "teacher")  # validates teacher.train
+    for stage in ("teacher", *members(cfg)):
+        stage_train(cfg, stage)  # validates teacher.train (and each of several teachers')
     check_length(cfg)
+    check_plan(cfg)
     return cfg
 
 
@@ -242,13 +245,16 @@ def absolute_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
 
 def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:
     """The training settings of a stage: `train`, with `teacher.train` on top for the teacher
-    (a teacher usually wants its own epochs and learning rate)."""
-    if stage != "teacher" or not cfg.teacher.train:
+    (a teacher usually wants its own epochs and learning rate; one of several teachers, its
+    entry's `train`)."""
+    own = spec_of(cfg, stage).train if is_teacher(stage) else {}
+    if not own:
         return cfg.train
     try:
-        return TrainConfig.model_validate({**cfg.train.model_dump(), **cfg.teacher.train})
+        return TrainConfig.model_validate({**cfg.train.model_dump(), **own})
     except ValidationError as e:
-        raise ConfigError(_explain(e, "teacher.train", type(cfg))) from None
+        where = "teacher.train" if stage == "teacher" else f"teachers[{stage.removeprefix('teacher-')}].train"
+        raise ConfigError(_explain(e, where, type(cfg))) from None
 
 
 def check_length(cfg: RunConfig) -> None:

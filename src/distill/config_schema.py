@@ -13,9 +13,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     PlainSerializer,
@@ -25,14 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from .method_schema import EnsembleConfig, MutualConfig, SelfDistillConfig, TeacherEntry
 from .schedule import Every, dump_every, parse_every
-
-
-class Strict(BaseModel):
-    # allow_inf_nan=False: every float setting is finite (lr=inf, weight_decay=nan pass `gt`/`ge`
-    # checks, or fail them with a misleading message, and train nothing but NaN)
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+from .schema_base import ModelConfig, Strict
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes < 2**64; --seeds N adds up to N - 1
 SPLIT_SEED_LIMIT = 2**32  # scikit-learn's random_state range
@@ -100,13 +93,6 @@ class TextDataConfig(DataBase):
     max_length: int = Field(128, gt=2, le=8192)  # tokens per row, [CLS] and [SEP] included
     label_fraction: float = Field(1.0, gt=0, le=1)  # the students' share of the training labels
     val_max: int | None = Field(None, gt=0)
-
-
-class ModelConfig(Strict):
-    model: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: str | None = None
-    train: dict[str, Any] = Field(default_factory=dict)  # teacher only: train.* keys it trains with instead
 
 
 # train.eval_every / train.checkpoint_every: an int (epochs) or "2 epochs" / "500 steps" (distill.schedule)
@@ -271,6 +257,13 @@ class ClassificationConfig(RunBase):
     loss: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4.0}}
     )
+    # More ways to distill (distill.stage_plan): several teachers, teacher assistants between
+    # the teacher and the student, born-again generations, or mutual learning without a teacher.
+    teachers: list[TeacherEntry] = Field(default_factory=list)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    assistants: list[ModelConfig] = Field(default_factory=list)
+    self_distill: SelfDistillConfig = Field(default_factory=SelfDistillConfig)
+    mutual: MutualConfig = Field(default_factory=MutualConfig)
 
 
 # task: language_model defaults: the built-in byte-level example, configs/lm/pydoc.yaml

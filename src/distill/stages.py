@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .tasks import make_task
 from .version import __version__
 
 STUDENTS = ("scratch", "distill")
+EpochHook = Callable[[str, dict], None]
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -81,7 +83,7 @@ class Run:
     `resume=True` (stages.json) and the interrupted one continues exactly (checkpoint.json)."""
 
     def __init__(self, cfg: RunConfig, out_dir: Path, quiet: bool = False, resume: bool = False,
-                 trust_checkpoint: bool = False):
+                 trust_checkpoint: bool = False, on_epoch: EpochHook | None = None):
         # config.yaml must read the same files from any directory (eval, export, report)
         cfg = absolute_paths(cfg)
         self.cfg, self.trust = cfg, trust_checkpoint
@@ -90,6 +92,7 @@ class Run:
         self.quiet = quiet or not self.folder.main  # only rank 0 prints
         self.task = make_task(cfg, trust_checkpoint)
         self.data_id: tuple[str, str] | None = None  # (fingerprint, source) checkpoints carry
+        self.on_epoch = on_epoch  # told (stage, record) after each evaluation, e.g. to prune a trial
 
     def log(self, text: str) -> None:
         if not self.quiet:
@@ -258,6 +261,8 @@ class Run:
             def on_epoch(record):
                 self.folder.log_epoch(stage, record, counts_steps(train))
                 bar.epoch_done(record)
+                if self.on_epoch is not None:
+                    self.on_epoch(stage, record)
 
             return fit(
                 distiller, loader, data.val, train, self.device, bar.step, on_epoch,
@@ -306,15 +311,17 @@ class Run:
 
 
 def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False,
-        resume: bool = False, trust_checkpoint: bool = False) -> dict:
+        resume: bool = False, trust_checkpoint: bool = False, on_epoch: EpochHook | None = None) -> dict:
     """Run every configured stage into `out_dir` (default runs/<name>-<timestamp>/); return the
-    summary. `resume=True` continues the unfinished run in `out_dir` exactly where it stopped."""
+    summary. `resume=True` continues the unfinished run in `out_dir` exactly where it stopped.
+    `on_epoch(stage, record)` is called after each validation (record: metrics.jsonl's line);
+    an exception it raises stops the run, resumable, as a kill would."""
     if not isinstance(cfg, RunBase):
         raise DistillError(f"distill.run takes a validated config, not a {type(cfg).__name__}: build it with "
                            "distill.load_config(path_or_None, [\"key=value\", ...]).")
     start = time.perf_counter()
     out = Path(out_dir) if out_dir else default_run_dir(cfg)
-    runner = Run(cfg, out, quiet, resume, trust_checkpoint)
+    runner = Run(cfg, out, quiet, resume, trust_checkpoint, on_epoch)
     try:
         with stop_handlers():
             summary = runner.run()
