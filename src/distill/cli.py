@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder written by distill run")
     p.add_argument("--format", required=True, choices=list(dict.fromkeys(f for fs in formats.values() for f in fs)),
                    help="by the run's task: " + "; ".join(f"{t}: {', '.join(fs)}" for t, fs in formats.items()))
-    p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"])
+    p.add_argument("--stage", default="distill", help="the stage to export (default distill): teacher, scratch, "
+                   "or any other stage of the run (teacher-<name>, assistant-<i>, gen-<k>, peer-<i>, ...)")
     p.add_argument("--out", help="onnx/torchscript: the export folder (default: RUN_DIR/export/, for another "
                    "stage RUN_DIR/export-<stage>/); safetensors: the file (default: RUN_DIR/<stage>-export.safetensors)")
     p.add_argument("--quantize", choices=["int8"],
@@ -311,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="an export folder (distill export) or a run folder")
     p.add_argument("files", nargs="*", help="input files: images, .npz/.npy (array x), .csv rows, .txt (texts)")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes shown per input (default 5)")
-    p.add_argument("--stage", default="distill", choices=["distill", "scratch", "teacher"],
-                   help="a run folder's stage (default distill)")
+    p.add_argument("--stage", default="distill",
+                   help="a run folder's stage (default distill; any stage of the run, e.g. teacher, scratch, peer-1)")
     p.add_argument("--json", action="store_true", help="one JSON object per input instead of a table")
     p.add_argument("--text", action="append", default=[], help="a text to classify (text runs; repeatable)")
     p.add_argument("--resize", action="store_true",

@@ -43,7 +43,7 @@ from .models.outputs import LogitsOnly
 from .quantize import measure, onnxruntime, quantize_int8, session
 from .raw_inputs import as_raw, class_names, preprocess_record, raw_input_model
 from .run_folder import check, claim, owned_files, record_files, require
-from .run_reader import weights_file
+from .run_reader import require_stage, run_stages, weights_file
 from .trust import NO_TRUST, Trust
 from .version import __version__
 
@@ -238,10 +238,17 @@ def load_student(run_dir: Path, stage: str = "distill", trust: Trust = NO_TRUST)
 
 
 def _check_stage(run_dir: Path, stage: str) -> None:
-    if not (run_dir / "config.yaml").exists() or weights_file(run_dir, stage) is None:
+    """A DistillError unless `stage` is one of the run's stages (distill.stage_plan) and saved
+    its weights; the message names the run's stages (and those that saved weights)."""
+    has_config = (run_dir / "config.yaml").exists()
+    if has_config:
+        require_stage(run_dir, stage)
+    if not has_config or weights_file(run_dir, stage) is None:
+        saved = [s for s in run_stages(run_dir) if weights_file(run_dir, s)] if has_config else []
+        which = f" Stages with weights: {', '.join(saved)}." if saved else ""
         raise DistillError(
             f"'{run_dir}' has no finished '{stage}' stage (config.yaml and {stage}.safetensors are "
-            "needed). Give a run folder written by `distill run`, or pick --stage."
+            f"needed). Give a run folder written by `distill run`, or pick --stage.{which}"
         )
 
 
@@ -290,6 +297,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, stage: 
     `bundle` builds the task's ExportBundle (a text run's: distill.text.export.text_bundle)."""
     run_dir = Path(run_dir)
     check_request(run_dir, fmt, FORMATS, task, quantize)
+    if (run_dir / "config.yaml").exists():  # before the stage's name makes any path
+        require_stage(run_dir, stage)
     if not out and (run_dir / "config.yaml").exists():  # (without it _check_stage says what is missing)
         require(run_dir, "run", "distill export")  # the default output lands in the run folder
     if fmt == "safetensors":

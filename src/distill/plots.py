@@ -6,6 +6,8 @@ the report's tables.
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -15,9 +17,39 @@ from matplotlib.patches import Patch
 from .io import atomic_write
 from .metrics import ece_from_bins
 
-STAGES = ("teacher", "scratch", "distill")
+# The stages of plain KD; a run may have others (distill.stage_plan), which label() and color() name.
 LABELS = {"teacher": "teacher", "scratch": "student (scratch)", "distill": "student (distilled)"}
 COLORS = {"teacher": "#4D4D4D", "scratch": "#E69F00", "distill": "#0072B2"}  # Okabe-Ito
+# The other stages' colours, in turn: the rest of Okabe-Ito, then Paul Tol's muted scheme
+# (colour-blind safe; no yellow, which vanishes on white; no vermillion, the reliability gap's outline).
+CYCLE = ("#009E73", "#CC79A7", "#56B4E9", "#882255", "#44AA99", "#999933", "#332288", "#AA4499")
+RELIABILITY_COLUMNS = 4
+PREFIXES = (("scratch-peer-", "peer {} (scratch)"), ("teacher-", "teacher {}"), ("assistant-", "assistant {}"),
+            ("gen-", "generation {}"), ("peer-", "peer {}"))
+
+
+def label(stage: str) -> str:
+    """How tables and plots name a stage: 'student (distilled)', 'teacher cnn' (teacher-cnn, one
+    of several teachers), 'assistant 1', 'generation 2', 'peer 1', 'peer 1 (scratch)'; an unknown
+    name as it is."""
+    if stage in LABELS:
+        return LABELS[stage]
+    for prefix, text in PREFIXES:
+        if stage.startswith(prefix) and len(stage) > len(prefix):
+            return text.format(stage.removeprefix(prefix))
+    return stage
+
+
+def color(stage: str, stages: Sequence[str] = ()) -> str:
+    """A stage's colour: teacher, scratch and distill keep theirs; any other stage takes the
+    next colour of CYCLE by its place among the other stages of `stages` (the stages drawn
+    together, in run order), so one figure never repeats a colour; a stage not in `stages`
+    gets one fixed by its name."""
+    if stage in COLORS:
+        return COLORS[stage]
+    others = [s for s in dict.fromkeys(stages) if s not in COLORS]
+    i = others.index(stage) if stage in others else zlib.crc32(stage.encode())
+    return CYCLE[i % len(CYCLE)]
 
 
 def human(value: float | None, unit: str = "") -> str:
@@ -52,9 +84,10 @@ def _log_axis(ax, unit: str | None = "") -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_training_curves(rows: list[dict]):
+def plot_training_curves(rows: list[dict], order: Sequence[str] = ()):
     """One panel per logged loss term (train, unweighted; the total is weighted) plus validation
-    loss and accuracy, one line per stage, against the epoch."""
+    loss and accuracy, one line per stage, against the epoch; the stages in `order` (the run's
+    order) first, then any other in the order metrics.jsonl first names it."""
     if not rows:
         return None
     terms = sorted({k for r in rows for k in r if k.startswith("train_") and k != "train_acc"} - {"train_loss"})
@@ -64,17 +97,18 @@ def plot_training_curves(rows: list[dict]):
     ncols = min(3, len(panels) + 1)
     nrows = math.ceil((len(panels) + 1) / ncols)  # one slot for the legend
     fig, axes = figure_grid(nrows, ncols, 4.2 * ncols, 3.1 * nrows)
-    stages = [s for s in STAGES if any(r["stage"] == s for r in rows)]
+    logged = set(r["stage"] for r in rows)
+    stages = list(dict.fromkeys([*(s for s in order if s in logged), *(r["stage"] for r in rows)]))
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for stage in stages:
             rs = [r for r in rows if r["stage"] == stage]
             if key == "acc":
-                ax.plot([r["epoch"] for r in rs], [r["train_acc"] for r in rs], color=COLORS[stage], ls="--", lw=1)
-                ax.plot([r["epoch"] for r in rs], [r["val_acc"] for r in rs], color=COLORS[stage])
+                ax.plot([r["epoch"] for r in rs], [r["train_acc"] for r in rs], color=color(stage, stages), ls="--", lw=1)
+                ax.plot([r["epoch"] for r in rs], [r["val_acc"] for r in rs], color=color(stage, stages))
                 continue
             pts = [(r["epoch"], r[key]) for r in rs if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), color=COLORS[stage], marker="." if len(pts) < 15 else None)
+                ax.plot(*zip(*pts, strict=True), color=color(stage, stages), marker="." if len(pts) < 15 else None)
         ax.set(title=title, xlabel="epoch", ylabel="accuracy (%)" if key == "acc" else "loss")
         ax.grid(alpha=0.3)
         values = [r[key] for r in rows if r.get(key) is not None]
@@ -83,7 +117,7 @@ def plot_training_curves(rows: list[dict]):
             ax.set_ylabel("loss (log scale)")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
-    handles = [Line2D([], [], color=COLORS[s], label=LABELS[s]) for s in stages]
+    handles = [Line2D([], [], color=color(s, stages), label=label(s)) for s in stages]
     handles += [Line2D([], [], color="gray", label="accuracy: validation"),
                 Line2D([], [], color="gray", ls="--", lw=1, label="accuracy: train (labelled)")]
     list(axes.flat)[len(panels)].legend(handles=handles, loc="center", frameon=False, fontsize=10)
@@ -93,10 +127,11 @@ def plot_training_curves(rows: list[dict]):
 
 def plot_accuracy_bars(stats: dict, title: str):
     """Grouped bars per stage: test accuracy of the validation-selected and the last-epoch
-    weights; with several seeds, mean with ±1 sample-std error bars and one dot per seed."""
-    fig, axes = figure_grid(1, 1, 6.4, 4.4)
+    weights; with several seeds, mean with ±1 sample-std error bars and one dot per seed.
+    `stats`: {stage: {key: describe}}, in run order (the order of the bars)."""
+    stages = list(stats)
+    fig, axes = figure_grid(1, 1, max(6.4, 1.5 * len(stages)), 4.4)
     ax = axes[0, 0]
-    stages = [s for s in STAGES if s in stats]
     width, seeds = 0.38, False
     for j, (key, hatch) in enumerate((("test_acc", None), ("last_test_acc", "//"))):
         for i, stage in enumerate(stages):
@@ -105,14 +140,14 @@ def plot_accuracy_bars(stats: dict, title: str):
                 continue
             x = i + (j - 0.5) * width
             err = st["std"] if st.get("std") is not None and st.get("n", 1) > 1 else None
-            ax.bar(x, st["mean"], width, yerr=err, capsize=4, color=COLORS[stage], alpha=1.0 if j == 0 else 0.55,
+            ax.bar(x, st["mean"], width, yerr=err, capsize=4, color=color(stage, stages), alpha=1.0 if j == 0 else 0.55,
                    hatch=hatch, edgecolor="white", error_kw={"elinewidth": 1.2})
             if len(st.get("values", [])) > 1:
                 seeds = True
                 ax.scatter([x - 0.22 * width] * len(st["values"]), st["values"], s=9, color="black", zorder=3)
-            label = f"{st['mean']:.1f}" + (f" ± {err:.1f}" if err is not None else "")
-            ax.text(x, (err or 0) + st["mean"] + 1, label, ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(stages)), [LABELS[s] for s in stages])
+            value = f"{st['mean']:.1f}" + (f" ± {err:.1f}" if err is not None else "")
+            ax.text(x, (err or 0) + st["mean"] + 1, value, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(stages)), [label(s) for s in stages], **({"fontsize": 8} if len(stages) > 4 else {}))
     ax.set(ylabel="test accuracy (%)", ylim=(0, 110), title=title)
     ax.set_yticks(range(0, 101, 20))
     ax.grid(axis="y", alpha=0.3)
@@ -127,26 +162,32 @@ def plot_accuracy_bars(stats: dict, title: str):
 
 def plot_reliability(bins_by_stage: dict):
     """Reliability diagrams (Guo et al. 2017): per confidence bin, accuracy (bars) against the
-    diagonal of perfect calibration, the gap outlined; below, how many samples fall in each bin."""
-    stages = [s for s in STAGES if s in bins_by_stage]
+    diagonal of perfect calibration, the gap outlined; below, how many samples fall in each bin.
+    `bins_by_stage`: {stage: bins}, in run order; at most RELIABILITY_COLUMNS stages a row."""
+    stages = list(bins_by_stage)
     if not stages:
         return None
-    fig, axes = figure_grid(2, len(stages), 3.6 * len(stages), 4.9, sharex=True, height_ratios=[3, 1])
-    for col, stage in enumerate(stages):
+    ncols = min(len(stages), RELIABILITY_COLUMNS)
+    nrows = math.ceil(len(stages) / ncols)
+    fig, axes = figure_grid(2 * nrows, ncols, 3.6 * ncols, 4.9 * nrows, sharex=True, height_ratios=[3, 1] * nrows)
+    for j in range(len(stages), nrows * ncols):  # the empty slots of the last row
+        axes[2 * (j // ncols), j % ncols].set_axis_off()
+        axes[2 * (j // ncols) + 1, j % ncols].set_axis_off()
+    for i, stage in enumerate(stages):
         b = bins_by_stage[stage]
         lefts, w = b["edges"][:-1], b["edges"][1] - b["edges"][0]
         acc = [a or 0.0 for a in b["accuracy"]]
         conf = [c if c is not None else 0.0 for c in b["confidence"]]
-        ax, hist = axes[0, col], axes[1, col]
-        ax.bar(lefts, acc, w, align="edge", color=COLORS[stage], alpha=0.85, edgecolor="white")
+        col, ax, hist = i % ncols, axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols]
+        ax.bar(lefts, acc, w, align="edge", color=color(stage, stages), alpha=0.85, edgecolor="white")
         ax.bar(lefts, [abs(a - c) for a, c in zip(acc, conf, strict=True)], w,
                bottom=[min(a, c) for a, c in zip(acc, conf, strict=True)], align="edge", fill=False,
                hatch="////", edgecolor="#D55E00", lw=0.8)
         ax.plot([0, 1], [0, 1], ls="--", color="black", lw=1)
-        ax.set(title=f"{LABELS[stage]}\nECE {ece_from_bins(b):.2f}%", xlim=(0, 1), ylim=(0, 1))
+        ax.set(title=f"{label(stage)}\nECE {ece_from_bins(b):.2f}%", xlim=(0, 1), ylim=(0, 1))
         ax.set_ylabel("accuracy in bin" if col == 0 else None)
         ax.grid(alpha=0.3)
-        hist.bar(lefts, b["count"], w, align="edge", color=COLORS[stage], edgecolor="white")
+        hist.bar(lefts, b["count"], w, align="edge", color=color(stage, stages), edgecolor="white")
         hist.set(xlabel="confidence (top-1 probability)", ylabel="samples" if col == 0 else None)
         hist.grid(alpha=0.3)
     handles = [Patch(facecolor="#9A9A9A", label="accuracy in bin"),

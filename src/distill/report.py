@@ -22,9 +22,8 @@ from .io import write_json, write_text
 from .markdown import fmt, json_safe, table
 from .metrics import N_BINS, collect_logits, compute_metrics
 from .plots import (
-    LABELS,
-    STAGES,
     human,
+    label,
     plot_accuracy_bars,
     plot_confusion,
     plot_cost_bars,
@@ -35,6 +34,7 @@ from .plots import (
 from .run_folder import require
 from .run_reader import eval_target, read_run
 from .runtime import resolve_device
+from .stage_plan import TEACHER, all_stages, has_teacher_stage, is_teacher
 from .tables import narrow_table
 from .trust import NO_TRUST, Trust
 
@@ -65,9 +65,11 @@ def evaluate_run(
     --trust-checkpoint).
 
     Returns {"split", "num_classes", "in_shape", "stages": {stage: {"best": metrics,
-    "last": metrics}}} with `distill.metrics.compute_metrics` dicts; students also get
-    agreement and KL against the run's validation-selected teacher. Per-class accuracy, the
-    confusion matrix and reliability bins are kept for the "best" weights only.
+    "last": metrics}}}, the stages in run order (distill.stage_plan.all_stages), with
+    `distill.metrics.compute_metrics` dicts; students also get agreement and KL against the
+    run's validation-selected teacher stage (with several teachers, their ensemble; a
+    mutual-learning run has none, so no agreement). Per-class accuracy, the confusion matrix
+    and reliability bins are kept for the "best" weights only.
     """
     if split not in ("test", "val"):
         raise DistillError(f"Unknown split '{split}'. Use 'test' or 'val'.")
@@ -76,16 +78,17 @@ def evaluate_run(
     device = resolve_device(device)
     loader = getattr(data, split)
     teacher = None
-    if weights_of(run_dir, cfg, "teacher") is not None and (only is None or only[0] != "teacher"):
-        teacher = collect_logits(load_run(run_dir, "teacher", trust, data)[0].to(device), loader, device)
+    wanted = has_teacher_stage(cfg) and (only is None or not is_teacher(only[0]))  # teachers get no agreement
+    if wanted and weights_of(run_dir, cfg, TEACHER) is not None:
+        teacher = collect_logits(load_run(run_dir, TEACHER, trust, data)[0].to(device), loader, device)
     stages: dict[str, dict] = {}
-    for stage in STAGES:
+    for stage in all_stages(cfg):
         for key in ("best", "last"):
             if weights_of(run_dir, cfg, stage, last=key == "last") is None or (only is not None and only != (stage, key)):
                 continue
             model = load_run(run_dir, stage, trust, data, last=key == "last")[0].to(device)
             preds = collect_logits(model, loader, device)
-            ref = teacher.logits if teacher is not None and stage != "teacher" else None
+            ref = teacher.logits if teacher is not None and not is_teacher(stage) else None
             metrics = compute_metrics(preds.logits, preds.labels, ref, n_bins)
             if key == "last":
                 metrics = {k: v for k, v in metrics.items() if k not in DETAIL_KEYS}
@@ -103,7 +106,7 @@ def evaluate_target(
     trust: Trust = NO_TRUST,
 ) -> dict:
     """`distill eval`: a run folder (every saved model) or one of its weights files
-    (teacher/scratch/distill[-last].safetensors; the config.yaml beside it gives the
+    (<stage>[-last].safetensors of any stage of the run; the config.yaml beside it gives the
     architecture and the data). Returns `evaluate_run`'s dict. `--data PATH` comes as the
     override data.path=PATH; on a run of the built-in data (which reads no files) it is refused."""
     run_dir, only = eval_target(target)
@@ -114,12 +117,14 @@ def evaluate_target(
 def run_cost(run_dir: str | Path, repeats: int = 10, device: str = "cpu", *, built: tuple | None = None,
              trust: Trust = NO_TRUST) -> dict | None:
     """compare_cost(teacher, distilled student) of a run (validation-selected weights; the
-    scratch student when there is no distilled one), or None without a teacher and a student.
-    With "int8": the student's export folder's quantization.json (cost.read_int8), when it has one."""
+    scratch student when there is no distilled one), or None without a teacher and a student
+    (a mutual-learning run has no teacher). With several teachers the teacher is their
+    ensemble, all of them. With "int8": the student's export folder's quantization.json
+    (cost.read_int8), when it has one."""
     run_dir = Path(run_dir)
     cfg, data = built or rebuild(run_dir, trust=trust)
     student = "distill" if weights_of(run_dir, cfg, "distill") else "scratch"
-    if weights_of(run_dir, cfg, "teacher") is None or weights_of(run_dir, cfg, student) is None:
+    if not has_teacher_stage(cfg) or weights_of(run_dir, cfg, TEACHER) is None or weights_of(run_dir, cfg, student) is None:
         return None
     int8 = read_int8(default_dir(run_dir, student))  # measured by `distill export --quantize int8`
     teacher, student = load_run(run_dir, "teacher", trust, data)[0], load_run(run_dir, student, trust, data)[0]
@@ -144,7 +149,7 @@ def evaluation_table(evaluation: dict):
         t.add_column(col, justify="left" if col in ("model", "weights") else "right")
     for stage, entries in evaluation["stages"].items():
         for key, m in entries.items():
-            t.add_row(LABELS[stage], "val-selected" if key == "best" else "last epoch", fmt(m["acc"]),
+            t.add_row(label(stage), "val-selected" if key == "best" else "last epoch", fmt(m["acc"]),
                       fmt(m["top5_acc"]), fmt(m["nll"], ".4f"), fmt(m["ece"]), fmt(m.get("agreement")),
                       fmt(m.get("kl_teacher"), ".4f"))
     return t
@@ -162,7 +167,7 @@ def write_report(run_dir: str | Path, repeats: int = 10, device: str = "cpu", tr
     `trust` is what the user allowed (a folder naming code needs `Trust(code=True)`).
     """
     run_dir = Path(run_dir)
-    _, summary, rows = read_run(run_dir)
+    cfg, summary, rows = read_run(run_dir)
     require(run_dir, "run", "distill report")  # it overwrites report.md and PNGs: distill's folders only
     built = rebuild(run_dir, trust=trust)
     evaluation = evaluate_run(run_dir, device=device, built=built, trust=trust)
@@ -170,7 +175,7 @@ def write_report(run_dir: str | Path, repeats: int = 10, device: str = "cpu", tr
     report = {**summary, "evaluation": evaluation, "cost": cost}
     write_json(run_dir / "report.json", json_safe(report))
     figures = {
-        "curves": plot_training_curves(rows),
+        "curves": plot_training_curves(rows, all_stages(cfg)),
         "accuracy": plot_accuracy_bars(single_run_stats(summary), f"{summary['name']}: test accuracy (seed {summary['seed']})"),
         "reliability": plot_reliability(
             {s: e["best"]["reliability"] for s, e in evaluation["stages"].items() if e.get("best", {}).get("reliability")},
@@ -189,10 +194,12 @@ def write_report(run_dir: str | Path, repeats: int = 10, device: str = "cpu", tr
 
 
 def _confusion_figure(evaluation: dict):
-    for stage in ("distill", "scratch", "teacher"):
+    """The confusion matrix of the final student (distill), else of the last stage evaluated
+    (the stages are in run order: a student before a teacher)."""
+    for stage in dict.fromkeys(["distill", *reversed(evaluation["stages"])]):
         best = evaluation["stages"].get(stage, {}).get("best")
         if best and best.get("confusion"):
-            return plot_confusion(best["confusion"], f"Confusion matrix: {LABELS[stage]}, test data")
+            return plot_confusion(best["confusion"], f"Confusion matrix: {label(stage)}, test data")
     return None
 
 
@@ -230,7 +237,7 @@ def render_markdown(report: dict, figures: dict[str, str]) -> str:
     for stage, r in stages.items():
         e = ev["stages"].get(stage, {})
         rows.append([
-            LABELS[stage], f"{r['params']:,}", str(r.get("best_epoch", "–")), fmt(r.get("val_acc")),
+            label(stage), f"{r['params']:,}", str(r.get("best_epoch", "–")), fmt(r.get("val_acc")),
             fmt(r.get("test_acc")), fmt(r.get("last_test_acc")), fmt(e.get("best", {}).get("top5_acc")),
         ])
     out.append(table(["model", "params", "selected epoch", "val acc %", "test acc % (val-selected)",
@@ -242,19 +249,19 @@ def render_markdown(report: dict, figures: dict[str, str]) -> str:
     out += _figure(figures, "accuracy", "Test accuracy by stage")
     out += ["", f"## Calibration ({N_BINS}-bin ECE, NLL)", ""]
     rows = [
-        [LABELS[s], fmt(e.get("best", {}).get("ece")), fmt(e.get("best", {}).get("nll"), ".4f"),
+        [label(s), fmt(e.get("best", {}).get("ece")), fmt(e.get("best", {}).get("nll"), ".4f"),
          fmt(e.get("last", {}).get("ece")), fmt(e.get("last", {}).get("nll"), ".4f")]
         for s, e in ev["stages"].items()
     ]
     out.append(table(["model", "ECE % (val-selected)", "NLL (val-selected)", "ECE % (last)", "NLL (last)"], rows))
     out += _figure(figures, "reliability", "Reliability diagrams")
-    students = {s: e for s, e in ev["stages"].items() if s != "teacher" and "agreement" in e.get("best", {})}
+    students = {s: e for s, e in ev["stages"].items() if not is_teacher(s) and "agreement" in e.get("best", {})}
     if students:
         out += ["", "## Agreement with the teacher", "",
                 "Top-1 agreement: the share of samples where student and teacher predict the same class. "
                 "KL(teacher ‖ student) at T = 1, nats per sample.", ""]
         rows = [
-            [LABELS[s], fmt(e["best"]["agreement"]), fmt(e["best"]["kl_teacher"], ".4f"),
+            [label(s), fmt(e["best"]["agreement"]), fmt(e["best"]["kl_teacher"], ".4f"),
              fmt(e.get("last", {}).get("agreement")), fmt(e.get("last", {}).get("kl_teacher"), ".4f")]
             for s, e in students.items()
         ]
@@ -313,4 +320,4 @@ def _per_class(ev: dict, names: list[str] | None = None) -> list[str]:
         return [*out, f"{n} classes: see report.json (`evaluation.stages.<stage>.best.per_class_acc`)."]
     names = names if names and len(names) == n else [str(c) for c in range(n)]  # older runs record none
     rows = [[names[c], *(fmt(v[c], ".1f") for v in have.values())] for c in range(n)]
-    return [*out, table(["class", *(LABELS[s] for s in have)], rows)]
+    return [*out, table(["class", *(label(s) for s in have)], rows)]

@@ -15,9 +15,9 @@ from pathlib import Path
 from .config import RunConfig, load_config, parse_override
 from .errors import DistillError
 from .io import read_lines
+from .stage_plan import all_stages
 from .trust import NO_TRUST, Trust, require_trust
 
-STAGES = ("teacher", "scratch", "distill")
 KEYS = ("best", "last")  # the validation-selected weights (<stage>.safetensors) and the last epoch's
 
 
@@ -58,9 +58,23 @@ def weights_file(run_dir: str | Path, stage: str, last: bool = False) -> Path | 
     return path if path.is_file() else None
 
 
+def run_stages(run_dir: str | Path) -> list[str]:
+    """Every stage a run may have recorded, in run order (distill.stage_plan.all_stages of its
+    config.yaml; reading the config imports no code)."""
+    return all_stages(load_config(Path(run_dir) / "config.yaml"))
+
+
+def require_stage(run_dir: str | Path, stage: str, option: str = "--stage") -> None:
+    """A DistillError naming the run's stages when `stage` is none of them (given as `option`)."""
+    stages = run_stages(run_dir)
+    if stage not in stages:
+        raise DistillError(f"{option} {stage} is no stage of the run in '{run_dir}'; its stages are "
+                           f"{', '.join(stages)}. Pick one of them.")
+
+
 def eval_target(target: str | Path) -> tuple[Path, tuple[str, str] | None]:
     """(run folder, None) for a run folder; (its folder, (stage, "best"|"last")) for one of its
-    teacher/scratch/distill[-last].safetensors files."""
+    <stage>[-last].safetensors files (any stage of the run: distill.stage_plan)."""
     target = Path(target)
     if target.is_dir():
         return target, None
@@ -68,18 +82,25 @@ def eval_target(target: str | Path) -> tuple[Path, tuple[str, str] | None]:
         raise DistillError(f"'{target}' is neither a run folder nor a weights file.")
     stem = target.name.removesuffix(".safetensors")
     stage, key = (stem.removesuffix("-last"), "last") if stem.endswith("-last") else (stem, "best")
-    if stage not in STAGES or not (target.parent / "config.yaml").is_file():
+    if not target.name.endswith(".safetensors") or not (target.parent / "config.yaml").is_file():
         raise DistillError(
             f"Cannot tell which model '{target.name}' holds. Give a run folder, or one of its "
-            "teacher/scratch/distill[-last].safetensors files (its config.yaml must sit beside it)."
+            "<stage>[-last].safetensors files (its config.yaml must sit beside it)."
+        )
+    stages = run_stages(target.parent)
+    if stage not in stages:
+        raise DistillError(
+            f"Cannot tell which model '{target.name}' holds: '{stage}' is no stage of the run in "
+            f"'{target.parent}'. Give the run folder, or one of its <stage>[-last].safetensors "
+            f"files, for a stage among {', '.join(stages)}."
         )
     return target.parent, (stage, key)
 
 
 def saved_models(run_dir: Path, only: tuple[str, str] | None = None) -> Iterator[tuple[str, str]]:
-    """(stage, "best"|"last") of every weights file the run saved, in stage order; `only`
+    """(stage, "best"|"last") of every weights file the run saved, in run order; `only`
     restricts it to one."""
-    for stage in STAGES:
+    for stage in run_stages(run_dir):
         for key in KEYS:
             if (only is None or only == (stage, key)) and weights_file(run_dir, stage, key == "last"):
                 yield stage, key

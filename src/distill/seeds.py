@@ -1,139 +1,40 @@
-"""Several seeds of one experiment: mean ± sample std per stage, and the paired gain.
-
-The scratch and distilled students of one seed share initial weights, data order and split, so
-the gain distilled - scratch is computed per seed (paired) and summarised by its mean, sample
-standard deviation and a 95% Student-t interval, mean ± t(0.975, n-1) * sd / sqrt(n).
-The t quantile comes from scipy.stats.t (scipy is installed with scikit-learn); without scipy,
-from a table for df 1..30 and the normal 1.96 beyond (slightly narrow there: t(0.975, 31) = 2.04).
-"""
+"""Several seeds of one experiment (`distill run --seeds N`): the --seeds folder's record, and
+its report (seeds.json, report.md, accuracy.png, gain.png) from the runs' summaries, which
+distill.seed_stats aggregates (mean ± sample std per stage, the paired gains)."""
 
 from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 
 from .config import RunConfig, load_config, validate
 from .errors import DistillError
 from .io import write_json, write_text
 from .markdown import fmt, json_safe, table
-from .plots import COLORS, LABELS, STAGES, figure_grid, plot_accuracy_bars, save_png
+from .plots import color, figure_grid, label, plot_accuracy_bars, save_png
 from .run_folder import require
 from .saved_config import migrate
+from .seed_stats import (
+    DEFAULT_PRIMARY,
+    EVAL_KEYS,
+    PREFIXES,
+    T975,
+    aggregate,
+    baseline_of,
+    describe,
+    interval,
+    paired_gain,
+    primary,
+    t_quantile,
+)
 from .tasks import task_of_run
 from .trust import NO_TRUST, Trust, require_trust
 
-# What summary.json's "primary" (the task's Selection) was before summaries recorded it.
-DEFAULT_PRIMARY = {"metric": "acc", "lower_is_better": False}
-PREFIXES = ("val_", "test_", "last_test_")  # the per-stage keys aggregated, for every metric a run recorded
-EVAL_KEYS = ("top5_acc", "ece", "nll", "agreement", "kl_teacher")  # from report.json, when present
-# Two-sided 95% quantiles t(0.975, df), df = 1..30 (the fallback when scipy is missing).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t_quantile(df: int) -> tuple[float, str]:
-    """(t(0.975, df), source): the two-sided 95% Student-t quantile and where it came from."""
-    try:
-        from scipy.stats import t
-    except ImportError:
-        return (T975[df - 1] if df <= len(T975) else 1.96), "table (normal 1.96 beyond df 30)"
-    return float(t.ppf(0.975, df)), "scipy.stats.t"
-
-
-def describe(values: list[float]) -> dict:
-    """{"mean", "std" (sample, n-1; None for n < 2), "n", "values"}."""
-    values = [float(v) for v in values]
-    return {
-        "mean": statistics.fmean(values) if values else None,
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "n": len(values),
-        "values": values,
-    }
-
-
-def interval(values: list[float]) -> dict:
-    """`describe` plus the 95% t-interval of the mean: ci95 [lo, hi], half_width, t, df
-    (None for n < 2)."""
-    out = describe(values)
-    n = out["n"]
-    out.update(ci95=None, half_width=None, t=None, df=None)
-    if n > 1:
-        t, _ = t_quantile(n - 1)
-        half = t * out["std"] / math.sqrt(n)
-        out.update(ci95=[out["mean"] - half, out["mean"] + half], half_width=half, t=t, df=n - 1)
-    return out
-
-
-def primary(summaries: list[dict]) -> dict:
-    """The {"metric", "lower_is_better"} the runs were selected by (summary.json's "primary",
-    the task's Selection); runs selected by different metrics are not one experiment."""
-    kinds = {(p["metric"], p["lower_is_better"]) for p in (s.get("primary", DEFAULT_PRIMARY) for s in summaries)}
-    if len(kinds) > 1:
-        raise DistillError(f"These runs pick their best epoch by different metrics ({sorted(kinds)}); "
-                           "aggregate the runs of one task only.")
-    return summaries[0].get("primary", DEFAULT_PRIMARY)
-
-
-def _stage_stats(rows: list[dict], main: tuple[str, ...]) -> dict:
-    """describe() of the primary metric's keys (always) and of every other val_/test_/last_test_
-    number the rows hold (an LM's NLL and next-token accuracy beside its perplexity)."""
-    extra = sorted({k for r in rows for k, v in r.items() if k.startswith(PREFIXES) and k not in main
-                    and isinstance(v, int | float)})
-    stats = {k: describe([r[k] for r in rows if r.get(k) is not None]) for k in main}
-    return stats | {k: describe([r[k] for r in rows if r.get(k) is not None]) for k in extra}
-
-
-def aggregate(summaries: list[dict]) -> dict:
-    """Aggregate the summary.json (or report.json) dicts of runs that differ only in seed.
-
-    Returns {"name", "n", "seeds", "t_source", "primary", "stages": {stage: {key: describe}},
-    "gain": {key: interval + "positive" (seeds with gain > 0) + "better" (seeds where the
-    distilled student beat scratch)}}. The keys follow the runs' primary metric m (summary.json's
-    "primary": acc for classifiers, ppl for language models): val_m, test_m (validation-selected),
-    last_test_m, plus the other metrics the runs recorded; report.json inputs add their
-    evaluation metrics (top5_acc, ece, nll, agreement, kl_teacher of the validation-selected weights).
-    """
-    if not summaries:
-        raise DistillError("No runs to aggregate: give at least one run folder.")
-    seeds = [s.get("seed") for s in summaries]
-    dupes = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
-    if dupes:
-        raise DistillError(f"Seed(s) {dupes} appear more than once; aggregate runs with distinct seeds.")
-    chosen = primary(summaries)
-    m, lower = chosen["metric"], chosen["lower_is_better"]
-    stages = {}
-    for stage in STAGES:
-        rows = [s["stages"][stage] for s in summaries if stage in s.get("stages", {})]
-        if not rows:
-            continue
-        stages[stage] = _stage_stats(rows, tuple(p + m for p in PREFIXES))
-        evals = [s["evaluation"]["stages"].get(stage, {}).get("best", {}) for s in summaries if s.get("evaluation")]
-        for key in EVAL_KEYS:
-            values = [e[key] for e in evals if e.get(key) is not None]
-            if values:
-                stages[stage][key] = describe(values)
-    gain = {}
-    paired = [s for s in summaries if {"scratch", "distill"} <= set(s.get("stages", {}))]
-    for key in (f"test_{m}", f"last_test_{m}"):
-        diffs = [s["stages"]["distill"][key] - s["stages"]["scratch"][key] for s in paired]
-        if diffs:
-            gain[key] = {**interval(diffs), "seeds": [s.get("seed") for s in paired],
-                         "positive": sum(d > 0 for d in diffs), "better": sum((d < 0) if lower else (d > 0) for d in diffs)}
-    names = sorted({str(s.get("name")) for s in summaries})
-    return {
-        "schema": 1,
-        "name": names[0] if len(names) == 1 else names,
-        "n": len(summaries),
-        "seeds": seeds,
-        "t_source": t_quantile(max(len(paired) - 1, 1))[1],
-        "primary": chosen,
-        "stages": stages,
-        "gain": gain,
-    }
-
+__all__ = ["DEFAULT_PRIMARY", "EVAL_KEYS", "PREFIXES", "RECORD", "T975", "aggregate", "baseline_of",
+           "check_new_folder", "check_resume_trust", "describe", "interval", "load_summary", "paired_gain",
+           "plot_gain", "primary", "read_record", "render_seed_markdown", "seed_run_dirs", "t_quantile",
+           "write_folder_report", "write_record", "write_seed_report"]
 
 def load_summary(run_dir: str | Path) -> dict:
     """report.json when `write_report` has run (it adds evaluation metrics), else summary.json."""
@@ -249,8 +150,8 @@ def write_seed_report(out_dir: str | Path, run_dirs: list[str | Path]) -> Path:
         title = f"{agg['name']}: test accuracy over {agg['n']} seeds (mean ± std)"
         save_png(plot_accuracy_bars(agg["stages"], title), out_dir / "accuracy.png")
         figures.append("accuracy.png")
-    if agg["gain"]:
-        save_png(plot_gain(agg["gain"], agg["primary"]), out_dir / "gain.png")
+    if agg["gains"]:
+        save_png(plot_gain(agg["gain"], agg["primary"], agg["gains"]), out_dir / "gain.png")
         figures.append("gain.png")
     runs = [Path(d) for d in run_dirs]
     write_text(out_dir / "report.md", render_seed_markdown(agg, summaries, runs, out_dir, figures))
@@ -284,12 +185,28 @@ def _gain_section(agg: dict, w: dict) -> list[str]:
     return [*out, "", f"Interval: mean ± t(0.975, n−1) · sd / √n, t from {agg['t_source']}."]
 
 
+def _other_gains(agg: dict, w: dict) -> list[str]:
+    """The paired gains of the students other than distill, each against its own baseline."""
+    others = {s: g for s, g in agg.get("gains", {}).items() if s != "distill"}
+    if not others:
+        return []
+    out = ["", f"## Gains of the other students (each − its scratch baseline, paired by seed, test {w['unit']})", ""]
+    rows = []
+    for stage, gain in others.items():
+        for key, g in gain.items():
+            ci = f"[{g['ci95'][0]:+{w['spec']}}, {g['ci95'][1]:+{w['spec']}}]" if g["ci95"] else "– (one seed)"
+            rows.append([label(stage), label(baseline_of(stage) or "?"),
+                         "val-selected" if key == f"test_{w['metric']}" else "last epoch",
+                         f"{g['mean']:+{w['spec']}}", fmt(g["std"], w["spec"]), ci, f"{g['better']} / {g['n']}"])
+    return [*out, table(["model", "baseline", "weights", "mean gain", "std", "95% t-interval", w["count"]], rows)]
+
+
 def _other_metrics(stages: dict, w: dict) -> list[str]:
     """The other test metrics the runs recorded (an LM's NLL and next-token accuracy)."""
     keys = sorted({k for st in stages.values() for k in st if k.startswith("test_") and k != f"test_{w['metric']}"})
     if not keys:
         return []
-    rows = [[LABELS[s], *(_pm(st.get(k), ".4f") for k in keys)] for s, st in stages.items()]
+    rows = [[label(s), *(_pm(st.get(k), ".4f") for k in keys)] for s, st in stages.items()]
     return ["", "## Other test metrics (val-selected weights)", "", table(["model", *keys], rows)]
 
 
@@ -299,17 +216,18 @@ def render_seed_markdown(agg: dict, summaries: list[dict], runs: list[Path], out
     out = [f"# {agg['name']}: {agg['n']} seeds ({', '.join(map(str, agg['seeds']))})", "",
            "Mean ± sample standard deviation over seeds; test data; model selection on validation data.", "",
            f"## {w['heading']}", ""]
-    rows = [[LABELS[s], *(_pm(st[p + m], spec) for p in PREFIXES)] for s, st in stages.items()]
+    rows = [[label(s), *(_pm(st.get(p + m), spec) for p in PREFIXES)] for s, st in stages.items()]
     name = w["name"]
     out.append(table(["model", f"val {name}", f"test {name} (val-selected)", f"test {name} (last epoch)"], rows))
     if agg["gain"]:
         out += _gain_section(agg, w)
+    out += _other_gains(agg, w)
     if m != "acc":
         out += _other_metrics(stages, w)
     extra = [(s, st) for s, st in stages.items() if any(k in st for k in EVAL_KEYS)]
     if extra:
         out += ["", "## Calibration and agreement (val-selected weights)", ""]
-        rows = [[LABELS[s], _pm(st.get("ece")), _pm(st.get("nll"), ".4f"), _pm(st.get("agreement")),
+        rows = [[label(s), _pm(st.get("ece")), _pm(st.get("nll"), ".4f"), _pm(st.get("agreement")),
                  _pm(st.get("kl_teacher"), ".4f")] for s, st in extra]
         out.append(table(["model", "ECE %", "NLL", "agreement with teacher %", "KL(teacher ‖ student)"], rows))
     for f in figures:
@@ -320,9 +238,9 @@ def render_seed_markdown(agg: dict, summaries: list[dict], runs: list[Path], out
         st = summary["stages"]
         link = _relative(run / "report.md", out_dir) if (run / "report.md").is_file() else _relative(run, out_dir)
         gain = (summary.get("gain") or {}).get(f"test_{m}")
-        rows.append([str(summary.get("seed")), *(fmt(st.get(s, {}).get(f"test_{m}"), spec) for s in STAGES),
+        rows.append([str(summary.get("seed")), *(fmt(st.get(s, {}).get(f"test_{m}"), spec) for s in stages),
                      fmt(gain, "+" + spec), f"[{run.name}]({link})"])
-    out.append(table(["seed", "teacher", "scratch", "distilled", "gain", "run"], rows))
+    out.append(table(["seed", *(label(s) for s in stages), "gain", "run"], rows))
     return "\n".join(out) + "\n"
 
 
@@ -333,24 +251,31 @@ def _relative(path: Path, start: Path) -> str:
         return Path(path).as_posix()
 
 
-def plot_gain(gain: dict, chosen: dict = DEFAULT_PRIMARY):
+def plot_gain(gain: dict, chosen: dict = DEFAULT_PRIMARY, gains: dict | None = None):
     """Per-seed paired gains (dots) with the mean and its 95% t-interval, for the
-    validation-selected and last-epoch weights; zero marked."""
+    validation-selected and last-epoch weights; zero marked. `gain`: distilled − scratch
+    (aggregate's "gain"); `gains` (aggregate's "gains"), when it holds other students too,
+    draws every student's gain over its own baseline instead."""
     w = words(chosen)
-    fig, axes = figure_grid(1, 1, 5.2, 3.6)
+    several = bool(gains) and set(gains) != {"distill"}
+    points = [(st, k, g) for st, by_key in (gains if several else {"distill": gain}).items() for k, g in by_key.items()]
+    fig, axes = figure_grid(1, 1, max(5.2, 1.1 * len(points)), 3.6)
     ax = axes[0, 0]
     names = {f"test_{w['metric']}": "val-selected", f"last_test_{w['metric']}": "last epoch"}
-    for i, g in enumerate(gain.values()):
-        ax.scatter([i] * g["n"], g["values"], color=COLORS["distill"], alpha=0.6, s=18, zorder=3,
+    stages = list(dict.fromkeys(st for st, _, _ in points))
+    for i, (stage, _, g) in enumerate(points):
+        ax.scatter([i] * g["n"], g["values"], color=color(stage, stages), alpha=0.6, s=18, zorder=3,
                    label="one seed" if i == 0 else None)
         yerr = [[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]] if g["ci95"] else None
         ax.errorbar(i + 0.18, g["mean"], yerr=yerr, fmt="D", color="black", capsize=5, markersize=5,
                     label="mean, 95% t-interval" if i == 0 else None)
     ax.axhline(0, color="gray", lw=1, ls="--")
-    ax.set_xticks(range(len(gain)), [names[k] for k in gain])
-    ax.set_xlim(-0.6, len(gain) - 0.4)
+    ticks = [f"{label(st)}\n{names[k]}" if several else names[k] for st, k, _ in points]
+    ax.set_xticks(range(len(points)), ticks, **({"fontsize": 7} if several else {}))
+    ax.set_xlim(-0.6, len(points) - 0.4)
     better = "lower is better" if chosen["lower_is_better"] else "higher is better"
-    ax.set(ylabel=f"distilled − scratch (test {w['unit']})", title=f"Gain of distillation, paired by seed ({better})")
+    what = "student − its scratch baseline" if several else "distilled − scratch"
+    ax.set(ylabel=f"{what} (test {w['unit']})", title=f"Gain of distillation, paired by seed ({better})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig

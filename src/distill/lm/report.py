@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..io import write_text
 from ..markdown import fmt, table
-from ..plots import LABELS, plot_training_curves, save_png
+from ..plots import label, plot_training_curves, save_png
 from ..run_folder import require
 from ..run_reader import read_run
 
@@ -45,7 +45,7 @@ def render_markdown(summary: dict, rows: list[dict], figures: dict[str, str]) ->
         "## Perplexity, NLL and next-token accuracy (test data)",
         "",
     ]
-    body = [[LABELS.get(stage, stage), f"{r['params']:,}", str(r.get("best_epoch", "–")), fmt(r.get("val_ppl"), ".3f"),
+    body = [[label(stage), f"{r['params']:,}", str(r.get("best_epoch", "–")), fmt(r.get("val_ppl"), ".3f"),
              fmt(r.get("test_ppl"), ".3f"), fmt(r.get("last_test_ppl"), ".3f"), fmt(r.get("test_loss"), ".4f"),
              fmt(r.get("test_acc"))] for stage, r in summary["stages"].items()]
     out.append(table(["model", "params", "selected epoch", "val ppl", "test ppl (val-selected)",
@@ -55,7 +55,7 @@ def render_markdown(summary: dict, rows: list[dict], figures: dict[str, str]) ->
         out += ["", f"**Distilled − scratch:** {gain['test_ppl']:+.3f} test perplexity (val-selected), "
                     f"{gain['last_test_ppl']:+.3f} at the last epoch; lower is better."]
     out += ["", "## Validation by epoch (metrics.jsonl)", ""]
-    body = [[LABELS.get(r["stage"], r["stage"]), str(r["epoch"]), fmt(r.get("train_loss"), ".4f"),
+    body = [[label(r["stage"]), str(r["epoch"]), fmt(r.get("train_loss"), ".4f"),
              fmt(r.get("val_ppl"), ".3f"), fmt(r.get("val_loss"), ".4f"), fmt(r.get("val_acc"))] for r in rows]
     out.append(table(["model", "epoch", "train loss", "val ppl", "val NLL", "val next-token acc %"], body))
     if "curves" in figures:

@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import DistillError
 from ..io import load_weights
 from ..run_folder import require
-from ..run_reader import eval_target, run_config, saved_models, weights_file
+from ..run_reader import eval_target, require_stage, run_config, saved_models, weights_file
 from ..tables import narrow_table
 from ..trust import NO_TRUST, Trust
 from .data import LMData, build_lm_data
@@ -29,6 +29,7 @@ def load_run(run_dir: str | Path, stage: str, trust: Trust = NO_TRUST, data: LMD
     epoch's with `last`; the run's LMData, rebuilt unless `data` is given)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, trust=trust)  # a config naming code: refused before anything is built
+    require_stage(run_dir, stage)
     weights = weights_file(run_dir, stage, last)
     if weights is None:
         name = f"{stage}{'-last' if last else ''}.safetensors"
