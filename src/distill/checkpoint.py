@@ -29,7 +29,7 @@ from .io import atomic_write, plain_state, write_json
 from .runtime import all_gather_objects, barrier, is_main, rank, world_size
 
 POINTER = "checkpoint.json"
-CKPT_NAME = re.compile(r"ckpt-[A-Za-z0-9_]+-\d{4,}-\d{6,}\.(safetensors|pt)")  # the stems save() writes
+CKPT_NAME = re.compile(r"ckpt-[A-Za-z0-9_-]+-\d{4,}-\d{6,}\.(safetensors|pt)")  # the stems save() writes
 
 
 def own_checkpoint_files(folder: Path) -> list[Path]:

@@ -16,11 +16,13 @@ from torch import nn
 
 from .config import BUILT_IN_DATA, RunConfig, load_config, parse_override
 from .data import Data, build_data, fingerprint
+from .ensemble import Ensemble
 from .errors import DistillError
 from .io import load_weights
 from .models import create_model
 from .models.hf import is_hf_folder
 from .run_reader import run_config, weights_file
+from .stage_plan import ensemble_T, is_teacher, members, spec_of
 from .trust import NO_TRUST, Trust
 
 TASK = "classification"
@@ -38,14 +40,19 @@ def build_classifier_data(cfg: RunConfig, seed: int, classes: list[str] | None =
 
 
 def create_classifier(cfg: RunConfig, role: str, data: Data, trust_checkpoint: bool = False) -> nn.Module:
-    """The teacher's or student's freshly built model, for `data` (classes, input shape; for
-    text the tokenizer's vocabulary and pad id, recorded in data.stats)."""
-    spec = cfg.teacher if role == "teacher" else cfg.student
+    """The freshly built model of `role` (teacher, student, or any stage of the run:
+    distill.stage_plan), for `data` (classes, input shape; for text the tokenizer's vocabulary
+    and pad id, recorded in data.stats). With several teachers, the teacher is their Ensemble."""
+    if role == "teacher" and members(cfg):
+        built = {t.name: create_classifier(cfg, f"teacher-{t.name}", data, trust_checkpoint) for t in cfg.teachers}
+        return Ensemble(built, {t.name: t.weight for t in cfg.teachers}, ensemble_T(cfg))
+    spec = spec_of(cfg, role)
     if cfg.task == "text_classification":
         from .text.models import create_text_model
 
         s = data.stats
-        return create_text_model(spec, data.num_classes, s["vocab_size"], s["pad_id"], s["max_length"], role,
+        section = "teacher" if is_teacher(role) else "student"  # the config section errors name
+        return create_text_model(spec, data.num_classes, s["vocab_size"], s["pad_id"], s["max_length"], section,
                                  trust_checkpoint, s.get("tokenizer_source"))
     return create_model(spec.model, data.num_classes, data.in_shape, trust_checkpoint=trust_checkpoint, **spec.kwargs)
 
@@ -87,12 +94,15 @@ def weights_of(run_dir: str | Path, cfg: RunConfig, stage: str, last: bool = Fal
     """The weights of a stage: RUN_DIR/<stage>[-last].safetensors, or for a teacher loaded
     from teacher.checkpoint (no teacher stage trained) that checkpoint; None when there are none."""
     path = weights_file(run_dir, stage, last)
-    if path is None and stage == "teacher" and not last and cfg.teacher.checkpoint:
-        checkpoint = Path(cfg.teacher.checkpoint)
+    if path is not None or last or not is_teacher(stage) or (stage == "teacher" and members(cfg)):
+        return path
+    spec = spec_of(cfg, stage)  # a teacher loaded, not trained: its checkpoint or its folder
+    if spec.checkpoint:
+        checkpoint = Path(spec.checkpoint)
         return checkpoint if checkpoint.is_file() else None
-    if path is None and stage == "teacher" and not last and is_hf_folder(cfg.teacher.model):
-        return Path(cfg.teacher.model)  # a save_pretrained teacher used as it is: its folder
-    return path
+    if is_hf_folder(spec.model):
+        return Path(spec.model)  # a save_pretrained teacher used as it is: its folder
+    return None
 
 
 def load_run(run_dir: str | Path, stage: str, trust: Trust = NO_TRUST, data: Data | None = None,
@@ -106,7 +116,7 @@ def load_run(run_dir: str | Path, stage: str, trust: Trust = NO_TRUST, data: Dat
     if path is None:
         raise DistillError(f"'{run_dir}' has no finished '{stage}' stage "
                            f"({stage}{'-last' if last else ''}.safetensors is missing); pick another stage.")
-    model = create_classifier(cfg, "teacher" if stage == "teacher" else "student", data, trust.checkpoint)
+    model = create_classifier(cfg, stage, data, trust.checkpoint)
     if not path.is_dir():  # a teacher folder's weights came with create_classifier
         load_weights(model, path, trust=trust.checkpoint)  # teacher.checkpoint may be a pickle
     return model.eval(), data

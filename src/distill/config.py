@@ -248,6 +248,8 @@ def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:
     (a teacher usually wants its own epochs and learning rate; one of several teachers, its
     entry's `train`)."""
     own = spec_of(cfg, stage).train if is_teacher(stage) else {}
+    if stage.startswith("teacher-"):  # one of several teachers: teacher.train, then its own
+        own = {**cfg.teacher.train, **own}
     if not own:
         return cfg.train
     try:

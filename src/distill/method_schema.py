@@ -7,8 +7,11 @@ import re
 from typing import Literal
 
 from pydantic import Field, field_validator
+from torch import nn
 
 from .schema_base import ModelConfig, Strict
+
+RESERVED = frozenset(dir(nn.Module()))  # "training", "forward", "eval", ...
 
 TEACHER_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
@@ -24,6 +27,9 @@ class TeacherEntry(ModelConfig):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
+        if name in RESERVED:
+            raise ValueError(f"'{name}' is taken by torch.nn.Module (the teachers become submodules "
+                             "of their ensemble under their names); choose another name")
         if not TEACHER_NAME.fullmatch(name):
             raise ValueError("a teacher's name is its stage (teacher-<name>) and the first part of its "
                              "module paths: lower-case letters, digits and '_', starting with a letter, "

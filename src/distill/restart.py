@@ -17,16 +17,27 @@ from .checkpoint import POINTER, Checkpointer
 from .config import RunConfig, load_config, stage_train, to_yaml
 from .errors import DistillError
 from .io import write_json, write_text
+from .stage_plan import chain, is_teacher, members, peers, planned_stages
 
 RESTARTABLE = ("train.", "teacher.train.")
 
 
 def stages_to_restart(old: RunConfig, new: RunConfig) -> list[str]:
-    """The stages, in run order, whose training settings differ, plus those that depend on them."""
-    redo = {s for s in old.stages if stage_train(old, s) != stage_train(new, s)}
-    if "teacher" in redo and "distill" in old.stages:
-        redo.add("distill")
-    return [s for s in old.stages if s in redo]
+    """The stages, in run order, whose training settings differ, plus those that depend on
+    them: a new teacher (or one of several) means a new ensemble and new links of the chain, a
+    new link means new links after it, and the cohort's peers restart with the distill stage."""
+    stages = planned_stages(old)
+    redo = {s for s in stages if stage_train(old, s) != stage_train(new, s)}
+    if any(is_teacher(s) for s in redo) and "distill" in old.stages:
+        redo |= {"teacher"} if members(old) else set()
+        redo |= set(chain(old))
+    links = chain(old)
+    for i, link in enumerate(links):
+        if link in redo:
+            redo |= set(links[i:])
+    if "distill" in redo:
+        redo |= set(peers(old))
+    return [s for s in stages if s in redo]
 
 
 def restart(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, list[str]]:

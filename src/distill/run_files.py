@@ -128,6 +128,11 @@ class RunFolder:
         if any(True for _ in distiller.terms.parameters()):
             save_weights(distiller.terms, self.dir / f"{stem}-losses.safetensors")
 
+    def save_model(self, model, stem: str) -> None:
+        """One model in <stem>.safetensors (a cohort's peer, several teachers' ensemble)."""
+        if self.main:
+            save_weights(model, self.dir / f"{stem}.safetensors")
+
     def finish_stage(self) -> None:
         """Record the finished stages in stages.json; the stage's checkpoint is then not needed."""
         if self.main:

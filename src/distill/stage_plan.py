@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .models.hf import is_hf_folder
 
 SCRATCH, DISTILL, TEACHER = "scratch", "distill", "teacher"
+STUDENTS = (SCRATCH, DISTILL)  # the stages `stages:` can name besides the teacher
 SPECIAL = ("teachers", "assistants", "self_distill.generations", "mutual.peers")
 
 
@@ -48,6 +49,11 @@ def peers(cfg: RunBase) -> list[str]:
     return [f"peer-{i}" for i in range(1, len(cfg.mutual.peers) + 1)] if method(cfg) == "mutual.peers" else []
 
 
+def assistants(cfg: RunBase) -> list[str]:
+    """The teacher assistants' stages (assistant-<i>), in chain order."""
+    return [f"assistant-{i}" for i in range(1, len(cfg.assistants) + 1)] if method(cfg) == "assistants" else []
+
+
 def has_teacher_stage(cfg: RunBase) -> bool:
     return method(cfg) != "mutual.peers"
 
@@ -57,7 +63,7 @@ def chain(cfg: RunBase) -> list[str]:
     from the teacher); the last is always distill."""
     kind = method(cfg)
     if kind == "assistants":
-        return [f"assistant-{i}" for i in range(1, len(cfg.assistants) + 1)] + [DISTILL]
+        return [*assistants(cfg), DISTILL]
     if kind == "self_distill.generations":
         return [f"gen-{k}" for k in range(1, cfg.self_distill.generations)] + [DISTILL]
     return [DISTILL]
@@ -78,6 +84,12 @@ def all_stages(cfg: RunBase) -> list[str]:
     """Every stage a run of `cfg` may record, in run order (the peers after distill)."""
     teachers = [*members(cfg), TEACHER] if has_teacher_stage(cfg) else []
     return teachers + scratch_stages(cfg) + chain(cfg) + peers(cfg)
+
+
+def planned_stages(cfg: RunBase) -> list[str]:
+    """The stages a run of `cfg` trains, in run order (`all_stages` restricted to `stages`)."""
+    teachers = [s for s in all_stages(cfg) if is_teacher(s)] if TEACHER in cfg.stages else []
+    return teachers + student_stages(cfg) + (peers(cfg) if DISTILL in cfg.stages else [])
 
 
 def teacher_of(cfg: RunBase, stage: str) -> str:
@@ -116,6 +128,10 @@ def check_plan(cfg: RunBase) -> None:
     if cfg.task == "classification":
         _check_unused(cfg, default)
     kind = method(cfg)
+    if len(chain(cfg)) > 1 and cfg.cache.dir:
+        raise ConfigError(f"cache.dir is one teacher's cache, and with {kind} every link of the chain "
+                          "has its own teacher. Leave cache.dir unset: each link's disk cache then "
+                          "goes into the run folder (teacher_cache-<stage>).")
     if kind == "teachers":
         _check_teachers(cfg, default)
     elif kind == "self_distill.generations" and (cfg.student != default.student):
@@ -141,9 +157,10 @@ def _check_teachers(cfg: RunBase, default: RunBase) -> None:
     if repeated:
         raise ConfigError(f"teachers names {', '.join(repeated)} more than once; each teacher needs "
                           "its own name (its stage is teacher-<name>).")
-    if cfg.teacher != default.teacher:
-        raise ConfigError("With teachers: [...] the teacher section would be ignored (each entry of "
-                          "teachers is a model spec of its own). Remove the teacher section.")
+    if cfg.teacher.model_copy(update={"train": {}}) != default.teacher:
+        raise ConfigError("With teachers: [...] the teacher section's model, kwargs and checkpoint "
+                          "would be ignored (each entry of teachers is a model spec of its own); only "
+                          "teacher.train applies, to every teacher. Remove the others.")
     untrained = [t.name for t in cfg.teachers if not t.checkpoint and not is_hf_folder(t.model)]
     if untrained and TEACHER not in cfg.stages:
         raise ConfigError(f"teachers {', '.join(untrained)} have no checkpoint, so the teacher stage "

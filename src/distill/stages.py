@@ -8,26 +8,25 @@ The run folder's files (metrics, weights, resume records, summary) are run_files
 
 from __future__ import annotations
 
-import platform
-import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
+from .classifier_run import weights_of
 from .config import RunBase, RunConfig, absolute_paths, stage_train
 from .engine import fit
 from .errors import DistillError
 from .io import load_weights
 from .models import count_parameters
+from .models.hf import is_hf_folder
+from .mutual import Cohort, logit_terms_only
 from .progress import StageProgress
 from .resume import resumable
 from .run_files import RunFolder, tensorboard_class
 from .run_folder import check, legacy
+from .run_summary import data_id, default_run_dir, schedule_line, summarize
 from .runtime import (
     configure,
     init_distributed,
@@ -37,45 +36,22 @@ from .runtime import (
     stop_handlers,
     world_size,
 )
-from .schedule import Every, counts_steps
+from .schedule import counts_steps
+from .stage_plan import (
+    chain,
+    has_teacher_stage,
+    members,
+    method,
+    peers,
+    scratch_stages,
+    spec_of,
+    student_stages,
+    teacher_of,
+)
 from .tasks import make_task
-from .version import __version__
 
-STUDENTS = ("scratch", "distill")
+MODEL_SEED_STEP = 1_000_003  # seed offset of the i-th of several teachers or peers
 EpochHook = Callable[[str, dict], None]
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.name}-{stamp}"
-
-
-def _environment() -> dict:
-    try:
-        git = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        git = None
-    return {
-        "distill": __version__, "torch": torch.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": platform.platform(), "git": git,
-    }
-
-
-def _length(train) -> str:
-    """How long a stage trains and, when not every epoch, how often it is validated."""
-    n, unit = (train.max_steps, "step") if train.max_steps is not None else (train.epochs, "epoch")
-    every = "" if train.eval_every == Every(1, "epoch") else f", validated every {train.eval_every}"
-    return f"{n} {unit}{'s' if n != 1 else ''}{every}"
-
-
-def _data_id(cfg: RunConfig, sha: str | None) -> tuple[str, str] | None:
-    """(fingerprint, where the data come from): what checkpoints carry to refuse other data."""
-    if not sha:
-        return None
-    return sha, f"data.path '{cfg.data.path}'" if cfg.data.path else f"data.name={cfg.data.name}"
 
 
 class Run:
@@ -107,9 +83,16 @@ class Run:
         self._preflight(data, terms)
         self._open_folder(data)
         teacher = self.teacher_stage(data)
+        first = chain(self.cfg)[0]
         for stage in self._students_left():
-            self.student_stage(stage, data, teacher, terms, ce_weight)
-        return self.summary(data)  # `run` writes it, once, with the wall time
+            if stage in scratch_stages(self.cfg):
+                self.scratch_stage(stage, data)
+            elif peers(self.cfg):
+                self.mutual_stage(data, ce_weight)
+            else:  # a link of the chain; the first keeps the terms built (and checked) above
+                link_terms = terms if stage == first else self.task.build_terms()[0]
+                self.link_stage(stage, data, self._teacher_of(stage, teacher, data), link_terms, ce_weight)
+        return summarize(self.cfg, self.task, self.folder.results, data, self.device)  # `run` writes it, once, with the wall time
 
     def _configure(self) -> None:
         cfg = self.cfg
@@ -131,14 +114,16 @@ class Run:
             if path and not Path(path).is_file():
                 raise DistillError(f"{role}.checkpoint '{path}' is not a file. Give the path of "
                                    f"saved weights (.safetensors, .pt, .pth), or {role}.checkpoint=null.")
-        has_teacher = "teacher" in cfg.stages or bool(self.task.pretrained_teacher())
-        if "distill" in cfg.stages and not has_teacher:
+        has_teacher = has_teacher_stage(cfg) and ("teacher" in cfg.stages or bool(self.task.pretrained_teacher()))
+        if "distill" in cfg.stages and not has_teacher and has_teacher_stage(cfg):
             raise DistillError(
                 "The distill stage needs a teacher: add 'teacher' to stages, or set "
                 "teacher.checkpoint to a trained teacher's weights."
             )
         if "distill" in cfg.stages and not terms:
             raise DistillError("The distill stage needs a distillation term, e.g. loss.kd.weight=0.9.")
+        if method(cfg) in ("assistants", "mutual.peers"):
+            logit_terms_only(terms, method(cfg))
         if cfg.cache.mode == "disk" and cfg.cache.dir and "distill" in cfg.stages:  # a folder of yours: now, not after training
             cache, run = Path(cfg.cache.dir).resolve(), self.folder.dir.resolve()
             if cache == run or cache in run.parents:
@@ -156,81 +141,139 @@ class Run:
         # its log folder) only after the folder checks, so a refused run writes nothing
         writer = tensorboard_class() if cfg.log.tensorboard and folder.main else None
         folder.open(cfg)
-        self.data_id = _data_id(cfg, self.task.data_summary(data).get("sha256"))
+        self.data_id = data_id(cfg, self.task.data_summary(data).get("sha256"))
         if writer is not None:
             folder.start_tensorboard(writer)
         lines = self.task.describe(data)
         lines[0] += f" Device {self.device}. Run folder {folder.dir}"
-        for line in [*lines, self._schedule()]:
+        for line in [*lines, schedule_line(self.cfg, self.task)]:
             self.log(line)
-
-    def _schedule(self) -> str:
-        """Each stage's resolved length (epochs or max_steps) and learning rate: `teacher.train`
-        overrides `train` for the teacher, which a user who set train.epochs alone should see."""
-        cfg, parts = self.cfg, []
-        if "teacher" in cfg.stages and not self.task.pretrained_teacher():
-            t = stage_train(cfg, "teacher")
-            own = f" (teacher.train sets {', '.join(sorted(cfg.teacher.train))})" if cfg.teacher.train else ""
-            parts.append(f"teacher {_length(t)}, {t.optimizer} lr {t.lr:g}{own}")
-        students = [s for s in STUDENTS if s in cfg.stages]
-        if students:
-            t = cfg.train
-            parts.append(f"{' and '.join(students)} {_length(t)}, {t.optimizer} lr {t.lr:g}")
-        return f"Schedule: {'; '.join(parts)}."
 
     def teacher_stage(self, data) -> nn.Module | None:
         """The teacher, ready to distill from: trained here, loaded back after a resume, or a
-        pretrained one (evaluated once); None when the run has no teacher."""
+        pretrained one (evaluated once); with several teachers their Ensemble; None when the
+        run has no teacher."""
         cfg, task, results = self.cfg, self.task, self.folder.results
         pretrained = task.pretrained_teacher()
-        if "teacher" not in cfg.stages and not pretrained:
+        if not has_teacher_stage(cfg) or ("teacher" not in cfg.stages and not pretrained and not members(cfg)):
             return None
+        if members(cfg):
+            return task.ready_teacher(self._ensemble(data), self.device)
         seed_everything(cfg.seed)
         teacher = task.create_model("teacher", data)
         if "teacher" in results:  # finished before a resume
             load_weights(teacher, self.folder.dir / "teacher.safetensors")
         elif pretrained:
-            self._pretrained_teacher(teacher, pretrained, data)
+            if cfg.teacher.checkpoint:
+                self._load_checkpoint(teacher, "teacher")
+            self._record_pretrained("teacher", teacher, pretrained, data)
         else:
-            results["teacher"] = {"params": count_parameters(teacher)}
-            self._seed_training()
-            self.train_stage("teacher", task.distiller(None, teacher, {}, 1.0), data.teacher_train, data)
+            self._train_teacher("teacher", teacher, data)
         return task.ready_teacher(teacher, self.device)
 
-    def _pretrained_teacher(self, teacher: nn.Module, pretrained: str, data) -> None:
-        """A teacher trained elsewhere: its checkpoint loaded, its val and test metrics recorded."""
+    def _train_teacher(self, stage: str, teacher: nn.Module, data) -> None:
+        self.folder.results[stage] = {"params": count_parameters(teacher)}
+        self._seed_training()
+        self.train_stage(stage, self.task.distiller(None, teacher, {}, 1.0), data.teacher_train, data)
+
+    def _ensemble(self, data) -> nn.Module:
+        """Several teachers: each trained (or loaded from its checkpoint or folder) as its own
+        stage teacher-<name>, then their Ensemble evaluated and saved as the teacher stage."""
+        cfg, task, results = self.cfg, self.task, self.folder.results
+        for i, entry in enumerate(cfg.teachers):
+            stage = f"teacher-{entry.name}"
+            if stage in results:
+                continue
+            seed_everything(cfg.seed + MODEL_SEED_STEP * i)  # two teachers of one architecture differ
+            model = task.create_model(stage, data)
+            if entry.checkpoint or is_hf_folder(entry.model):
+                if entry.checkpoint:
+                    self.log(f"Teacher {entry.name} checkpoint: {load_weights(model, entry.checkpoint, trust=self.trust)}")
+                self._record_pretrained(stage, model, entry.checkpoint or entry.model, data)
+                self.folder.finish_stage()
+            else:
+                self._train_teacher(stage, model, data)
+        ensemble = task.create_model("teacher", data)
+        for entry in cfg.teachers:
+            path = weights_of(self.folder.dir, cfg, f"teacher-{entry.name}")
+            if path is not None and not path.is_dir():  # a folder's weights came with the model
+                load_weights(ensemble.get_submodule(entry.name), path, trust=self.trust)
+        if "teacher" not in results:
+            self._record_pretrained("teacher", ensemble, None, data)
+            results["teacher"]["members"] = [t.name for t in cfg.teachers]
+            self.folder.save_model(ensemble, "teacher")
+            self.folder.finish_stage()
+        return ensemble
+
+    def _record_pretrained(self, stage: str, teacher: nn.Module, source: str | None, data) -> None:
+        """A teacher not trained here (a checkpoint, a folder, an ensemble): its val and test
+        metrics recorded."""
         task = self.task
-        if self.cfg.teacher.checkpoint:
-            self._load_checkpoint(teacher, "teacher")
         teacher.to(self.device)
         val, test = (task.evaluate(teacher, loader, self.device) for loader in (data.val, data.test))
-        record = self.folder.results["teacher"] = {"params": count_parameters(teacher), "checkpoint": pretrained}
+        record = self.folder.results[stage] = {"params": count_parameters(teacher)}
+        if source:
+            record["checkpoint"] = source
         for m in task.metrics:
             record.update({f"val_{m}": val[m], f"test_{m}": test[m]})
 
     def _students_left(self) -> list[str]:
         """The configured student stages a resume has not already finished."""
-        return [s for s in STUDENTS if s in self.cfg.stages and s not in self.folder.results]
+        return [s for s in student_stages(self.cfg) if s not in self.folder.results]
 
-    def student_stage(self, stage: str, data, teacher: nn.Module | None, terms: dict,
-                      ce_weight: float) -> None:
-        """Train the scratch (labels only) or the distilled student from the same start."""
-        cfg, task, results = self.cfg, self.task, self.folder.results
-        seed_everything(cfg.seed)  # same initial weights for scratch and distilled students
-        student = task.create_model("student", data)
-        if cfg.student.checkpoint:  # both students start from it, so the pair stays paired
+    def _new_student(self, stage: str, data) -> nn.Module:
+        """A stage's model, from the same initial weights for every stage of one architecture
+        (a peer of mutual learning has its own, so the cohort does not start identical)."""
+        cfg = self.cfg
+        i = int(stage.rsplit("-", 1)[1]) if stage.startswith(("peer-", "scratch-peer-")) else 0
+        seed_everything(cfg.seed + MODEL_SEED_STEP * i)
+        student = self.task.create_model(stage, data)
+        if cfg.student.checkpoint and spec_of(cfg, stage) is cfg.student:  # the pair stays paired
             self._load_checkpoint(student, "student")
-        if stage == "scratch":
-            distiller = task.distiller(None, student, {}, 1.0)
-        else:
-            distiller = task.distiller(teacher, student, terms, ce_weight)
+        return student
+
+    def scratch_stage(self, stage: str, data) -> None:
+        """A student trained on its labels alone: the baseline its distilled twin is paired with."""
+        student = self._new_student(stage, data)
+        self.folder.results[stage] = {"params": count_parameters(student)}
+        self._seed_training()
+        self.train_stage(stage, self.task.distiller(None, student, {}, 1.0), data.train, data)
+
+    def _teacher_of(self, stage: str, teacher: nn.Module | None, data) -> nn.Module | None:
+        """Who teaches a link of the chain: the teacher, or the previous link's selected model."""
+        source = teacher_of(self.cfg, stage)
+        if source == "teacher":
+            return teacher
+        model = self.task.create_model(source, data)
+        load_weights(model, self.folder.dir / f"{source}.safetensors")
+        return self.task.ready_teacher(model, self.device)
+
+    def link_stage(self, stage: str, data, teacher: nn.Module, terms: dict, ce_weight: float) -> None:
+        """A student distilled from `teacher` (the distill stage, an assistant, a generation)."""
+        task, results = self.task, self.folder.results
+        student = self._new_student(stage, data)
+        distiller = task.distiller(teacher, student, terms, ce_weight)
         results[stage] = {"params": count_parameters(student)}
-        if stage == "distill":
-            why = task.open_cache(distiller, data, self.folder.dir, self.quiet)
-            self.log(f"Teacher cache: {why}")
-            results[stage]["cache"] = why
+        if stage != chain(self.cfg)[0]:
+            results[stage]["taught_by"] = teacher_of(self.cfg, stage)
+        cache_dir = self.folder.dir / ("teacher_cache" if stage == "distill" else f"teacher_cache-{stage}")
+        why = task.open_cache(distiller, data, cache_dir, self.quiet)
+        self.log(f"Teacher cache{'' if stage == 'distill' else f' ({stage})'}: {why}")
+        results[stage]["cache"] = why
         self._seed_training()
         self.train_stage(stage, distiller, data.train, data)
+
+    def mutual_stage(self, data, ce_weight: float) -> None:
+        """Deep mutual learning: the student and its peers trained together (distill.mutual),
+        each from the initial weights of its own scratch twin."""
+        results, names = self.folder.results, peers(self.cfg)
+        terms = [self.task.build_terms()[0] for _ in range(len(names) + 1)]
+        students = [self._new_student(stage, data) for stage in ("distill", *names)]
+        for stage, model in zip(("distill", *names), students, strict=True):
+            results[stage] = {"params": count_parameters(model)}
+        results["distill"]["cohort"] = ["distill", *names]
+        self._seed_training()
+        self.train_stage("distill", Cohort(students, terms, ce_weight, names), data.train, data)
 
     def _load_checkpoint(self, model: nn.Module, role: str) -> None:
         note = load_weights(model, getattr(self.cfg, role).checkpoint, trust=self.trust)
@@ -270,45 +313,31 @@ class Run:
             )
 
     def _record(self, stage: str, distiller, result, data) -> dict:
-        """Save the last epoch's and the selected epoch's weights; record both on val and test."""
-        task, device, model = self.task, self.device, distiller.student
+        """Save the last epoch's and the selected epoch's weights; record both on val and test
+        (for a cohort, every student: the peers' metrics are logged as <peer>_<metric>)."""
+        task, device = self.task, self.device
+        trained = [(stage, distiller.student, "")]
+        if isinstance(distiller, Cohort):
+            trained += [(name, peer, f"{name}_") for name, peer in zip(distiller.names, distiller.peers, strict=True)]
         self.folder.save(distiller, f"{stage}-last")
-        last = {"val": result.history[-1], "test": task.evaluate(model, data.test, device)}
+        last = {}
+        for name, model, _ in trained:
+            if name != stage:  # the student's went with the distiller's save
+                self.folder.save_model(model, f"{name}-last")
+            last[name] = task.evaluate(model, data.test, device)
         distiller.load_state_dict(result.best_state)
         self.folder.save(distiller, stage)
-        test = task.evaluate(model, data.test, device)
-        record = self.folder.results[stage]
-        record["best_epoch"], record["best_step"] = result.best_epoch, result.best_step
-        for m in task.metrics:
-            record.update({f"val_{m}": result.best_val[m], f"test_{m}": test[m],
-                           f"last_val_{m}": last["val"][f"val_{m}"], f"last_test_{m}": last["test"][m]})
-        record["seconds"] = sum(r["seconds"] for r in result.history)
-        return record
-
-    def summary(self, data) -> dict:
-        stages, p = self.folder.results, self.task.selection.metric
-        gain = None
-        if "scratch" in stages and "distill" in stages:
-            gain = {
-                key: stages["distill"][key] - stages["scratch"][key]
-                for key in (f"test_{p}", f"val_{p}", f"last_test_{p}")
-            }
-        return {
-            "schema": 1,
-            "name": self.cfg.name,
-            "seed": self.cfg.seed,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": str(self.device),
-            "processes": world_size(),
-            "precision": self.cfg.train.precision,
-            "task": self.cfg.task,
-            "primary": {"metric": p, "lower_is_better": self.task.selection.lower_is_better},
-            "data": {"name": self.cfg.data.name, **self.task.data_summary(data)},
-            "stages": stages,
-            "gain": gain,
-            "environment": _environment(),
-        }
-
+        for name, model, key in trained:
+            if name != stage:
+                self.folder.save_model(model, name)
+            test = task.evaluate(model, data.test, device)
+            record = self.folder.results[name]
+            record["best_epoch"], record["best_step"] = result.best_epoch, result.best_step
+            for m in task.metrics:
+                record.update({f"val_{m}": result.best_val[key + m], f"test_{m}": test[m],
+                               f"last_val_{m}": result.history[-1][f"val_{key}{m}"], f"last_test_{m}": last[name][m]})
+            record["seconds"] = sum(r["seconds"] for r in result.history)
+        return self.folder.results[stage]
 
 def run(cfg: RunConfig, out_dir: str | Path | None = None, quiet: bool = False,
         resume: bool = False, trust_checkpoint: bool = False, on_epoch: EpochHook | None = None) -> dict:

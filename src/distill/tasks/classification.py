@@ -22,6 +22,7 @@ from ..classifier_run import load_run as load_classifier_run
 from ..contracts import Selection
 from ..data import Data, build_data, fingerprint
 from ..distiller import Distiller
+from ..ensemble import per_teacher_terms
 from ..errors import DistillError
 from ..export import FORMATS
 from ..export import export as export_classifier
@@ -33,6 +34,7 @@ from ..report import evaluate_target, evaluation_table
 from ..report import write_report as write_classifier_report
 from ..runtime import DTYPES
 from ..schedule import planned_epochs
+from ..stage_plan import assistants, members, peers
 from ..stores import default_memory_budget
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
@@ -112,7 +114,12 @@ class ClassificationTask:
         return build_data(self.cfg.data, seed=seed)
 
     def build_terms(self) -> tuple[dict, float]:
-        return build_terms(self.cfg)
+        """The loss terms; with several teachers and ensemble.targets=per_teacher, each logit
+        term once per teacher (distill.ensemble)."""
+        terms, ce_weight = build_terms(self.cfg)
+        if members(self.cfg) and self.cfg.ensemble.targets == "per_teacher":
+            terms = per_teacher_terms(terms, {t.name: t.weight for t in self.cfg.teachers})
+        return terms, ce_weight
 
     def create_model(self, role: str, data: Data) -> nn.Module:
         return create_classifier(self.cfg, role, data, self.trust_checkpoint)
@@ -137,6 +144,8 @@ class ClassificationTask:
         batch = next(iter(data.val)).rows(2)  # val: no shuffle, no augmentation draw
         student = self.create_model("student", data)
         _check_classes(student, "student", data, batch.inputs)
+        for stage in [*assistants(cfg), *peers(cfg)]:  # the other students' own architectures
+            _check_classes(self.create_model(stage, data), stage, data, batch.inputs)
         if has_teacher:
             teacher = self.create_model("teacher", data)
             _check_classes(teacher, "teacher", data, batch.inputs)
@@ -173,12 +182,13 @@ class ClassificationTask:
     def ready_teacher(self, teacher: nn.Module, device) -> nn.Module:
         return teacher.to(device, DTYPES[self.cfg.train.teacher_dtype]).eval()
 
-    def open_cache(self, distiller, data: Data, run_dir: Path, quiet: bool) -> str:
+    def open_cache(self, distiller, data: Data, default_dir: Path, quiet: bool) -> str:
+        """The distill stage's teacher cache: in cache.dir, else (disk) in `default_dir`."""
         cfg = self.cfg
         _, why = open_cache(
             cfg.cache.mode, distiller, data.train,
             epochs=planned_epochs(cfg.train, len(data.train)), dtype=cfg.cache.dtype, topk=cfg.cache.topk,
-            path=Path(cfg.cache.dir) if cfg.cache.dir else run_dir / "teacher_cache",
+            path=Path(cfg.cache.dir) if cfg.cache.dir else default_dir,
         )
         return why
 

@@ -18,6 +18,7 @@ from ..lm.offline import open_topk_store
 from ..lm.on_policy import OnPolicy
 from ..lm.tokenizer import load_tokenizer, vocab_digest
 from ..runtime import DTYPES, barrier, is_main
+from ..stage_plan import is_teacher, spec_of
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
 
@@ -50,7 +51,9 @@ class LanguageModelTask:
         return build_terms(self.cfg)
 
     def create_model(self, role: str, data: LMData) -> nn.Module:
-        spec = getattr(self.cfg, role)
+        """The model of a role or a stage (teacher; student, scratch, distill)."""
+        role = "teacher" if is_teacher(role) else "student"
+        spec = spec_of(self.cfg, role)
         return create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer,
                          role=role, trust_checkpoint=self.trust_checkpoint)
 
@@ -130,7 +133,7 @@ class LanguageModelTask:
     def ready_teacher(self, teacher: nn.Module, device) -> nn.Module:
         return teacher.to(device, DTYPES[self.cfg.train.teacher_dtype]).eval()
 
-    def open_cache(self, distiller: Distiller, data: LMData, run_dir: Path, quiet: bool) -> str:
+    def open_cache(self, distiller: Distiller, data: LMData, default_dir: Path, quiet: bool) -> str:
         """With cache.topk: store the teacher's top-k once, then train without the teacher.
         Otherwise off: a full-vocabulary cache would take 4V bytes per token."""
         cfg = self.cfg
@@ -138,7 +141,7 @@ class LanguageModelTask:
             return "off: language models use an offline teacher only with cache.topk (top-k per token)"
         T = next(iter(distiller.terms.values())).T
         device = next(distiller.student.parameters()).device
-        path = Path(cfg.cache.dir) if cfg.cache.dir else run_dir / "teacher_cache"
+        path = Path(cfg.cache.dir) if cfg.cache.dir else default_dir
         for builder in (True, False):  # under torchrun, rank 0 builds a disk store, then the rest reuse it
             if is_main() == builder or cfg.cache.mode == "memory":
                 store, why = open_topk_store(distiller.teacher, data.train, k=cfg.cache.topk, T=T,
