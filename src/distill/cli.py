@@ -18,7 +18,7 @@ from .listing import cmd_losses, cmd_models
 from .runtime import Interrupted, is_main, resolve_device, stop_requested
 from .tables import seeds_table, summary_table
 from .tasks import export_formats, make_task, task_of_run
-from .trust import Trust, code_paths
+from .trust import Trust, code_paths, require_trust
 from .version import __version__
 
 
@@ -184,6 +184,45 @@ def _forget_record(out: Path, created: bool, marked: bool) -> None:
             out.rmdir()
 
 
+def cmd_tune(args) -> int:
+    """`distill tune`: an optuna search over the distill stage (distill.tune), then the best and
+    the default config over --seeds for test numbers."""
+    from .tune_report import comparison_rows
+    from .tune_search import default_tune_dir, read_record, tune
+
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise DistillError("--resume continues the search with the config saved in its folder; "
+                               "drop the config file, the overrides and --out (--trials M and --seeds "
+                               "S extend it).")
+        out = Path(args.resume)
+        record = read_record(out)
+        if record is not None:  # resuming imports the code its config names
+            require_trust(record["config"], out, args.trust_code)
+        cfg = None
+    else:
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out) if args.out else default_tune_dir(cfg)
+    try:
+        result = tune(cfg, out, trials=args.trials, space=args.space, seeds=args.seeds,
+                      resume=bool(args.resume), quiet=args.quiet, trust_checkpoint=args.trust_checkpoint)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"Stopped. Finished trials are kept in {out}; continue with: distill tune --resume {out}",
+              file=sys.stderr)
+        return 130
+    if not args.quiet:
+        from rich.table import Table
+
+        t = Table(title=f"test {result['metric']}: default vs tuned (selection on validation)")
+        for column in ("config", "seeds", "scratch", "distilled", "gain"):
+            t.add_column(column, justify="left" if column == "config" else "right")
+        for row in comparison_rows(result):
+            t.add_row(*row)
+        Console().print(t)
+        print(f"Search folder: {out}; best config: {out / 'best.yaml'}; report: {out / 'tune.md'}")
+    return 0
+
+
 def _trust(args) -> Trust:
     return Trust(code=args.trust_code, checkpoint=args.trust_checkpoint)
 
@@ -268,6 +307,25 @@ def _trust_flags(p: argparse.ArgumentParser,
                    help="allow teacher checkpoints that need arbitrary code to unpickle")
 
 
+def _add_tune_parser(sub) -> None:
+    """`distill tune [CONFIG] [key=value ...] --trials N --space KEY=LOW..HIGH[:log] ...`."""
+    p = sub.add_parser("tune", help="search distillation settings with optuna; re-run the best over --seeds")
+    p.add_argument("config", nargs="?", help="YAML config (default: the built-in digits demo)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
+    p.add_argument("--trials", type=_positive, metavar="N",
+                   help="trials that finish (complete, pruned or diverged); default 30")
+    p.add_argument("--space", action="append", metavar="KEY=LOW..HIGH[:log]",
+                   help="a searched key (repeatable); default loss.kd.T=1..10 loss.kd.weight=0..1 "
+                   "(loss.ce.weight = 1 - it) train.lr=1e-4..1e-2:log")
+    p.add_argument("--seeds", type=_seed_count, metavar="S",
+                   help="seeds the best and the default config are re-run over for test numbers (default 1)")
+    p.add_argument("--out", help="search folder (default: runs/<name>-tune-<timestamp>/)")
+    p.add_argument("--resume", metavar="OUT", help="continue an interrupted search until N trials finished")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _trust_flags(p, "resume a search whose config names package.module:attr code")
+    p.set_defaults(func=cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
     parser.add_argument("--version", action="version", version=f"distill {__version__}")
@@ -284,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every stage for N seeds (seed, seed+1, ...) and report mean +- std")
     p.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
     p.set_defaults(func=cmd_run)
+    _add_tune_parser(sub)
     p = sub.add_parser("report", help="write report.md and plots for a run (or --seeds) folder")
     p.add_argument("run_dir")
     _trust_flags(p)
@@ -337,13 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options too (`distill run cfg.yaml --quiet train.epochs=3`).
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command not in ("run", "eval")]
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command not in ("run", "eval", "tune")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides.extend(extra)
     # `distill run train.epochs=3`: a first positional with '=' is an override, not a file.
-    if args.command == "run" and args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+    if args.command in ("run", "tune") and args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None
     try:

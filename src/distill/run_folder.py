@@ -32,7 +32,8 @@ from .errors import DistillError
 from .io import write_json
 
 MARKER = ".distill.json"
-KINDS = {"run": "run folder", "seeds": "--seeds folder", "cache": "teacher cache", "export": "`distill export` folder"}
+KINDS = {"run": "run folder", "seeds": "--seeds folder", "cache": "teacher cache", "export": "`distill export` folder",
+         "tune": "`distill tune` folder"}
 TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
 SEED_REPORT = {"report.md", "seeds.json", "accuracy.png", "gain.png", "seeds-run.json"}
 
@@ -61,6 +62,8 @@ def _entries(folder: Path) -> list[Path]:
 def legacy(folder: str | Path, kind: str) -> bool:
     """Whether an unmarked `folder` is one distill wrote before markers existed (module docstring)."""
     folder = Path(folder)
+    if kind == "tune":
+        return False  # `distill tune` folders have had the marker from the start
     if kind == "run":
         return all((folder / n).is_file() for n in ("config.yaml", "metrics.jsonl")) and (
             (folder / "stages.json").is_file() or (folder / "checkpoint.json").is_file())
