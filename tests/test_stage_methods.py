@@ -194,3 +194,26 @@ def test_feature_terms_are_refused_where_the_models_change(tmp_path, capsys, nam
     err = capsys.readouterr().err
     assert "logits only" in err and "Traceback" not in err
     assert not list(out.glob("*.safetensors"))
+
+
+def test_resume_with_new_schedule_restarts_the_stages_that_depend_on_it():
+    from distill.restart import stages_to_restart
+
+    takd = load_config(None, METHODS["assistants"][0])
+    assert stages_to_restart(takd, load_config(None, [*METHODS["assistants"][0], "train.lr=1e-4"])) == [
+        "teacher", "scratch", "assistant-1", "distill"]  # the teacher inherits train.lr
+    assert stages_to_restart(takd, load_config(None, [*METHODS["assistants"][0], "teacher.train.lr=1e-4"])) == [
+        "teacher", "assistant-1", "distill"]
+    several = load_config(None, [TWO_TEACHERS])
+    changed = load_config(None, [TWO_TEACHERS.replace("weight: 3}", "weight: 3, train: {lr: 0.01}}")])
+    assert stages_to_restart(several, changed) == ["teacher-b", "teacher", "distill"]
+    dml = load_config(None, METHODS["mutual"][0])
+    assert stages_to_restart(dml, load_config(None, [*METHODS["mutual"][0], "train.lr=1e-4"])) == [
+        "scratch", "scratch-peer-1", "distill", "peer-1"]
+
+
+def test_a_typo_inside_a_list_section_names_its_valid_keys():
+    with pytest.raises(ConfigError, match="Did you mean 'kwargs'.*name, weight"):
+        load_config(None, ["teachers=[{name: a, model: mlp, kwarg: {}}, {name: b, model: mlp}]"])
+    with pytest.raises(ConfigError, match="Valid keys there: model, kwargs, checkpoint, train"):
+        load_config(None, ["mutual.peers=[{model: mlp, size: 3}]"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -294,12 +295,24 @@ def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
     model: Any = schema
     if loc[:2] == ("teacher", "train"):  # a dict in the schema, TrainConfig's keys in effect
         model, loc = TrainConfig, loc[2:]
+    item = None  # the section type of a list's items (teachers, assistants, mutual.peers)
     for part in loc:
+        if isinstance(part, int) and item is not None:
+            model, item = item, None
+            continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (inspect.isclass(field.annotation) and issubclass(field.annotation, BaseModel)):
+        kind = field.annotation if field is not None else None
+        if typing.get_origin(kind) is list and _is_section(typing.get_args(kind)[0]):
+            item = typing.get_args(kind)[0]
+            continue
+        if not _is_section(kind):
             return []
-        model = field.annotation
-    return list(model.model_fields)
+        model = kind
+    return [] if item is not None else list(model.model_fields)
+
+
+def _is_section(kind: Any) -> bool:
+    return inspect.isclass(kind) and issubclass(kind, BaseModel)
 
 
 def _as_written(value: Any) -> str:
