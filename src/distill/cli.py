@@ -12,13 +12,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .cli_args import positive, seed_count, trust_flags
+from .cli_tune import add_tune_parser
 from .config import load_config, to_yaml
-from .errors import DistillError, clip, plain, short
+from .errors import DistillError, clip, plain
 from .listing import cmd_losses, cmd_models
 from .runtime import Interrupted, is_main, resolve_device, stop_requested
 from .tables import seeds_table, summary_table
 from .tasks import export_formats, make_task, task_of_run
-from .trust import Trust, code_paths, require_trust
+from .trust import Trust, code_paths
 from .version import __version__
 
 
@@ -184,45 +186,6 @@ def _forget_record(out: Path, created: bool, marked: bool) -> None:
             out.rmdir()
 
 
-def cmd_tune(args) -> int:
-    """`distill tune`: an optuna search over the distill stage (distill.tune), then the best and
-    the default config over --seeds for test numbers."""
-    from .tune_report import comparison_rows
-    from .tune_search import default_tune_dir, read_record, tune
-
-    if args.resume:
-        if args.config or args.overrides or args.out:
-            raise DistillError("--resume continues the search with the config saved in its folder; "
-                               "drop the config file, the overrides and --out (--trials M and --seeds "
-                               "S extend it).")
-        out = Path(args.resume)
-        record = read_record(out)
-        if record is not None:  # resuming imports the code its config names
-            require_trust(record["config"], out, args.trust_code)
-        cfg = None
-    else:
-        cfg = load_config(args.config, args.overrides)
-        out = Path(args.out) if args.out else default_tune_dir(cfg)
-    try:
-        result = tune(cfg, out, trials=args.trials, space=args.space, seeds=args.seeds,
-                      resume=bool(args.resume), quiet=args.quiet, trust_checkpoint=args.trust_checkpoint)
-    except (Interrupted, KeyboardInterrupt):
-        print(f"Stopped. Finished trials are kept in {out}; continue with: distill tune --resume {out}",
-              file=sys.stderr)
-        return 130
-    if not args.quiet:
-        from rich.table import Table
-
-        t = Table(title=f"test {result['metric']}: default vs tuned (selection on validation)")
-        for column in ("config", "seeds", "scratch", "distilled", "gain"):
-            t.add_column(column, justify="left" if column == "config" else "right")
-        for row in comparison_rows(result):
-            t.add_row(*row)
-        Console().print(t)
-        print(f"Search folder: {out}; best config: {out / 'best.yaml'}; report: {out / 'tune.md'}")
-    return 0
-
-
 def _trust(args) -> Trust:
     return Trust(code=args.trust_code, checkpoint=args.trust_checkpoint)
 
@@ -277,59 +240,7 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _seed_count(text: str) -> int:
-    """--seeds N: a whole number >= 1 (0 or -1 must not quietly mean one run)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"N must be a whole number >= 1, got {short(text)} (1 is a single run)")
-    return n
-
-
-def _positive(text: str) -> int:
-    """A whole number >= 1 (--top-k)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {short(text)}")
-    return n
-
-
-def _trust_flags(p: argparse.ArgumentParser,
-                 code: str = "read a run folder whose config names package.module:attr code") -> None:
-    p.add_argument("--trust-code", action="store_true",
-                   help=f"import the code to {code} (only if you trust its author)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow teacher checkpoints that need arbitrary code to unpickle")
-
-
-def _add_tune_parser(sub) -> None:
-    """`distill tune [CONFIG] [key=value ...] --trials N --space KEY=LOW..HIGH[:log] ...`."""
-    p = sub.add_parser("tune", help="search distillation settings with optuna; re-run the best over --seeds")
-    p.add_argument("config", nargs="?", help="YAML config (default: the built-in digits demo)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
-    p.add_argument("--trials", type=_positive, metavar="N",
-                   help="trials that finish (complete, pruned or diverged); default 30")
-    p.add_argument("--space", action="append", metavar="KEY=LOW..HIGH[:log]",
-                   help="a searched key (repeatable); default loss.kd.T=1..10 loss.kd.weight=0..1 "
-                   "(loss.ce.weight = 1 - it) train.lr=1e-4..1e-2:log")
-    p.add_argument("--seeds", type=_seed_count, metavar="S",
-                   help="seeds the best and the default config are re-run over for test numbers (default 1)")
-    p.add_argument("--out", help="search folder (default: runs/<name>-tune-<timestamp>/)")
-    p.add_argument("--resume", metavar="OUT", help="continue an interrupted search until N trials finished")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    _trust_flags(p, "resume a search whose config names package.module:attr code")
-    p.set_defaults(func=cmd_tune)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
-    parser.add_argument("--version", action="version", version=f"distill {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="train teacher, scratch and distilled students; report the gain")
     p.add_argument("config", nargs="?", help="YAML config (default: the built-in digits demo)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loss.kd.T=2")
@@ -337,22 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
-    _trust_flags(p, "resume a run folder whose config names package.module:attr code")
-    p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
+    trust_flags(p, "resume a run folder whose config names package.module:attr code")
+    p.add_argument("--seeds", type=seed_count, default=1, metavar="N",
                    help="run every stage for N seeds (seed, seed+1, ...) and report mean +- std")
     p.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
     p.set_defaults(func=cmd_run)
-    _add_tune_parser(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
+    add_tune_parser(sub)
     p = sub.add_parser("report", help="write report.md and plots for a run (or --seeds) folder")
     p.add_argument("run_dir")
-    _trust_flags(p)
+    trust_flags(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("eval", help="evaluate a run folder or one of its weights files")
     p.add_argument("target", help="a run folder, or RUN_DIR/<stage>[-last].safetensors")
     p.add_argument("overrides", nargs="*", help="data.key=value overrides, e.g. data.name=npz")
     p.add_argument("--data", help="data.path to evaluate on (same dataset kind as the run's)")
     p.add_argument("--split", default="test", choices=["test", "val"])
-    _trust_flags(p)
+    trust_flags(p)
     p.set_defaults(func=cmd_eval)
     formats = export_formats()  # task -> the formats its runs export as
     p = sub.add_parser("export", help="export a run's student in a format of its task")
@@ -365,12 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "stage RUN_DIR/export-<stage>/); safetensors: the file (default: RUN_DIR/<stage>-export.safetensors)")
     p.add_argument("--quantize", choices=["int8"],
                    help="with --format onnx: also write model.int8.onnx and quantization.json (accuracy, size, latency)")
-    _trust_flags(p)
+    trust_flags(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("predict", help="top-k classes of image, .npz, .npy or .csv files (raw inputs)")
     p.add_argument("target", help="an export folder (distill export) or a run folder")
     p.add_argument("files", nargs="*", help="input files: images, .npz/.npy (array x), .csv rows, .txt (texts)")
-    p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes shown per input (default 5)")
+    p.add_argument("--top-k", type=positive, default=5, metavar="K", help="classes shown per input (default 5)")
     p.add_argument("--stage", default="distill",
                    help="a run folder's stage (default distill; any stage of the run, e.g. teacher, scratch, peer-1)")
     p.add_argument("--json", action="store_true", help="one JSON object per input instead of a table")
@@ -378,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", action="store_true",
                    help="resize images that do not end up the model's size to it (bilinear, aspect not kept)")
     p.add_argument("--int8", action="store_true", help="use the export folder's model.int8.onnx")
-    _trust_flags(p)
+    trust_flags(p)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("models", help="list the model zoo with parameters and hookable paths")
     p.add_argument("--flops", action="store_true",

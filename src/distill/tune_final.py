@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import to_yaml
 from .errors import DistillError
@@ -22,15 +21,14 @@ from .markdown import json_safe
 from .run_folder import claim
 from .seeds import aggregate, describe, load_summary, write_seed_report
 from .stages import run
+from .tune_report import write_report
 from .tune_space import apply_params
-
-if TYPE_CHECKING:
-    from .tune_search import Search
+from .tune_state import SearchState
 
 BEST_FILE = "best.json"  # in OUT/best/: which trial's config the seed runs there ran
 
 
-def best_trial(search: Search):
+def best_trial(search: SearchState):
     """The study's best trial (selection on the validation metric), or a DistillError."""
     try:
         return search.study.best_trial
@@ -42,7 +40,7 @@ def best_trial(search: Search):
         ) from None
 
 
-def _best_folder(search: Search, number: int) -> Path:
+def _best_folder(search: SearchState, number: int) -> Path:
     """OUT/best/, for this trial: a folder of an earlier best (a resume with more trials found a
     better one) is kept, renamed best-trial-<k>/, not deleted."""
     import json
@@ -58,7 +56,7 @@ def _best_folder(search: Search, number: int) -> Path:
     return folder
 
 
-def seed_set(search: Search, folder: Path, cfg, teachers: dict[int, str | None]) -> list[dict]:
+def seed_set(search: SearchState, folder: Path, cfg, teachers: dict[int, str | None]) -> list[dict]:
     """`cfg` over the seeds into folder/seed-<k>/ (finished ones read back, an interrupted one
     continued), then the folder's seed report; the summaries, in seed order."""
     claim(folder, "seeds", "distill tune")
@@ -90,9 +88,8 @@ def _paired(tuned: list[dict], default: list[dict], metric: str) -> dict:
     return out
 
 
-def finish(search: Search) -> dict:
+def finish(search: SearchState) -> dict:
     """best.yaml, the seed runs of the best and the default config, tune.json and tune.md."""
-    from .tune_report import write_report
 
     start = time.perf_counter()
     best = best_trial(search)

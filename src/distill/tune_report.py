@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .io import write_json, write_text
 from .markdown import fmt, table
 from .plots import save_png
 from .tune_space import shown_params
-
-if TYPE_CHECKING:
-    from .tune_search import Search
+from .tune_state import SearchState
 
 PLOTS = {"importance.png": "parameter importances (fANOVA)", "parallel.png": "parallel coordinates"}
 
 
-def trial_rows(search: Search) -> list[dict]:
+def trial_rows(search: SearchState) -> list[dict]:
     """One dict per trial: number, state, value, params (with the tied CE weight), seconds."""
     rows = []
     resumed = {t.user_attrs["resumes"]: t.number for t in search.study.trials if "resumes" in t.user_attrs}
@@ -37,7 +34,7 @@ def trial_rows(search: Search) -> list[dict]:
     return rows
 
 
-def _plots(search: Search) -> dict[str, str]:
+def _plots(search: SearchState) -> dict[str, str]:
     """name -> "" when written, else why not."""
     notes = {}
     try:
@@ -90,7 +87,7 @@ def _trials_table(rows: list[dict], keys: list[str]) -> str:
     return table(["trial", "state", "value (val)", *keys, "validations", "seconds"], body)
 
 
-def render(search: Search, result: dict, rows: list[dict], notes: dict[str, str]) -> str:
+def render(search: SearchState, result: dict, rows: list[dict], notes: dict[str, str]) -> str:
     m, best = result["metric"], result["best"]
     keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
     states = [r["state"].split(" ")[0] for r in rows]
@@ -114,7 +111,7 @@ def render(search: Search, result: dict, rows: list[dict], notes: dict[str, str]
     return "\n".join(lines)
 
 
-def write_report(search: Search, result: dict) -> Path:
+def write_report(search: SearchState, result: dict) -> Path:
     """tune.json (result + trials + plot notes) and tune.md; returns tune.md's path."""
     rows = trial_rows(search)
     notes = _plots(search)

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,9 @@ from .schedule import counts_steps
 from .stage_plan import method
 from .stages import run
 from .tasks import make_task
-from .tune_space import Param, apply_params, from_json, parse_space, to_json
+from .tune_final import finish
+from .tune_space import apply_params, from_json, parse_space, to_json
+from .tune_state import Settings
 
 RECORD = "tune-run.json"  # the search's settings, so `--resume OUT` needs nothing else
 STUDY, STUDY_NAME = "study.log", "distill-tune"
@@ -59,17 +60,6 @@ def load_optuna():
                            "pip install 'distill[tune]' (or pip install optuna).") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-@dataclass
-class Settings:
-    """What a search runs: N finished trials over `space`, then `seeds` seeds of the best and
-    the default config; the pruner waits for `startup_trials` finished trials."""
-
-    trials: int
-    space: list[Param]
-    seeds: int
-    startup_trials: int = 5
 
 
 def default_tune_dir(cfg: RunConfig) -> Path:
@@ -225,8 +215,6 @@ class Search:
             print(text, flush=True)
 
     def run(self) -> dict:
-        from .tune_final import finish
-
         start = time.perf_counter()
         teacher = self.teacher(self.cfg.seed)
         self.study = self._study()
