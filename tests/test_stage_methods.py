@@ -19,6 +19,7 @@ from distill.cli import main
 from distill.config import load_config
 from distill.ensemble import Ensemble
 from distill.errors import ConfigError
+from distill.seeds import aggregate, load_summary
 from distill.stages import Run
 
 BASE = ["--quiet", "train.epochs=2", "train.deterministic=true", "train.threads=1", "data.val_max=90"]
@@ -159,11 +160,18 @@ def test_mutual_learning_from_the_python_api(tmp_path):
     assert "teacher" not in summary["stages"] and not (tmp_path / "dml" / "teacher.safetensors").exists()
 
 
-def test_seeds_of_a_born_again_run(tmp_path):
+@pytest.mark.parametrize(("name", "student"), [("born_again", "gen-1"), ("assistants", "assistant-1"),
+                                              ("mutual", "peer-1"), ("teachers", "distill")])
+def test_seeds_of_each_method_aggregate_every_stage_and_pair_each_student(tmp_path, name, student):
     out = tmp_path / "seeds"
-    assert main(["run", "--seeds", "2", "--out", str(out), *BASE, *METHODS["born_again"][0]]) == 0
-    agg = json.loads((out / "seeds.json").read_text())
-    assert agg["n"] == 2 and "gen-1" in agg["stages"] and agg["stages"]["gen-1"]["test_acc"]["n"] == 2
+    assert main(["run", "--seeds", "2", "--out", str(out), "--no-report", *BASE, *METHODS[name][0]]) == 0
+    agg = aggregate([load_summary(out / f"seed-{k}") for k in (0, 1)])  # seeds.json's numbers
+    assert agg["n"] == 2 and list(agg["stages"]) == METHODS[name][2]
+    assert all(agg["stages"][s]["test_acc"]["n"] == 2 for s in METHODS[name][2])
+    runs = [json.loads((out / f"seed-{k}" / "summary.json").read_text())["stages"] for k in (0, 1)]
+    twin = "scratch-peer-1" if student == "peer-1" else "scratch"
+    diffs = [r[student]["test_acc"] - r[twin]["test_acc"] for r in runs]
+    assert agg["gains"][student]["test_acc"]["mean"] == pytest.approx(sum(diffs) / 2)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
