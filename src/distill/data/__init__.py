@@ -184,7 +184,12 @@ def _loaders(cfg, kind: str, splits: Splits, seed: int, row_map, train_tf, eval_
         size, tf, aug = (bs, train_tf, augment) if train else (ebs, eval_tf, None)
         if kind == "stream":
             return StreamLoader(rows(samples), size, train, seed, transform=tf, augment=aug, labels=labels,
-                                workers=_workers(cfg), prefetch=cfg.prefetch, persistent=train,
+                                # every loader keeps its workers for the whole run. Forking new ones
+                                # for each evaluation, from a process running other threads, could
+                                # hang a new worker before its first line (CPython 3.11's fork
+                                # re-initialisation; the 2-process stream test hung in about 1 run
+                                # in 6); now each loader forks once
+                                workers=_workers(cfg), prefetch=cfg.prefetch, persistent=True,
                                 pin_memory=torch.cuda.is_available())
         if id(samples) not in mapped:  # the teacher's and the students' rows, decoded once
             mapped[id(samples)] = torch.from_numpy(rows(samples).materialize())
