@@ -225,3 +225,25 @@ def test_a_typo_inside_a_list_section_names_its_valid_keys():
         load_config(None, ["teachers=[{name: a, model: mlp, kwarg: {}}, {name: b, model: mlp}]"])
     with pytest.raises(ConfigError, match="Valid keys there: model, kwargs, checkpoint, train"):
         load_config(None, ["mutual.peers=[{model: mlp, size: 3}]"])
+
+
+def test_several_teachers_from_checkpoints_need_no_teacher_stage(tmp_path, finished):
+    trained = finished / "teachers"
+    entries = ", ".join(f"{{name: {n}, model: mlp, kwargs: {{hidden: [{h}]}}, checkpoint: {trained}/teacher-{n}.safetensors}}"
+                        for n, h in (("a", 32), ("b", 24)))
+    out = tmp_path / "ready"
+    assert main(["run", "--out", str(out), *BASE, f"teachers=[{entries}]", "stages=[scratch,distill]"]) == 0
+    stages = json.loads((out / "summary.json").read_text())["stages"]
+    before = json.loads((trained / "summary.json").read_text())["stages"]
+    assert stages["teacher-a"]["checkpoint"].endswith("teacher-a.safetensors")
+    assert stages["teacher-a"]["test_acc"] == pytest.approx(before["teacher-a"]["test_acc"])
+    assert not (out / "teacher-a.safetensors").exists()  # read from its checkpoint, not copied
+
+
+def test_a_bad_checkpoint_of_a_later_teacher_is_refused_before_the_first_trains(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *BASE, "teacher.train.epochs=1",
+                 f"teachers=[{{name: a, model: mlp}}, {{name: b, model: mlp, checkpoint: {bad}}}]"]) == 2
+    assert "bad.pt" in capsys.readouterr().err and not out.exists()

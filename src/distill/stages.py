@@ -109,12 +109,15 @@ class Run:
     def _preflight(self, data, terms: dict) -> None:
         """Catch config, model and layer-path mistakes before any training time is spent."""
         cfg = self.cfg
-        for role in ("teacher", "student"):
-            path = getattr(cfg, role).checkpoint
+        given = {role: getattr(cfg, role).checkpoint for role in ("teacher", "student")}
+        given |= {f"teachers[{t.name}]": t.checkpoint for t in (cfg.teachers if members(cfg) else [])}
+        for role, path in given.items():
             if path and not Path(path).is_file():
                 raise DistillError(f"{role}.checkpoint '{path}' is not a file. Give the path of "
                                    f"saved weights (.safetensors, .pt, .pth), or {role}.checkpoint=null.")
-        has_teacher = has_teacher_stage(cfg) and ("teacher" in cfg.stages or bool(self.task.pretrained_teacher()))
+        # several teachers without a teacher stage all have checkpoints (stage_plan.check_plan)
+        has_teacher = has_teacher_stage(cfg) and ("teacher" in cfg.stages or bool(self.task.pretrained_teacher())
+                                                  or bool(members(cfg)))
         if "distill" in cfg.stages and not has_teacher and has_teacher_stage(cfg):
             raise DistillError(
                 "The distill stage needs a teacher: add 'teacher' to stages, or set "
@@ -133,6 +136,9 @@ class Run:
                                    "<run folder>/teacher_cache, or choose another folder.")
             check(cfg.cache.dir, "cache", "cache.dir", adopt=legacy(cfg.cache.dir, "cache"))
         self.task.preflight(data, terms, has_teacher)
+        for t in cfg.teachers if members(cfg) else []:  # a bad one found now, not after the others train
+            if t.checkpoint:
+                load_weights(self.task.create_model(f"teacher-{t.name}", data), t.checkpoint, trust=self.trust)
 
     def _open_folder(self, data) -> None:
         """Check, create and lock the run folder; say what this run is about to do."""
