@@ -80,7 +80,7 @@ def aggregate(results: dict) -> dict:
                           for s in stages},
                "wall_seconds": mean_std([r["wall_seconds"] for r in records]), "gains": {}}
         for s in stages:
-            if s in BASELINES or s.startswith(("gen-", "assistant-")):
+            if s in BASELINES or s.startswith("gen-"):  # an assistant has no scratch twin of its size
                 base = BASELINES.get(s, "scratch")
                 agg["gains"][s] = {"vs_scratch": _paired(records, s, None, base, "test_acc")}
                 if plain and name != "plain_kd" and s == "distill":

@@ -160,7 +160,7 @@ def test_mutual_learning_from_the_python_api(tmp_path):
     assert "teacher" not in summary["stages"] and not (tmp_path / "dml" / "teacher.safetensors").exists()
 
 
-@pytest.mark.parametrize(("name", "student"), [("born_again", "gen-1"), ("assistants", "assistant-1"),
+@pytest.mark.parametrize(("name", "student"), [("born_again", "gen-1"), ("assistants", "distill"),
                                               ("mutual", "peer-1"), ("teachers", "distill")])
 def test_seeds_of_each_method_aggregate_every_stage_and_pair_each_student(tmp_path, name, student):
     out = tmp_path / "seeds"
@@ -172,6 +172,7 @@ def test_seeds_of_each_method_aggregate_every_stage_and_pair_each_student(tmp_pa
     twin = "scratch-peer-1" if student == "peer-1" else "scratch"
     diffs = [r[student]["test_acc"] - r[twin]["test_acc"] for r in runs]
     assert agg["gains"][student]["test_acc"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert "assistant-1" not in agg["gains"]  # no scratch twin of its architecture
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -189,6 +190,8 @@ def test_seeds_of_each_method_aggregate_every_stage_and_pair_each_student(tmp_pa
     (["mutual.peers=[{model: mlp, checkpoint: x.pt}]"], "start untrained"),
     (["mutual.peers=[{model: mlp}]", "stages=[teacher,distill]"], "no teacher"),
     (["assistants=[{model: mlp}]", "cache=disk", "cache.dir=/tmp/x"], "cache.dir"),
+    (["mutual.peers=[{model: mlp}]", "stages=[scratch,distill]", "cache=disk"], "no teacher whose outputs"),
+    (["assistants=[{model: mlp, kwargs: {hidden: [0]}}]"], r"assistants\[0\].kwargs.hidden=\[0\] has a value below 1"),
 ])
 def test_config_mistakes_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -247,3 +250,26 @@ def test_a_bad_checkpoint_of_a_later_teacher_is_refused_before_the_first_trains(
     assert main(["run", "--out", str(out), *BASE, "teacher.train.epochs=1",
                  f"teachers=[{{name: a, model: mlp}}, {{name: b, model: mlp, checkpoint: {bad}}}]"]) == 2
     assert "bad.pt" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_distilling_from_teacher_checkpoint_resumes_after_ctrl_c(tmp_path, finished, capsys):
+    """The teacher is recorded as finished but never copied into the folder: a resume reads it
+    from teacher.checkpoint again (it looked for RUN/teacher.safetensors)."""
+    ckpt = finished / "assistants" / "teacher.safetensors"
+    args = [*BASE, *SMALL_TEACHER[:2], f"teacher.checkpoint={ckpt}", "stages=[scratch,distill]"]
+    whole, out = tmp_path / "whole", tmp_path / "stopped"
+    assert main(["run", "--out", str(whole), *args]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        _ctrl_c_at(mp, "distill", step=25)
+        assert main(["run", "--out", str(out), *args]) == 130
+    assert main(["run", "--quiet", "--resume", str(out)]) == 0, capsys.readouterr().err
+    a, b = (load_file(str(d / "distill.safetensors")) for d in (whole, out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_list_sections_checkpoints_are_made_absolute(tmp_path):
+    from distill.config import absolute_paths
+
+    cfg = load_config(None, ["teachers=[{name: a, model: mlp, checkpoint: rel/a.pt}, {name: b, model: mlp}]"])
+    fixed = absolute_paths(cfg, tmp_path)
+    assert fixed.teachers[0].checkpoint == str(tmp_path / "rel" / "a.pt") and fixed.teachers[1].checkpoint is None

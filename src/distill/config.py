@@ -205,8 +205,12 @@ def check_values(cfg: RunConfig) -> None:
     if repeated:
         raise ConfigError(f"stages lists {', '.join(repeated)} more than once ({cfg.stages}); "
                           "each stage runs once. Remove the repeats, e.g. stages=[teacher,scratch,distill].")
-    for role in ("teacher", "student"):
-        model = getattr(cfg, role)
+    specs = [(role, getattr(cfg, role)) for role in ("teacher", "student")]
+    if cfg.task == "classification":  # the list sections' models too
+        specs += [(f"teachers[{t.name}]", t) for t in cfg.teachers]
+        specs += [(f"assistants[{i}]", a) for i, a in enumerate(cfg.assistants)]
+        specs += [(f"mutual.peers[{i}]", p) for i, p in enumerate(cfg.mutual.peers)]
+    for role, model in specs:
         if ":" in model.model:
             continue  # user code: its arguments mean what it says
         for key, value in model.kwargs.items():
@@ -241,7 +245,15 @@ def absolute_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
         path = base / Path(value).expanduser()
         if key in PATH_KEYS or path.is_dir():
             node[leaf] = str(path.absolute())
+    for spec in _listed_specs(raw):  # several teachers, assistants, peers: their checkpoints
+        if spec.get("checkpoint"):
+            spec["checkpoint"] = str((base / Path(spec["checkpoint"]).expanduser()).absolute())
     return type(cfg).model_validate(raw)
+
+
+def _listed_specs(raw: dict) -> list[dict]:
+    """The model specs of the list sections (teachers, assistants, mutual.peers) of a dumped config."""
+    return [*raw.get("teachers", []), *raw.get("assistants", []), *raw.get("mutual", {}).get("peers", [])]
 
 
 def stage_train(cfg: RunConfig, stage: str) -> TrainConfig:

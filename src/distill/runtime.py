@@ -202,6 +202,13 @@ def request_stop(*_) -> None:
     _STOP.set()
 
 
+def stop_between_runs() -> None:
+    """Between two runs of one command (trials, seed runs): a Ctrl-C or SIGTERM that came after
+    the last run's last stop check stops here, before the next run's handlers clear it."""
+    if stop_requested():
+        raise Interrupted(checkpointed=False)
+
+
 @contextlib.contextmanager
 def stop_handlers():
     """Within the block, Ctrl-C and SIGTERM ask for a clean stop at the next step boundary

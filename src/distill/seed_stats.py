@@ -4,7 +4,8 @@ The scratch and distilled students of one seed share initial weights, data order
 the gain distilled - scratch is computed per seed (paired) and summarised by its mean, sample
 standard deviation and a 95% Student-t interval, mean ± t(0.975, n-1) * sd / sqrt(n). The
 other students of a run (distill.stage_plan) are paired the same way with their own scratch
-baseline (`baseline_of`): assistant-<i> and gen-<k> with scratch, peer-<i> with scratch-peer-<i>.
+baseline (`baseline_of`): gen-<k> with scratch (both the teacher's architecture), peer-<i> with
+scratch-peer-<i>; a teacher assistant has no scratch twin of its architecture, so no gain.
 The t quantile comes from scipy.stats.t (scipy is installed with scikit-learn); without scipy,
 from a table for df 1..30 and the normal 1.96 beyond (slightly narrow there: t(0.975, 31) = 2.04).
 """
@@ -81,7 +82,7 @@ def _stage_stats(rows: list[dict], main: tuple[str, ...]) -> dict:
 def baseline_of(stage: str) -> str | None:
     """The scratch stage a student is paired with by seed (same architecture, initial weights
     and data order, trained on labels alone), or None for a teacher or a baseline itself."""
-    if stage == "distill" or stage.startswith(("assistant-", "gen-")):
+    if stage == "distill" or stage.startswith("gen-"):
         return "scratch"
     if stage.startswith("peer-"):
         return f"scratch-{stage}"

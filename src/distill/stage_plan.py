@@ -178,6 +178,9 @@ def _check_mutual(cfg: RunBase, default: RunBase) -> None:
         if peer.checkpoint or peer.train:
             raise ConfigError(f"mutual.peers[{i - 1}] sets checkpoint or train: the cohort's students "
                               "all start untrained and train with `train`. Remove them.")
+    if cfg.cache != default.cache:
+        raise ConfigError("cache.* would be ignored: mutual learning has no teacher whose outputs "
+                          "could be cached (the cohort's predictions change every step). Remove it.")
     if TEACHER in cfg.stages and cfg.stages != default.stages:
         raise ConfigError("stages lists teacher, but mutual learning has no teacher; use "
                           "stages=[scratch,distill].")

@@ -167,8 +167,14 @@ class Run:
             return task.ready_teacher(self._ensemble(data), self.device)
         seed_everything(cfg.seed)
         teacher = task.create_model("teacher", data)
-        if "teacher" in results:  # finished before a resume
-            load_weights(teacher, self.folder.dir / "teacher.safetensors")
+        if "teacher" in results:  # finished before a resume: trained here, or its checkpoint
+            path = weights_of(self.folder.dir, cfg, "teacher")
+            if path is None:
+                raise DistillError(f"'{self.folder.dir}' records its teacher as finished, but neither "
+                                   "teacher.safetensors nor teacher.checkpoint is there any more. "
+                                   "Restore the file, or start a new run.")
+            if not path.is_dir():  # a save_pretrained teacher came with its weights
+                load_weights(teacher, path, trust=self.trust)
         elif pretrained:
             if cfg.teacher.checkpoint:
                 self._load_checkpoint(teacher, "teacher")

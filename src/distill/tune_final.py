@@ -19,6 +19,7 @@ from .errors import DistillError
 from .io import write_json, write_text
 from .markdown import json_safe
 from .run_folder import claim
+from .runtime import stop_between_runs
 from .seeds import aggregate, describe, load_summary, write_seed_report
 from .stages import run
 from .tune_report import write_report
@@ -69,6 +70,7 @@ def seed_set(search: SearchState, folder: Path, cfg, teachers: dict[int, str | N
             seed_cfg = apply_params(cfg, [], {}, search.overrides(seed, teacher, stages))
             run(seed_cfg, run_dir, quiet=True, resume=(run_dir / "config.yaml").is_file(),
                 trust_checkpoint=search.trust)
+            stop_between_runs()
             search.log(f"{folder.name}: seed {seed} done ({time.perf_counter() - start:.1f} s).")
         dirs.append(run_dir)
     write_seed_report(folder, dirs)

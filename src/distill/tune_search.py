@@ -37,6 +37,7 @@ from .errors import DistillError
 from .io import write_json
 from .resume import lock_folder
 from .run_folder import claim
+from .runtime import stop_between_runs
 from .saved_config import migrate
 from .schedule import counts_steps
 from .stage_plan import method
@@ -138,6 +139,9 @@ def tune(cfg: RunConfig | None = None, out_dir: str | Path | None = None, trials
     best.yaml; return tune.json's dict. `resume=True` continues the search in `out_dir` (cfg
     None or the saved one; `trials` / `seeds` may extend it)."""
     load_optuna()
+    if isinstance(space, str):  # a string would be read character by character
+        raise DistillError(f"distill.tune's space is a list of key=low..high[:log] strings, e.g. [{space!r}]; "
+                           "got one string.")
     for name, value, least in (("trials", trials, 1), ("seeds", seeds, 1), ("startup_trials", startup_trials, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise DistillError(f"distill.tune: {name} must be a whole number >= {least}, got {value!r}.")
@@ -246,6 +250,7 @@ class Search:
             cfg = apply_params(self.cfg, [], {}, {"seed": seed, "stages": ["teacher"]})
             run(cfg, folder, quiet=self.quiet, resume=(folder / "config.yaml").is_file(),
                 trust_checkpoint=self.trust)
+            stop_between_runs()
         return str((folder / "teacher.safetensors").absolute())
 
     def _study(self):
@@ -290,6 +295,7 @@ class Search:
             state, value, seconds = self._run_trial(trial, teacher)
             self.times.append(seconds)
             self._progress(trial.number, done + 1, state, value, seconds)
+            stop_between_runs()  # a stop after the trial's last check: before the next run clears it
 
     def _run_trial(self, trial, teacher: str | None) -> tuple[str, float | None, float]:
         """One trial: a distill-only run of the sampled config into OUT/trials/<folder>/."""
