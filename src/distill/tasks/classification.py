@@ -144,7 +144,7 @@ class ClassificationTask:
         batch = next(iter(data.val)).rows(2)  # val: no shuffle, no augmentation draw
         student = self.create_model("student", data)
         _check_classes(student, "student", data, batch.inputs)
-        for stage in [*assistants(cfg), *peers(cfg)]:  # the other students' own architectures
+        for stage in [*members(cfg), *assistants(cfg), *peers(cfg)]:  # each other model on its own
             _check_classes(self.create_model(stage, data), stage, data, batch.inputs)
         if has_teacher:
             teacher = self.create_model("teacher", data)
@@ -199,7 +199,11 @@ class ClassificationTask:
             f"{c['labelled']} labelled for the students ({100 * c['labelled'] / (c['labelled'] + c['unlabelled']):.0f}%), "
             f"{c['val']} validation, {c['test']} test."
         ]
-        if c["unlabelled"]:
+        if c["unlabelled"] and peers(cfg):
+            lines.append(f"Transfer set: the students see labels only on {c['labelled']} samples; in mutual "
+                         f"learning each also learns from the others' predictions on all "
+                         f"{c['labelled'] + c['unlabelled']}.")
+        elif c["unlabelled"]:
             lines.append(
                 "Transfer set: the teacher trains on every training label; the students see labels "
                 f"only on {c['labelled']} samples, and the distilled student also learns from the "
