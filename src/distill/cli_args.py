@@ -7,26 +7,24 @@ import argparse
 from .errors import short
 
 
-def seed_count(text: str) -> int:
-    """--seeds N: a whole number >= 1 (0 or -1 must not quietly mean one run)."""
+def _at_least_one(text: str, what: str, note: str = "") -> int:
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"N must be a whole number >= 1, got {short(text)} (1 is a single run)")
+        raise argparse.ArgumentTypeError(f"{what} whole number >= 1, got {short(text)}{note}")
     return n
+
+
+def seed_count(text: str) -> int:
+    """--seeds N: a whole number >= 1 (0 or -1 must not quietly mean one run)."""
+    return _at_least_one(text, "N must be a", " (1 is a single run)")
 
 
 def positive(text: str) -> int:
-    """A whole number >= 1 (--top-k)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {short(text)}")
-    return n
+    """A whole number >= 1 (--top-k, --trials)."""
+    return _at_least_one(text, "must be a")
 
 
 def trust_flags(p: argparse.ArgumentParser,
