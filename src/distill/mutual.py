@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .contracts import Batch, Outputs, Selection, StepOutput, as_batch
+from .contracts import UNLABELLED, Batch, Outputs, Selection, StepOutput, as_batch
 from .distiller import ce_loss, empty_step
 from .errors import DistillError
 from .metrics import evaluate_classifier
@@ -81,7 +81,7 @@ class Cohort(nn.Module):
                 loss = loss + self.weights[name] * value
                 logged[name] = logged[name] + value / len(logits)
             total = total + loss
-        labelled = labels != -1
+        labelled = labels != UNLABELLED
         correct = ((logits[0].argmax(-1) == labels) & labelled).sum().float()
         return StepOutput(total, logged, labelled.sum().float(), correct, logits[0])
 

@@ -60,7 +60,8 @@ def schedule_line(cfg: RunConfig, task) -> str:
     if "teacher" in cfg.stages and has_teacher_stage(cfg) and not task.pretrained_teacher():
         for stage in trained:
             t, spec = stage_train(cfg, stage), spec_of(cfg, stage)
-            own = f" ({stage}.train sets {', '.join(sorted(spec.train))})" if spec.train else ""
+            key = "teacher.train" if stage == "teacher" else f"teachers[{stage.removeprefix('teacher-')}].train"
+            own = f" ({key} sets {', '.join(sorted(spec.train))})" if spec.train else ""
             parts.append(f"{stage} {_length(t)}, {t.optimizer} lr {t.lr:g}{own}")
     students = [s for s in STUDENTS if s in cfg.stages]
     if students:

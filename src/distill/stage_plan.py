@@ -106,11 +106,16 @@ def spec_of(cfg: RunBase, stage: str) -> ModelConfig:
         return next(t for t in cfg.teachers if f"teacher-{t.name}" == stage)
     if stage.startswith("assistant-"):
         return cfg.assistants[int(stage.removeprefix("assistant-")) - 1]
-    if stage.startswith(("peer-", "scratch-peer-")):
-        return cfg.mutual.peers[int(stage.rsplit("-", 1)[1]) - 1]
+    if peer_number(stage):
+        return cfg.mutual.peers[peer_number(stage) - 1]
     if stage == TEACHER or kind == "self_distill.generations":  # born-again: the teacher's architecture
         return cfg.teacher
     return cfg.student
+
+
+def peer_number(stage: str) -> int:
+    """i of a cohort's peer-<i> or its twin scratch-peer-<i>; 0 for any other stage."""
+    return int(stage.rsplit("-", 1)[1]) if stage.startswith(("peer-", "scratch-peer-")) else 0
 
 
 def is_teacher(stage: str) -> bool:

@@ -42,6 +42,7 @@ from .stage_plan import (
     has_teacher_stage,
     members,
     method,
+    peer_number,
     peers,
     scratch_stages,
     spec_of,
@@ -237,8 +238,7 @@ class Run:
         """A stage's model, from the same initial weights for every stage of one architecture
         (a peer of mutual learning has its own, so the cohort does not start identical)."""
         cfg = self.cfg
-        i = int(stage.rsplit("-", 1)[1]) if stage.startswith(("peer-", "scratch-peer-")) else 0
-        seed_everything(cfg.seed + MODEL_SEED_STEP * i)
+        seed_everything(cfg.seed + MODEL_SEED_STEP * peer_number(stage))
         student = self.task.create_model(stage, data)
         if cfg.student.checkpoint and spec_of(cfg, stage) is cfg.student:  # the pair stays paired
             self._load_checkpoint(student, "student")
