@@ -89,12 +89,11 @@ def test_byte_tokenizer_round_trip():
     assert max(tok.encode(text)) < 256 and tok.vocab_size == 258
 
 
-def test_packing_counts_every_token_but_the_first_once():
+def test_packing_counts_every_token_but_each_documents_first_once():
     enc = [([1, 2, 3], [1, 1, 1]), ([4, 5], [1, 1]), ([6, 7, 8, 9], [1, 1, 1, 1])]
-    x, m = pack(enc, length=4)
-    stream = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    x, m, _ = pack(enc, length=4)
     targets = [int(x[r, t]) for r in range(len(x)) for t in range(4) if m[r, t]]
-    assert targets == stream[1:]  # each once, in order
+    assert targets == [2, 3, 5, 7, 8, 9]  # each once, in order; 1, 4, 6 start documents
     assert (x[1:, 0] == x[:-1, -1]).all()  # rows overlap by one token
     assert (m[:, 0] == 0).all()
 

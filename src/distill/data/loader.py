@@ -47,6 +47,7 @@ class BatchLoader:
         self.y_is_mask = y_is_mask  # an LM's target mask, not class labels
         self.epoch, self.skip = 0, 0
         self.rank, self.world = 0, 1
+        self.positions: torch.Tensor | None = None  # an LM's packed position ids (TensorLoader)
 
     @property
     def num_samples(self) -> int:
@@ -103,7 +104,8 @@ class BatchLoader:
             x = self.transform(x, epoch, idx)
         y = self.y[idx.to(self.y.device)]
         if self.y_is_mask:
-            return Batch(x, mask=y, index=idx)
+            positions = None if self.positions is None else self.positions[idx.to(self.positions.device)]
+            return Batch(x, mask=y, index=idx, positions=positions)
         return Batch(x, y, idx, view)
 
     def data_digest(self) -> str:
@@ -111,19 +113,23 @@ class BatchLoader:
 
 
 class TensorLoader(BatchLoader):
-    """Every row in one tensor `x`: a batch is one gather, with no per-sample Python calls."""
+    """Every row in one tensor `x`: a batch is one gather, with no per-sample Python calls.
+    `positions` (an LM's packed rows, distill.lm.packing): position ids per row, carried by
+    each Batch."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False, transform=None, augment=None,
-                 y_is_mask: bool = False):
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+                 y_is_mask: bool = False, positions: torch.Tensor | None = None):
+        if len(x) != len(y) or (positions is not None and positions.shape != x.shape):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}, or positions are not x's shape")
         super().__init__(y, batch_size, shuffle, seed, drop_last, transform, augment, y_is_mask)
-        self.x = x
+        self.x, self.positions = x, positions
 
     def to(self, device) -> TensorLoader:
         """Move the data to `device` once, so batches need no copies."""
         self.x, self.y, self.index = self.x.to(device), self.y.to(device), self.index.to(device)
+        if self.positions is not None:
+            self.positions = self.positions.to(device)
         return self
 
     def batch_indices(self, epoch, skip):
@@ -134,4 +140,7 @@ class TensorLoader(BatchLoader):
         return self.x[idx.to(self.x.device)]
 
     def data_digest(self) -> str:
-        return data_hash(self.x)
+        """The inputs' hash; packed rows hash their position ids too (they change the forward)."""
+        if self.positions is None:
+            return data_hash(self.x)
+        return data_hash(torch.stack([self.x, self.positions.to(self.x)]))

@@ -4,7 +4,8 @@
 
 over the N counted target tokens t (not padding, not masked prompt tokens), with q_t the
 student's and p_t the teacher's next-token distribution. Batches hold the ids as `inputs` and
-the target mask as `mask` (see distill.lm.data). The loss is a mean over this batch's counted tokens,
+the target mask as `mask`, packed rows their position ids as `positions` (see
+distill.lm.data). The loss is a mean over this batch's counted tokens,
 and `count(batch)` tells the engine how many there are, so under gradient accumulation it
 re-weights each micro-batch by its share of the whole batch's tokens: the update is the same
 whatever `train.accumulate` is (a mean of per-micro-batch means would over-weight tokens in
@@ -56,7 +57,7 @@ class LiveTokenTeacher:
     @torch.no_grad()
     def targets(self, batch: Batch) -> TeacherRows:
         target = batch.mask[:, 1:].bool()
-        hidden = hidden_states(self.teacher, batch.inputs)[:, :-1][target]
+        hidden = hidden_states(self.teacher, batch.inputs, batch.positions)[:, :-1][target]
         return TeacherRows(hidden=hidden, head=Head.of(self.teacher))
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,7 +122,7 @@ class TokenPart:
         ids = batch.inputs
         target = batch.mask[:, 1:].bool()
         n = target.sum()
-        hidden = hidden_states(distiller.student, ids)[:, :-1][target]
+        hidden = hidden_states(distiller.student, ids, batch.positions)[:, :-1][target]
         # on-policy targets are the student's own samples: only the teacher's terms train
         weights = {"ce": 0.0 if batch.on_policy else distiller.ce_weight, **distiller.weights}
         loss, sums = token_loss(hidden, Head.of(distiller.student), ids[:, 1:][target], count=n,
@@ -164,7 +165,7 @@ def evaluate_lm(model: nn.Module, loader, device, chunk: int | None = None) -> d
         if len(ids) == 0:  # this process's share of a small last batch
             continue
         target = mask[:, 1:].bool()
-        sums = token_sums(hidden_states(model, ids)[:, :-1][target], head, ids[:, 1:][target], chunk)
+        sums = token_sums(hidden_states(model, ids, batch.positions)[:, :-1][target], head, ids[:, 1:][target], chunk)
         if sums:
             totals += torch.stack([sums["ce"].double(), sums["correct"].double(), target.sum().double()])
     model.train(was_training)

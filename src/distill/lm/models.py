@@ -78,20 +78,23 @@ def vocab_rows(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def hidden_states(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def hidden_states(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """The last hidden states [B, L, H] (after the final norm), without the output layer: the
-    chunked loss applies that itself (distill.lm.chunked)."""
-    return model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+    chunked loss applies that itself (distill.lm.chunked). Every LM forward goes through here.
+    `positions` [B, L]: a packed row's position ids, restarting at 0 per document; with no
+    attention mask and no cache, transformers then attends within each document only
+    (distill.lm.packing). None: one sequence per row, positions 0..L-1."""
+    return model.base_model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
 
 
 @torch.no_grad()
-def check_head(model: torch.nn.Module, role: str, ids: torch.Tensor) -> None:
+def check_head(model: torch.nn.Module, role: str, ids: torch.Tensor, positions: torch.Tensor | None = None) -> None:
     """The chunked loss assumes logits = output_layer(last hidden state), as in GPT-2, Llama,
     Mistral or Qwen. A model that post-processes logits (soft-capping, scaling) would silently
     train on the wrong distribution, so check it once on a probe."""
     model.eval()
-    full = model(input_ids=ids, use_cache=False).logits.float()
-    ours = model.get_output_embeddings()(hidden_states(model, ids)).float()
+    full = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+    ours = model.get_output_embeddings()(hidden_states(model, ids, positions)).float()
     if not torch.allclose(full, ours, rtol=1e-4, atol=1e-4):
         raise DistillError(
             f"The {role}'s logits are not its output layer applied to its last hidden states "

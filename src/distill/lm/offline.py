@@ -9,7 +9,8 @@ tokens and one "rest" bin, on both the teacher's and the student's side (distill
 That is exact for the coarsened distributions and a lower bound of the full divergence.
 
 The store lives in a folder (`cache: disk`, reusable by later runs) or in memory. Its
-meta.json records the teacher's weights hash, the data's hash, k and T; a store built for
+meta.json records the teacher's weights hash, the data's hash (of packed rows' position ids
+too: a store of rows packed otherwise is not reused), k and T; a store built for
 anything else is rebuilt or refused, as for the classifier cache (distill.cache.open_arrays).
 Build one with `open_topk_store` (done by `distill run` when `cache.topk` is set).
 """
@@ -25,7 +26,7 @@ import torch
 from ..contracts import Batch
 from ..errors import DistillError, short
 from ..progress import progress_bar
-from ..stores import FORMAT, data_hash, open_arrays, teacher_hash
+from ..stores import FORMAT, open_arrays, teacher_hash
 from .chunked import Head, TeacherRows, chunk_rows
 from .models import hidden_states
 
@@ -96,7 +97,9 @@ class TopKStore:
         with progress_bar("teacher top-k", total=len(todo), quiet=quiet) as advance:
             for start in range(0, len(todo), batch_size):
                 idx = todo[start:start + batch_size]
-                hidden = hidden_states(teacher, loader.x[idx.to(loader.x.device)].to(device))
+                rows = idx.to(loader.x.device)
+                packed = None if loader.positions is None else loader.positions[rows].to(device)
+                hidden = hidden_states(teacher, loader.x[rows].to(device), packed)
                 for p in range(0, positions, step):
                     sl = slice(p, min(p + step, positions))
                     self.put(idx, head.logits(hidden[:, sl]), sl)
@@ -127,7 +130,7 @@ def open_topk_store(teacher, loader, *, k: int, T: float, storage: str, path, de
     vocab = int(teacher.get_output_embeddings().weight.shape[0])
     if not 0 < k < vocab:
         raise DistillError(f"cache.topk must be between 1 and the vocabulary size - 1 ({vocab - 1}); got {k}.")
-    meta = {"teacher_sha256": teacher_hash(teacher), "data_sha256": data_hash(loader.x),
+    meta = {"teacher_sha256": teacher_hash(teacher), "data_sha256": loader.data_digest(),
             "data_shape": list(loader.x.shape)}
     rows, length = loader.x.shape
     store = TopKStore(rows, length - 1, k, T, meta, storage, path, rebuild)

@@ -8,7 +8,8 @@ is on-policy (GKD's lambda); which ones is a pure hash of (seed, epoch, step), s
 picks the same steps.
 
 Prompts: for prompt/completion rows, the tokens before the first target; for plain-text rows
-(where every token is a target), the first `prompt_tokens` tokens. Sampling is plain
+(where every token is a target), the first `prompt_tokens` tokens, cut at the end of the
+row's first document in a packed row. Sampling is plain
 ancestral sampling at `temperature` (no top-k/top-p), from the student in eval mode. The new
 rows are the prompt, then the sampled tokens up to and including the first <eos>, right-padded;
 only sampled tokens are targets. The next-token CE term is skipped on these batches: its labels
@@ -22,6 +23,7 @@ import hashlib
 import torch
 
 from ..contracts import Batch
+from .packing import first_segment
 
 
 class OnPolicy:
@@ -40,13 +42,16 @@ class OnPolicy:
         digest = hashlib.sha256(f"{self.seed}:{epoch}:{step}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
 
-    def prompts(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    def prompts(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Each row's prompt: tokens before its first target, or the first `prompt_tokens`
-        (at most the last `max_prompt` of them)."""
+        (at most the last `max_prompt` of them); in a packed row, never past its first
+        document (`positions` restart at 0 at the next one)."""
         first = (mask > 0).int().argmax(1).tolist()  # position 0 is never a target
         out = []
-        for row, f in zip(ids, first, strict=True):
+        for r, (row, f) in enumerate(zip(ids, first, strict=True)):
             n = f if f > 1 else min(self.prompt_tokens, len(row) - 1)
+            if positions is not None:
+                n = max(1, min(n, first_segment(positions[r])))
             out.append(row[:n][-self.max_prompt:] if self.max_prompt else row[:n])
         return out
 
@@ -55,7 +60,7 @@ class OnPolicy:
         """An on-policy Batch (no sample index: the rows are in no dataset) of the batch's
         prompts and the student's sampled continuations."""
         ids, mask = batch.inputs, batch.mask
-        prompts = self.prompts(ids, mask)
+        prompts = self.prompts(ids, mask, batch.positions)
         width = max(len(p) for p in prompts)
         # left-pad for generation: every prompt then ends at the same position
         x = torch.full((len(prompts), width), self.pad_id, dtype=ids.dtype, device=ids.device)

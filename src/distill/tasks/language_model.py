@@ -16,6 +16,7 @@ from ..lm.distiller import check_vocab, evaluate_lm, lm_distiller
 from ..lm.models import check_head, create_lm, transformers
 from ..lm.offline import open_topk_store
 from ..lm.on_policy import OnPolicy
+from ..lm.packing import check_isolation
 from ..lm.tokenizer import load_tokenizer, vocab_digest
 from ..runtime import DTYPES, barrier, is_main
 from ..stage_plan import is_teacher, spec_of
@@ -84,9 +85,12 @@ class LanguageModelTask:
         roles = ["student"] + (["teacher"] if has_teacher else [])
         models = {role: self.create_model(role, data) for role in roles}
         probe = data.val.x[:2]  # unsharded: a process's share of a batch can be empty
+        packed = data.val.positions  # position ids of packed rows, else None
         for role, model in models.items():
             self._check_tokens(role, model, data)
-            check_head(model, role, probe)
+            check_head(model, role, probe, None if packed is None else packed[:2])
+            if packed is not None:  # documents must not see each other
+                check_isolation(model, role, data.val.x[:8], packed[:8])
         if "teacher" in models and "distill" in cfg.stages:
             check_vocab(models["teacher"], models["student"], cfg.lm.shared_vocab)
         policy, positions = cfg.lm.on_policy, self._positions(models["student"])
