@@ -43,6 +43,7 @@ def pack(encoded, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pad = rows * step + 1 - len(ids)
     ids, mask = np.pad(ids, (0, pad)), np.pad(mask, (0, pad))
     start = np.pad(start, (0, pad), constant_values=False)
+    start[len(start) - pad:][:1] = True  # the last row's padding: a segment of its own, never counted
     take = (np.arange(rows) * step)[:, None] + np.arange(length)
     x, m, s = ids[take], mask[take], start[take]
     m[:, 0], s[:, 0] = 0, True
