@@ -70,7 +70,7 @@ class DataConfig(DataBase):
 
 
 class LMDataConfig(DataBase):
-    """task: language_model data (data.name: pydoc | text | jsonl); see distill.lm.data."""
+    """task: language_model data (data.name: pydoc | text | jsonl | hf); see distill.lm.data."""
 
     name: str = "pydoc"
     batch_size: int = Field(32, gt=0)
