@@ -21,7 +21,7 @@ from distill.contracts import Batch  # noqa: E402
 from distill.data.loader import TensorLoader  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.lm import packing  # noqa: E402
-from distill.lm.data import build_lm_data  # noqa: E402
+from distill.lm.data import build_lm_data, fingerprint  # noqa: E402
 from distill.lm.distiller import TokenPart, evaluate_lm, lm_distiller  # noqa: E402
 from distill.lm.models import create_lm  # noqa: E402
 from distill.lm.offline import open_topk_store  # noqa: E402
@@ -180,6 +180,9 @@ def test_packed_rows_from_the_config_carry_positions(tmp_path):
     after_eos[:, 1:] = x[:, :-1] == eos  # paragraphs end with <eos>: the next token starts one
     assert ((pos == 0) == (after_eos | (np.arange(x.shape[1]) == 0))).all()
     assert not data.train.y.numpy()[pos == 0].any()  # no document's first token is a target
+    # the data's fingerprint (checked on resume) changes with the packing
+    assert fingerprint(data) != fingerprint(build_lm_data(cfg.model_copy(update={"packing": False})))
+    assert fingerprint(data) == fingerprint(build_lm_data(cfg))
 
 
 def test_packed_run_trains_and_resumes_exactly_after_a_stop(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ positions are never counted.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ from .packing import pack
 from .sources import Example, read_examples, read_parts
 from .tokenizer import load_tokenizer
 
-__all__ = ["Example", "LMData", "build_lm_data", "encode", "pack", "pad_rows", "read_examples"]
+__all__ = ["Example", "LMData", "build_lm_data", "encode", "fingerprint", "pack", "pad_rows", "read_examples"]
 
 
 @dataclass
@@ -128,3 +129,18 @@ def build_lm_data(cfg, seed: int = 0) -> LMData:
     counts["packing"] = int(packing)
     return LMData(loader("train", True), loader("train", True), loader("val", False),
                   loader("test", False), tokenizer, counts)
+
+
+def fingerprint(data: LMData) -> str:
+    """sha256 over every split's ids, target mask and position ids: a checkpoint records it and
+    refuses to resume on other data, rows packed or masked otherwise included."""
+    h = hashlib.sha256()
+    for loader in (data.train, data.val, data.test):
+        for t in (loader.x, loader.y, loader.positions):
+            if t is None:
+                h.update(b"none")
+                continue
+            t = t.cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(memoryview(t.numpy()).cast("B"))
+    return h.hexdigest()

@@ -12,6 +12,7 @@ from ..errors import DistillError, short
 from ..lm import report as lm_report
 from ..lm import tools as lm_tools
 from ..lm.data import LMData, build_lm_data
+from ..lm.data import fingerprint as lm_fingerprint
 from ..lm.distiller import check_vocab, evaluate_lm, lm_distiller
 from ..lm.models import check_head, create_lm, transformers
 from ..lm.offline import open_topk_store
@@ -168,7 +169,7 @@ class LanguageModelTask:
         ]
 
     def data_summary(self, data: LMData) -> dict:
-        return {"tokenizer": data.tokenizer.name, **data.counts}
+        return {"tokenizer": data.tokenizer.name, **data.counts, "sha256": lm_fingerprint(data)}
 
     # ---------------------------------------------------------------- a run folder read back
 
