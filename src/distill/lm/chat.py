@@ -2,10 +2,12 @@
 
 A conversation is a list of {"role", "content"} messages. Its tokens are those of the whole
 conversation rendered by the chat template of the run's tokenizer (a local Hugging Face folder
-whose tokenizer_config.json has a `chat_template`). The targets are the tokens of every
-assistant turn: what the template writes after the assistant header (the header is what
-`add_generation_prompt` adds) up to the end of the turn, its end-of-turn token(s) included.
-System and user turns and the template's scaffolding around them are not targets.
+with a `chat_template` in tokenizer_config.json or chat_template.jinja). The targets are the
+tokens of every assistant turn: what the template writes after the assistant header (the
+header is what `add_generation_prompt` adds) up to the end of the turn, its end-of-turn
+token(s) included. System and user turns and the template's scaffolding around them are not
+targets. No <eos> is appended: the template ends the last turn. A conversation longer than
+data.max_length is cut there (unpacked rows), losing the end of its last turns.
 
 The spans are found without `{% generation %}` markers, which few templates have: for message
 j, the tokens of messages[:j] rendered, of messages[:j] with the generation prompt, and of

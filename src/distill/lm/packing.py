@@ -66,11 +66,12 @@ def first_segment(positions: torch.Tensor) -> int:
 @torch.no_grad()
 def check_isolation(model: torch.nn.Module, role: str, ids: torch.Tensor, positions: torch.Tensor) -> None:
     """The hidden states of a packed row's later document must equal that document's run
-    alone; a model that ignores packed position ids would attend across documents."""
-    rows = [r for r in range(len(ids)) if bool((positions[r, 1:] == 0).any())]
-    if not rows:
+    alone; a model that ignores packed position ids would attend across documents. One row is
+    checked: the first of `ids` [N, L] that holds a document boundary (none: nothing to check)."""
+    rows = (positions[:, 1:] == 0).any(1).nonzero()
+    if not len(rows):
         return
-    row = rows[0]
+    row = int(rows[0])
     start = int((positions[row] == 0).nonzero()[-1])  # the row's last segment
     model.eval()
     packed = hidden_states(model, ids[row:row + 1], positions[row:row + 1])[0, start:].float()

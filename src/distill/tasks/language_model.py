@@ -91,7 +91,7 @@ class LanguageModelTask:
             self._check_tokens(role, model, data)
             check_head(model, role, probe, None if packed is None else packed[:2])
             if packed is not None:  # documents must not see each other
-                check_isolation(model, role, data.val.x[:8], packed[:8])
+                check_isolation(model, role, data.val.x, packed)
         if "teacher" in models and "distill" in cfg.stages:
             check_vocab(models["teacher"], models["student"], cfg.lm.shared_vocab)
         policy, positions = cfg.lm.on_policy, self._positions(models["student"])
