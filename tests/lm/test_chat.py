@@ -152,3 +152,26 @@ def test_chat_run_from_the_cli(tmp_path, tok):
     summary = json.loads((out / "summary.json").read_text())
     n = summary["data"]["vocab_size"]
     assert summary["data"]["packing"] == 0 and summary["stages"]["distill"]["val_ppl"] < n
+
+
+def test_byte_level_bpe_chat_targets_are_the_assistant_text(tmp_path):
+    """With a byte-level BPE (whitespace and newlines are tokens, merges span them) the spans
+    still come out whole: each assistant content, its <|im_end|> and the template's newline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["the cat sat on the mat.\nuser\nassistant\nbe brief"] * 50, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(str(tmp_path / "bpe"))
+    tok = load_tokenizer(str(tmp_path / "bpe"))
+    ids, mask = encode_chat(CHAT, tok)
+    assert ids == tok.encode(tok.tok.apply_chat_template(CHAT, tokenize=False))  # the whole chat
+    assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "sat on<|im_end|>\non the mat .<|im_end|>\n"
+    first = mask.index(1)
+    assert tok.decode(ids[:first]).endswith("<|im_start|>assistant\n")  # the header is no target
