@@ -12,8 +12,8 @@ from ..errors import DistillError, short
 from ..lm import report as lm_report
 from ..lm import tools as lm_tools
 from ..lm.data import LMData, build_lm_data
-from ..lm.lora import create_student
 from ..lm.distiller import check_vocab, evaluate_lm, lm_distiller
+from ..lm.lora import create_student
 from ..lm.models import check_head, create_lm, transformers
 from ..lm.offline import open_topk_store
 from ..lm.on_policy import OnPolicy
