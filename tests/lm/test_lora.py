@@ -225,3 +225,24 @@ def test_a_classifier_run_refuses_student_lora(tmp_path, capsys):
     assert main(["run", "student.lora.r=4", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "Unknown key 'lora' under 'student'" in err and "task=classification runs do not read it" in err
+
+
+def test_chunked_loss_under_a_frozen_output_layer_gives_the_same_hidden_gradient():
+    """A LoRA student's output layer is frozen: the chunked loss skips dW, and dh is unchanged
+    (against the loss on full logits)."""
+    import torch.nn.functional as F
+
+    from distill.lm.chunked import Head, token_loss
+
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(10, 6, generator=g), torch.randn(V, 6, generator=g)
+    targets = torch.randint(0, V, (10,), generator=g)
+    h = hidden.clone().requires_grad_()
+    loss, _ = token_loss(h, Head(weight), targets, count=torch.tensor(10), terms={}, weights={"ce": 1.0},
+                         chunk=3)
+    loss.backward()
+    ref = hidden.clone().requires_grad_()
+    F.cross_entropy(ref @ weight.T, targets).backward()
+    torch.testing.assert_close(loss, F.cross_entropy(hidden @ weight.T, targets))
+    torch.testing.assert_close(h.grad, ref.grad)
+    assert weight.grad is None
