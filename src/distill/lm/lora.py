@@ -123,7 +123,7 @@ class AdapterState:
                 f"saved from this LoRA student ({self.source}). Load the run's own stage weights "
                 "(<stage>.safetensors), or build the student without student.lora."
             )
-        was = bytes(recorded.to(torch.uint8).tolist())
+        was = bytes(recorded.to(torch.uint8).reshape(-1).tolist())
         if was != self.digest:
             raise DistillError(
                 f"The LoRA adapters were trained on another base than {self.source} (sha256 of the "
@@ -174,7 +174,8 @@ def create_student(spec: LMStudentConfig, vocab_size: int, tokenizer, seed: int,
         base = create_lm(spec.model, spec.kwargs, vocab_size, tokenizer, role="student",
                          trust_checkpoint=trust_checkpoint)
     built = spec.model in ARCHITECTURES
-    source = f"the {spec.model} base built from student.kwargs" if built else f"student.model '{spec.model}'"
+    source = (f"the {spec.model} base built from student.kwargs with seed {seed}" if built
+              else f"student.model '{spec.model}'")
     return adapt(base, spec.lora, source)
 
 
@@ -191,7 +192,3 @@ def merge(model: nn.Module) -> nn.Module:
             setattr(model.get_submodule(parent), child, module.get_base_layer())
     vars(model).pop("peft_config", None)  # peft's record on the model: the adapters are gone
     return model
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
