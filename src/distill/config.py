@@ -313,7 +313,7 @@ def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
             model, item = item, None
             continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        kind = field.annotation if field is not None else None
+        kind = _unless_none(field.annotation) if field is not None else None
         if typing.get_origin(kind) is list and _is_section(typing.get_args(kind)[0]):
             item = typing.get_args(kind)[0]
             continue
@@ -321,6 +321,14 @@ def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
             return []
         model = kind
     return [] if item is not None else list(model.model_fields)
+
+
+def _unless_none(kind: Any) -> Any:
+    """`Section | None` (an optional section, e.g. student.lora) is `Section`; others as they are."""
+    args = typing.get_args(kind)
+    if len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return kind
 
 
 def _is_section(kind: Any) -> bool:

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from .lora_schema import LMStudentConfig
 from .method_schema import EnsembleConfig, MutualConfig, SelfDistillConfig, TeacherEntry
 from .schedule import Every, dump_every, parse_every
 from .schema_base import ModelConfig, Strict
@@ -283,7 +284,8 @@ class LanguageModelConfig(RunBase):
     task: Literal["language_model"] = "language_model"
     data: LMDataConfig = Field(default_factory=lambda: LMDataConfig.model_validate(LM_DEFAULTS["data"]))
     teacher: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate(LM_DEFAULTS["teacher"]))
-    student: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate(LM_DEFAULTS["student"]))
+    # its own student schema: student.lora (distill.lora_schema) is a key of LM runs only
+    student: LMStudentConfig = Field(default_factory=lambda: LMStudentConfig.model_validate(LM_DEFAULTS["student"]))
     loss: dict[str, dict[str, Any]] = Field(default_factory=lambda: {k: dict(v) for k, v in LM_DEFAULTS["loss"].items()})
     train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate(LM_DEFAULTS["train"]))
     lm: LMConfig = Field(default_factory=LMConfig)

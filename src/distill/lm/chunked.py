@@ -124,7 +124,9 @@ class _ChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, spec):
-        grad_h, grad_w = torch.zeros_like(hidden), torch.zeros_like(weight)
+        grad_h = torch.zeros_like(hidden)
+        # a frozen output layer (a LoRA student's) needs no dW: skip its [V, H] matmuls
+        grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         grad_b = torch.zeros_like(bias) if bias is not None else None
         sums: dict[str, torch.Tensor] = {}
         rows, weights = spec["rows"], spec["weights"]
@@ -141,20 +143,20 @@ class _ChunkedLoss(torch.autograd.Function):
                     (g,) = torch.autograd.grad(loss / spec["count"], [logits])
                 g = g.to(weight.dtype)
                 grad_h[sl] = g @ weight
-                grad_w.addmm_(g.T, h)
+                if grad_w is not None:
+                    grad_w.addmm_(g.T, h)
                 if grad_b is not None:
                     grad_b += g.sum(0)
             for k, v in part.items():
                 sums[k] = sums.get(k, 0) + v.detach()
-        ctx.save_for_backward(grad_h, grad_w, *([grad_b] if grad_b is not None else []))
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
         total = sum(weights[k] * v for k, v in sums.items() if k in weights)
         return total / spec["count"], sums
 
     @staticmethod
     def backward(ctx, grad_total, _grad_sums):
-        grads = [g * grad_total for g in ctx.saved_tensors]
-        return grads[0], grads[1], grads[2] if ctx.has_bias else None, None
+        grads = [None if g is None else g * grad_total for g in ctx.saved_tensors]
+        return *grads, None
 
 
 def chunk_rows(vocab: int, chunk: int | None = None) -> int:

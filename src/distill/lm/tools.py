@@ -17,6 +17,7 @@ from ..tables import narrow_table
 from ..trust import NO_TRUST, Trust
 from .data import LMData, build_lm_data
 from .distiller import evaluate_lm
+from .lora import create_student, merge
 from .models import create_lm
 from .tokenizer import HFTokenizer
 
@@ -35,8 +36,11 @@ def load_run(run_dir: str | Path, stage: str, trust: Trust = NO_TRUST, data: LMD
         name = f"{stage}{'-last' if last else ''}.safetensors"
         raise DistillError(f"'{run_dir}' has no finished '{stage}' stage ({name} is missing).")
     data = data or build_lm_data(cfg.data, seed=cfg.seed)
-    spec = cfg.teacher if stage == "teacher" else cfg.student
-    model = create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer)
+    vocab = data.tokenizer.vocab_size
+    if stage == "teacher":
+        model = create_lm(cfg.teacher.model, cfg.teacher.kwargs, vocab, data.tokenizer)
+    else:  # a LoRA student: its base rebuilt, then its adapters loaded (distill.lm.lora)
+        model = create_student(cfg.student, vocab, data.tokenizer, cfg.seed)
     load_weights(model, weights)
     return model.eval(), data
 
@@ -86,12 +90,15 @@ def export(run_dir: str | Path, fmt: str = "hf", out: str | Path | None = None, 
     if not out:  # the default <stage>-hf/ lands in the run folder: only one distill wrote
         require(run_dir, "run", "distill export")
     model, data = load_run(run_dir, stage, trust)
+    ids = next(iter(data.test)).inputs[:2]
+    with torch.no_grad():
+        expected = model(ids).logits  # a LoRA student's: the adapted model, before merging
+    if stage != "teacher" and run_config(run_dir, trust=trust).student.lora is not None:
+        model = merge(model)  # a plain transformers model: the adapters folded into the base
     out = Path(out) if out else run_dir / f"{stage}-hf"
     model.save_pretrained(str(out))
     if isinstance(data.tokenizer, HFTokenizer):  # the byte tokenizer has no files
         data.tokenizer.tok.save_pretrained(str(out))
-    ids = next(iter(data.test)).inputs[:2]
     with torch.no_grad():
-        expected = model(ids).logits
         got = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()(ids).logits
     return {"path": str(out), "format": "hf", "max_abs_diff": (got - expected).abs().max().item()}

@@ -14,6 +14,7 @@ from ..lm import tools as lm_tools
 from ..lm.data import LMData, build_lm_data
 from ..lm.data import fingerprint as lm_fingerprint
 from ..lm.distiller import check_vocab, evaluate_lm, lm_distiller
+from ..lm.lora import create_student
 from ..lm.models import check_head, create_lm, transformers
 from ..lm.offline import open_topk_store
 from ..lm.on_policy import OnPolicy
@@ -55,6 +56,9 @@ class LanguageModelTask:
     def create_model(self, role: str, data: LMData) -> nn.Module:
         """The model of a role or a stage (teacher; student, scratch, distill)."""
         role = "teacher" if is_teacher(role) else "student"
+        if role == "student":  # with student.lora: a frozen base and its adapters (distill.lm.lora)
+            return create_student(self.cfg.student, data.tokenizer.vocab_size, data.tokenizer,
+                                  self.cfg.seed, self.trust_checkpoint)
         spec = spec_of(self.cfg, role)
         return create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer,
                          role=role, trust_checkpoint=self.trust_checkpoint)
