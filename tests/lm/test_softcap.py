@@ -14,12 +14,15 @@ import torch.nn.functional as F
 tf = pytest.importorskip("transformers")
 
 from distill.cli import main  # noqa: E402
+from distill.contracts import Batch  # noqa: E402
 from distill.data.loader import TensorLoader  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.lm.chunked import Head, TeacherRows, token_loss, token_sums  # noqa: E402
+from distill.lm.distiller import lm_distiller  # noqa: E402
 from distill.lm.logit_transform import IDENTITY, LogitTransform, logit_transform  # noqa: E402
 from distill.lm.models import check_head, hidden_states  # noqa: E402
 from distill.lm.offline import open_topk_store  # noqa: E402
+from distill.lm.on_policy import OnPolicy  # noqa: E402
 from distill.losses.lm import ForwardKL  # noqa: E402
 
 V = 40
@@ -107,6 +110,27 @@ def test_chunked_loss_and_gradients_equal_the_models_own_logits(name):
     assert abs(plain.item() - F.cross_entropy(s, y).item()) > 0.05
     ev = token_sums(rows.detach(), Head.of(student), y, chunk=7)
     assert torch.allclose(ev["ce"], F.cross_entropy(s, y, reduction="sum"), atol=1e-4)
+
+
+def test_on_policy_step_of_soft_capped_models_is_the_naive_loss():
+    """The student samples from its own (capped) logits; the Distiller's step on that batch,
+    teacher and student both soft-capped, equals the KL computed from `model(ids).logits`."""
+    student, teacher = gemma2(seed=0), gemma2(seed=1, cap=2.0)
+    sampler = OnPolicy(1.0, 1.0, max_new_tokens=5, prompt_tokens=3, eos_id=1, pad_id=0, seed=0)
+    d = lm_distiller(teacher, student, {"kd": (ForwardKL(), 1.0)}, ce_weight=0.0, on_policy=sampler)
+    torch.manual_seed(4)
+    ids = torch.randint(2, V, (3, 8))
+    mask = torch.zeros_like(ids)
+    mask[:, 3:] = 1
+    b = sampler.make_batch(student, Batch(ids, mask=mask, index=torch.arange(3)))
+    assert b.on_policy and b.mask.sum() > 0
+    target = b.mask[:, 1:].bool()
+    with torch.no_grad():
+        s = F.log_softmax(student(b.inputs).logits[:, :-1][target], -1)
+        t = F.log_softmax(teacher(b.inputs).logits[:, :-1][target], -1)
+        ref = (t.exp() * (t - s)).sum(-1).mean()
+        got = d(b).loss
+    assert torch.allclose(got, ref, atol=1e-5)
 
 
 def test_offline_store_keeps_the_soft_capped_distribution():
