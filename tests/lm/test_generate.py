@@ -169,6 +169,53 @@ def test_a_stopped_run_continues_to_the_same_file(tmp_path, teacher_run, monkeyp
     assert out.stat().st_mtime_ns == before
 
 
+KILL_MID_WRITE = """
+import os, signal, sys
+import distill.lm.generate_file as generate_file
+from distill.cli import main
+
+written = []
+def append(self, rows):  # the third batch: its first line and a bit reach the file, then SIGKILL
+    if len(written) == 2:
+        text = "\\n".join(generate_file.json.dumps(r) for r in rows) + "\\n"
+        with open(self.partial, "a") as f:
+            f.write(text[: text.index("\\n") + 6])
+        os.kill(os.getpid(), signal.SIGKILL)
+    written.append(rows)
+    original(self, rows)
+original, generate_file.GenerateFile.append = generate_file.GenerateFile.append, append
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_process_continues_to_the_same_file(tmp_path, teacher_run):
+    """A real SIGKILL in the middle of a batch's write; the rerun (a fresh process, as a user
+    would start it) keeps the two whole batches and writes the uninterrupted file's bytes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = ["generate", str(teacher_run), "--prompts", str(prompts_file(tmp_path)), "--max-new-tokens", "6",
+            "--batch-size", "2", "--top-k", "20", "--quiet"]
+
+    def distill(*extra, script=None):
+        code = ["-c", script, *args] if script else ["-m", "distill", *args]
+        return subprocess.run([sys.executable, *code, *extra], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    assert distill("--out", str(tmp_path / "whole.jsonl")).returncode == 0
+    out = tmp_path / "g.jsonl"
+    killed = distill("--out", str(out), script=KILL_MID_WRITE)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    torn = Path(f"{out}.partial").read_text()
+    # two whole batches, then one whole line and a torn one of the third: the batch is redone
+    assert torn.count("\n") == 5 and not torn.endswith("\n")
+    rerun = distill("--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
 def test_foreign_and_other_settings_files_are_refused(tmp_path, capsys):
     model, prompts = gpt(), prompts_file(tmp_path)
     mine = tmp_path / "mine.jsonl"
