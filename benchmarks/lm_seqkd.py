@@ -11,8 +11,12 @@ configs/lm/seqkd.yaml trains students on them, and every model is scored on pydo
 5. Test perplexity on pydoc's test split (the reference text) of every student, so the
    students trained on text and on the teacher's completions are compared on the same tokens.
 
-    python benchmarks/lm_seqkd.py                    # 1 thread; about 15 minutes on 2 cores
+    python benchmarks/lm_seqkd.py                    # greedy; 1 thread; about 12 minutes on 2 cores
+    python benchmarks/lm_seqkd.py --top-p 0.9 --pydoc-run /tmp/lm_seqkd-x/pydoc --out sampled.json
     python benchmarks/lm_seqkd.py train.epochs=1     # dotted overrides of both runs
+
+`--top-p P` (or `--temperature T`) samples instead of decoding greedily; `--pydoc-run DIR`
+reuses step 1's run folder of an earlier call.
 
 Writes benchmarks/results/lm_seqkd.json (or --out) and prints a markdown table.
 """
@@ -55,6 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--top-p", type=float, help="sample (nucleus) instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, help="sample at this temperature instead of greedy decoding")
+    parser.add_argument("--pydoc-run", help="reuse the run folder of step 1 (written by an earlier call)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_seqkd.json"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -62,22 +69,27 @@ def main() -> None:
     base = [f"train.threads={args.threads}", *args.overrides]
     work = Path(tempfile.mkdtemp(prefix="lm_seqkd-"))
     pydoc_cfg = distill.load_config(PYDOC, base)
-    pydoc_summary, pydoc_s = timed(lambda: distill.run(pydoc_cfg, work / "pydoc", quiet=True))
+    pydoc = Path(args.pydoc_run) if args.pydoc_run else work / "pydoc"
+    if args.pydoc_run:
+        pydoc_summary, pydoc_s = json.loads((pydoc / "summary.json").read_text()), None
+    else:
+        pydoc_summary, pydoc_s = timed(lambda: distill.run(pydoc_cfg, pydoc, quiet=True))
     n_prompts = train_prompts(pydoc_cfg, work / "prompts.jsonl")
-    gen, gen_s = timed(lambda: generate(work / "pydoc", work / "prompts.jsonl", work / "seqkd.jsonl", greedy=True,
-                                        max_new_tokens=args.max_new_tokens, batch_size=64))
+    sampling = {k: v for k, v in (("top_p", args.top_p), ("temperature", args.temperature)) if v is not None}
+    gen, gen_s = timed(lambda: generate(pydoc, work / "prompts.jsonl", work / "seqkd.jsonl", greedy=not sampling,
+                                        max_new_tokens=args.max_new_tokens, batch_size=64, **sampling))
     seqkd_cfg = distill.load_config(SEQKD, [*base, f"data.path={work / 'seqkd.jsonl'}",
-                                            f"teacher.checkpoint={work / 'pydoc' / 'teacher.safetensors'}"])
+                                            f"teacher.checkpoint={pydoc / 'teacher.safetensors'}"])
     seqkd_summary, seqkd_s = timed(lambda: distill.run(seqkd_cfg, work / "seqkd", quiet=True))
     data = build_lm_data(pydoc_cfg.data, seed=pydoc_cfg.seed)  # the reference text's test split
     test = {}
-    for name, run_dir, stage in [("teacher", "pydoc", "teacher"), ("scratch on text", "pydoc", "scratch"),
-                                 ("word-KD on text", "pydoc", "distill"), ("Seq-KD", "seqkd", "scratch"),
-                                 ("Seq-KD + word-KD", "seqkd", "distill")]:
-        model, _ = load_run(work / run_dir, stage, data=data)
+    for name, run_dir, stage in [("teacher", pydoc, "teacher"), ("scratch on text", pydoc, "scratch"),
+                                 ("word-KD on text", pydoc, "distill"), ("Seq-KD", work / "seqkd", "scratch"),
+                                 ("Seq-KD + word-KD", work / "seqkd", "distill")]:
+        model, _ = load_run(run_dir, stage, data=data)
         test[name] = evaluate_lm(model, data.test, "cpu")["ppl"]
     result = {"config": [str(PYDOC.relative_to(ROOT)), str(SEQKD.relative_to(ROOT))], "overrides": base,
-              "prompts": n_prompts, "generate": {**gen, "seconds": gen_s, "tokens_per_second": gen["new_tokens"] / gen_s},
+              "prompts": n_prompts, "decoding": sampling or "greedy", "generate": {**gen, "seconds": gen_s, "tokens_per_second": gen["new_tokens"] / gen_s},
               "pydoc_run_seconds": pydoc_s, "seqkd_run_seconds": seqkd_s, "pydoc_test_ppl": test,
               "seqkd_val_ppl": {s: seqkd_summary["stages"][s]["val_ppl"] for s in ("scratch", "distill")},
               "pydoc_val_ppl": {s: pydoc_summary["stages"][s]["val_ppl"] for s in ("teacher", "scratch", "distill")},
