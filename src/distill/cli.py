@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .cli_args import positive, seed_count, trust_flags
+from .cli_generate import add_generate_parser
 from .cli_tune import add_tune_parser
 from .config import load_config, to_yaml
 from .errors import DistillError, clip, plain
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     add_tune_parser(sub)
+    add_generate_parser(sub)
     p = sub.add_parser("report", help="write report.md and plots for a run (or --seeds) folder")
     p.add_argument("run_dir")
     trust_flags(p)

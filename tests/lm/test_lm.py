@@ -495,8 +495,9 @@ def test_local_tokenizer_and_model_folders(tmp_path, capsys):
 
 
 def test_models_that_post_process_logits_are_refused():
-    """The chunked loss recomputes logits as output_layer(last hidden state); a model whose
-    forward changes them (soft-capping, scaling) must be refused, not silently mis-trained."""
+    """The chunked loss recomputes logits as output_layer(last hidden state), then the transform
+    known for the architecture (tests/lm/test_softcap.py); a model whose forward changes them
+    otherwise (here a scale GPT-2 does not have) must be refused, not silently mis-trained."""
     from distill.lm.models import check_head
 
     ids = torch.randint(0, V, (2, 8))

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .logit_transform import IDENTITY, LogitTransform, logit_transform
+
 # Logits per chunk: 16 MiB in fp32, under glibc's 32 MiB mmap threshold, so chunk buffers are
 # reused from the heap instead of freshly mapped and page-faulted each chunk (benchmarks/lm_loss.py)
 CHUNK_ELEMENTS = 1 << 22
@@ -30,19 +32,23 @@ TAIL_FLOOR = 1e-9  # smallest "rest of the vocabulary" mass; keeps its log finit
 
 @dataclass
 class Head:
-    """An output layer as its weight [V, H] and optional bias [V]: logits = h @ W.T + b."""
+    """An output layer as its weight [V, H], optional bias [V] and the model's fixed transform
+    of its output (soft-capping, scaling; distill.lm.logit_transform):
+    logits = transform(h @ W.T + b)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
+    transform: LogitTransform = IDENTITY
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> Head:
         layer = model.get_output_embeddings()
-        return cls(layer.weight, getattr(layer, "bias", None))
+        return cls(layer.weight, getattr(layer, "bias", None), logit_transform(model.config))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits, with the matmul in the weight's dtype (autocast off: see module doc)."""
-        return F.linear(hidden.to(self.weight.dtype), self.weight, self.bias).float()
+        """Float32 logits, with the matmul in the weight's dtype (autocast off: see module doc)
+        and the transform in float32."""
+        return self.transform(F.linear(hidden.to(self.weight.dtype), self.weight, self.bias).float())
 
 
 @dataclass
@@ -118,8 +124,9 @@ class _ChunkedLoss(torch.autograd.Function):
     """Forward computes the weighted loss and, chunk by chunk, its gradients; backward scales
     them by the incoming gradient. Returns (loss, detached per-name sums).
 
-    Autograd runs only from a chunk's logits to its loss; the output layer's part is written
-    out (dh = g W, dW += g^T h, db += sum g) so that no [V, H] gradient is allocated per chunk.
+    Autograd runs only from a chunk's output-layer values z (through the model's logit
+    transform) to its loss; the output layer's part is written out (g = dloss/dz; dh = g W,
+    dW += g^T h, db += sum g) so that no [V, H] gradient is allocated per chunk.
     """
 
     @staticmethod
@@ -135,12 +142,13 @@ class _ChunkedLoss(torch.autograd.Function):
             h = hidden[sl].to(weight.dtype)
             teacher = spec["teacher"].rows(sl) if spec["teacher"] is not None else None
             with torch.autocast(hidden.device.type, enabled=False):
-                logits = F.linear(h, weight, bias).float()
+                z = F.linear(h, weight, bias).float()
                 with torch.enable_grad():
-                    logits.requires_grad_()
-                    part = chunk_sums(logits, spec["targets"][sl], spec["terms"], teacher, spec["vocab"])
+                    z.requires_grad_()
+                    part = chunk_sums(spec["transform"](z), spec["targets"][sl], spec["terms"],
+                                      teacher, spec["vocab"])
                     loss = sum(weights[k] * v for k, v in part.items() if k in weights)
-                    (g,) = torch.autograd.grad(loss / spec["count"], [logits])
+                    (g,) = torch.autograd.grad(loss / spec["count"], [z])
                 g = g.to(weight.dtype)
                 grad_h[sl] = g @ weight
                 if grad_w is not None:
@@ -180,7 +188,7 @@ def token_loss(hidden: torch.Tensor, head: Head, targets: torch.Tensor, *, count
     terms = terms or {}
     weights = weights if weights is not None else {"ce": 1.0}
     spec = {"rows": chunk_rows(head.weight.shape[0], chunk), "targets": targets, "terms": terms,
-            "weights": weights, "teacher": teacher, "vocab": vocab,
+            "weights": weights, "teacher": teacher, "vocab": vocab, "transform": head.transform,
             "count": torch.as_tensor(count, dtype=torch.float32).clamp(min=1)}
     if len(hidden) == 0:
         zero = hidden.sum() * 0 + head.weight.sum() * 0  # keeps the graph (DDP needs every grad)

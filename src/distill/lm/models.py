@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DistillError
+from .chunked import Head
 
 ARCHITECTURES = ("gpt2", "llama")
 
@@ -89,15 +90,20 @@ def hidden_states(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Te
 
 @torch.no_grad()
 def check_head(model: torch.nn.Module, role: str, ids: torch.Tensor, positions: torch.Tensor | None = None) -> None:
-    """The chunked loss assumes logits = output_layer(last hidden state), as in GPT-2, Llama,
-    Mistral or Qwen. A model that post-processes logits (soft-capping, scaling) would silently
-    train on the wrong distribution, so check it once on a probe."""
+    """The chunked loss computes logits as Head.of(model).logits(last hidden state): the output
+    layer, then the model's known fixed transform (soft-capping as in Gemma 2, a scale as in
+    Cohere or Granite: distill.lm.logit_transform). A model that post-processes logits in any
+    other way would silently train on the wrong distribution, so check it once on a probe."""
     model.eval()
     full = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
-    ours = model.get_output_embeddings()(hidden_states(model, ids, positions)).float()
+    head = Head.of(model)
+    ours = head.logits(hidden_states(model, ids, positions))
     if not torch.allclose(full, ours, rtol=1e-4, atol=1e-4):
         raise DistillError(
-            f"The {role}'s logits are not its output layer applied to its last hidden states "
-            f"(max difference {(full - ours).abs().max():.3g}); it post-processes logits, which "
-            "the chunked token loss does not reproduce. Use a GPT-2/Llama-style model."
+            f"The {role}'s logits are not its output layer applied to its last hidden states, "
+            f"followed by the transform distill knows for it ({head.transform.describe()}): max "
+            f"difference {(full - ours).abs().max():.3g}. It post-processes logits in a way the "
+            "chunked token loss does not reproduce (known: soft-capping of Gemma 2/3, logit "
+            "scales of Cohere, Granite, Falcon-H1). Use a model whose logits are its output "
+            "layer's, or one of those."
         )
