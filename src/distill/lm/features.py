@@ -183,3 +183,19 @@ class HiddenTerms:
                         f"run once per forward and return one, e.g. a decoder block.")
         for term in self.terms.values():
             term.setup(shapes["student"], shapes["teacher"])
+        self._learn_training_mode(distiller.student, batch)
+
+    def _learn_training_mode(self, student: nn.Module, batch: Batch) -> None:
+        """One training-mode forward (with autograd, as in a step), so that the hooks learn
+        here whether a later op changes a hooked state in place (distill.hooks), not on the
+        first training step. Otherwise that step, and only it, would use a clone, and a process
+        resumed mid-stage would clone on another step than the uninterrupted run: the clone
+        adds an autograd node, which can change the order in which a state's gradients from
+        three or more consumers are summed (a Llama RMSNorm reads its input twice), and so the
+        last bits of the update. Its dropout draws are made in both runs before training
+        starts (a resume restores the generator afterwards)."""
+        was_training = student.training
+        student.train()
+        with torch.enable_grad(), self.captures["student"].capturing(student):
+            hidden_states(student, batch.inputs)
+        student.train(was_training)
