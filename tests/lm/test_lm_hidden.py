@@ -167,6 +167,17 @@ def test_on_policy_batches_train_the_hidden_term_too():
     assert set(empty.terms) == {"ce", "hid"}  # an empty share reports what a full one does
 
 
+def test_setup_on_an_empty_share_sizes_the_projectors():
+    """Under torchrun a process's share of the first batch can be empty: the shapes are probed
+    on one row instead, and the projector is the one a full batch gives."""
+    student, teacher = gpt(layers=1, width=8, seed=0), gpt(layers=2, width=16, seed=1)
+    d = lm_distiller(teacher, student, {"hid": (LMHidden(), 1.0)})
+    b = batch()
+    d.setup(Batch(b.inputs[:0], mask=b.mask[:0], index=b.index[:0]))
+    assert tuple(d.terms["hid"].projectors[0].weight.shape) == (16, 8)
+    assert torch.isfinite(d(b).loss)
+
+
 def test_python_api_refusals():
     student, teacher = gpt(layers=1, width=8, seed=0), gpt(layers=2, width=16, seed=1)
     with pytest.raises(DistillError, match="has no module 'transformer.hh.1'.*Nearest names"):
@@ -272,3 +283,31 @@ def test_losses_command_lists_the_hidden_term(capsys):
     assert main(["losses"]) == 0
     out = capsys.readouterr().out
     assert "lm_hidden" in out and "loss=mse" in out
+
+
+def test_two_processes_equal_one(tmp_path):
+    """torchrun with 2 gloo processes trains the same student as 1 process (its updates go through
+    the projector), on
+    prompt/completion rows whose shards count different numbers of tokens: the hidden term is
+    normalised by the whole batch's counted tokens, as the token terms are."""
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}?", "completion": " yes" * (1 + i % 5)})
+                              for i in range(60)))
+    args = [*TINY, "data.name=jsonl", f"data.path={path}", "data.batch_size=8", *PAIRS["gpt2"],
+            "stages=[teacher,distill]", "train.epochs=2", "train.threads=1", "--quiet", "--no-report"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", *args, "--out", str(one)]) == 0
+    with socket.socket() as sock:  # a free port: a fixed one collides with concurrent runs
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "distill", "run", *args, "--out", str(two)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    a, b = load_file(str(one / "distill-last.safetensors")), load_file(str(two / "distill-last.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5

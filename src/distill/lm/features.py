@@ -167,12 +167,15 @@ class HiddenTerms:
         if distiller.teacher is None:
             name = next(iter(self.terms))
             raise DistillError(f"loss.{name} ({type(self.terms[name]).__name__}) {NO_OFFLINE}.")
+        # a process's empty share of the first batch (fewer rows than processes) cannot run:
+        # probe on one row of token 0, only the shapes are read
+        ids = batch.inputs if len(batch) else batch.inputs.new_zeros((1, batch.inputs.shape[1]))
         shapes = {}
         for role, model in (("student", distiller.student), ("teacher", distiller.teacher)):
             was_training = model.training
             model.eval()
             with self.captures[role].capturing(model) as got:
-                hidden_states(model, batch.inputs)
+                hidden_states(model, ids)
             model.train(was_training)
             shapes[role] = {p: tuple(f.shape) for p, f in got.items()}
             for path in layer_paths(self.terms, role):
@@ -183,9 +186,9 @@ class HiddenTerms:
                         f"run once per forward and return one, e.g. a decoder block.")
         for term in self.terms.values():
             term.setup(shapes["student"], shapes["teacher"])
-        self._learn_training_mode(distiller.student, batch)
+        self._learn_training_mode(distiller.student, ids)
 
-    def _learn_training_mode(self, student: nn.Module, batch: Batch) -> None:
+    def _learn_training_mode(self, student: nn.Module, ids: torch.Tensor) -> None:
         """One training-mode forward (with autograd, as in a step), so that the hooks learn
         here whether a later op changes a hooked state in place (distill.hooks), not on the
         first training step. Otherwise that step, and only it, would use a clone, and a process
@@ -197,5 +200,5 @@ class HiddenTerms:
         was_training = student.training
         student.train()
         with torch.enable_grad(), self.captures["student"].capturing(student):
-            hidden_states(student, batch.inputs)
+            hidden_states(student, ids)
         student.train(was_training)
