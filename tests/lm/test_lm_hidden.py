@@ -287,9 +287,8 @@ def test_losses_command_lists_the_hidden_term(capsys):
 
 def test_two_processes_equal_one(tmp_path):
     """torchrun with 2 gloo processes trains the same student as 1 process (its updates go through
-    the projector), on
-    prompt/completion rows whose shards count different numbers of tokens: the hidden term is
-    normalised by the whole batch's counted tokens, as the token terms are."""
+    the projector), on prompt/completion rows whose shards count different numbers of tokens:
+    the hidden term is normalised by the whole batch's counted tokens, as the token terms are."""
     import socket
     import subprocess
     import sys
