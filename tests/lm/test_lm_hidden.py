@@ -167,6 +167,20 @@ def test_on_policy_batches_train_the_hidden_term_too():
     assert set(empty.terms) == {"ce", "hid"}  # an empty share reports what a full one does
 
 
+def test_a_mapping_names_any_modules_and_their_inputs():
+    """{student path: teacher path}, ':input' for a module's input: here the final norm's input,
+    which is the last block's output, so it gives the value the numbered map [[1, 2]] gives."""
+    student, teacher = gpt(layers=1, width=8, seed=0), gpt(layers=2, width=16, seed=1)
+    b = batch()
+    values = []
+    for layers in ({"transformer.ln_f:input": "transformer.ln_f:input"}, [[1, 2]]):
+        torch.manual_seed(0)  # the same projector init
+        d = lm_distiller(teacher, student, {"hid": (LMHidden(layers), 1.0)})
+        d.setup(b)
+        values.append(d(b).terms["hid"])
+    assert torch.allclose(values[0], values[1], rtol=1e-6)
+
+
 def test_setup_on_an_empty_share_sizes_the_projectors():
     """Under torchrun a process's share of the first batch can be empty: the shapes are probed
     on one row instead, and the projector is the one a full batch gives."""

@@ -74,8 +74,8 @@ def map_layers(name: str, term: LMHidden, student: nn.Module, teacher: nn.Module
     else:
         pairs = term.layers
     for role, model, paths in (("student", student, [s for s, _ in pairs]), ("teacher", teacher, [t for _, t in pairs])):
-        for path in paths:
-            resolve_module(model, path, role)
+        for path in paths:  # a typo gets the nearest names now, before any stage trains
+            resolve_module(model, path.partition(":")[0], role)  # "<path>:input": the module's input
     term.map_paths(pairs)
 
 
