@@ -264,9 +264,11 @@ def test_cli_run_trains_and_resumes_exactly_after_a_stop(tmp_path, name, capsys)
     saved = [load_file(str(f)) for f in stopped.rglob("ckpt-distill-*.safetensors")]
     assert saved and all(any(k.startswith("model.terms.hid.projectors.0.") for k in w) for w in saved)
     assert main(["run", "--quiet", "--no-report", "--resume", str(stopped)]) == 0
-    for stem in ("distill", "distill-last"):
+    # the student and, beside it, the trained projectors: bit for bit the uninterrupted run's
+    for stem in ("distill", "distill-last", "distill-losses", "distill-last-losses"):
         a, b = (load_file(str(d / f"{stem}.safetensors")) for d in (whole, stopped))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stem
+    assert {"hid.projectors.0.weight", "hid.projectors.0.bias"} <= set(load_file(str(whole / "distill-losses.safetensors")))
     resumed = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [m["train_hid"] for m in resumed if m["stage"] == "distill"] == [m["train_hid"] for m in distill_records]
 
