@@ -12,7 +12,7 @@ do to the built-in pydoc example, on CPU with one thread.
   whole `distill run` (stages=[distill], teacher.checkpoint=...). Reported: the distilled
   student's validation and test perplexity.
 
-    python benchmarks/lm_hidden.py [--repeats 20] [--no-quality] [--out benchmarks/results/lm_hidden.json]
+    PYTHONPATH=src python benchmarks/lm_hidden.py [--repeats 20] [--no-quality] [--out benchmarks/results/lm_hidden.json]
 """
 
 from __future__ import annotations
@@ -105,7 +105,6 @@ def main() -> None:
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "lm_hidden.json")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": 1, "machine": machine_info(),
               "git": git_state(), "step": step_seconds(args.repeats)}
     if not args.no_quality:
