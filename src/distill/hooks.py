@@ -25,6 +25,7 @@ Inference-mode tensors have no version counter, so they are always cloned.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 
 import torch
@@ -133,14 +134,22 @@ class FeatureCapture:
     def run(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Call `model(inputs)`; return its output and the captured features (their values as
         the hooked modules gave them, even if an in-place op changed them afterwards)."""
-        self.features, self._watched, self._training, self.active = {}, {}, model.training, True
-        try:
+        with self.capturing(model) as features:
             out = model(inputs)
+        return out, features
+
+    @contextlib.contextmanager
+    def capturing(self, model: nn.Module):
+        """Record the hooked paths while the block runs a forward pass of `model` (however it is
+        called: a language model's base model, without its output layer); yields the dict
+        that holds the features once the block ends."""
+        features = self.features = {}
+        self._watched, self._training, self.active = {}, model.training, True
+        try:
+            yield features
             self._check()
         finally:
-            self.active, self._watched = False, {}
-        features, self.features = self.features, {}
-        return out, features
+            self.active, self._watched, self.features = False, {}, {}
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -23,7 +23,7 @@ def _defaults(cls) -> str:
 def cmd_losses(args) -> int:
     """List every registered loss with its citation, defaults and the layers it needs."""
     from .losses import LOSSES
-    from .losses.lm import TOKEN_LOSSES
+    from .losses.lm import LM_LOSSES
 
     table = Table(title="distillation losses (use as loss.<name>.<key>=value)")
     for col in ("name", "paper", "defaults", "layers"):
@@ -33,11 +33,11 @@ def cmd_losses(args) -> int:
         layers = "student, teacher" if "student" in inspect.signature(cls.__init__).parameters else "-"
         table.add_row(name, getattr(cls, "cite", ""), _defaults(cls), layers)
     Console().print(table)
-    lm = Table(title="token losses for task: language_model (per counted target token)")
+    lm = Table(title="token and hidden-state losses for task: language_model (per counted target token)")
     for col in ("name", "paper", "defaults"):
         lm.add_column(col)
     lm.add_row("ce", "next-token cross-entropy on the data", "weight")
-    for name, cls in TOKEN_LOSSES.items():
+    for name, cls in LM_LOSSES.items():
         lm.add_row(name, getattr(cls, "cite", ""), _defaults(cls))
     Console().print(lm)
     return 0

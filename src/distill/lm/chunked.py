@@ -54,13 +54,16 @@ class Head:
 @dataclass
 class TeacherRows:
     """The teacher's side for the counted rows: online (`hidden` + `head`) or offline top-k
-    (`topk_logp` [M, k] log-probabilities at temperature `topk_T`, `topk_ids` [M, k])."""
+    (`topk_logp` [M, k] log-probabilities at temperature `topk_T`, `topk_ids` [M, k]); the
+    online teacher's hooked layers at the same rows in `features` (path -> [M, d]) when
+    hidden-state terms read them (distill.lm.features)."""
 
     hidden: torch.Tensor | None = None
     head: Head | None = None
     topk_logp: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     topk_T: float = 1.0
+    features: dict[str, torch.Tensor] | None = None
 
     def rows(self, sl: slice) -> TeacherRows:
         if self.hidden is not None:

@@ -14,6 +14,7 @@ from ..lm import tools as lm_tools
 from ..lm.data import LMData, build_lm_data
 from ..lm.data import fingerprint as lm_fingerprint
 from ..lm.distiller import check_vocab, evaluate_lm, lm_distiller
+from ..lm.features import check_hidden_terms, token_terms
 from ..lm.lora import create_student
 from ..lm.models import check_head, create_lm, transformers
 from ..lm.offline import open_topk_store
@@ -83,7 +84,7 @@ class LanguageModelTask:
             raise DistillError("An offline top-k teacher stores probabilities over the teacher's "
                                "whole vocabulary; with lm.shared_vocab use the online teacher "
                                "(cache.topk=null).")
-        temps = {term.T for term, _ in terms.values()}
+        temps = {term.T for term, _ in token_terms(terms).values()}
         if cfg.cache.topk and len(temps) > 1:
             raise DistillError(f"An offline top-k teacher is stored at one temperature; the loss "
                                f"terms use several ({sorted(temps)}). Give them the same T.")
@@ -98,6 +99,7 @@ class LanguageModelTask:
                 check_isolation(model, role, data.val.x, packed)
         if "teacher" in models and "distill" in cfg.stages:
             check_vocab(models["teacher"], models["student"], cfg.lm.shared_vocab)
+        check_hidden_terms(terms, models["student"], models.get("teacher"), cfg.cache.topk)
         policy, positions = cfg.lm.on_policy, self._positions(models["student"])
         if policy.fraction > 0 and positions and policy.max_new_tokens >= positions:
             raise DistillError(f"lm.on_policy.max_new_tokens={policy.max_new_tokens} leaves no room "

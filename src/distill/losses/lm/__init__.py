@@ -5,6 +5,11 @@ last axis) to one value per token (`per_token`); it has a temperature `T` and ne
 own weight. The LM distiller (`distill.lm`) evaluates them chunk by chunk over the counted
 target tokens and averages over those tokens. Name one in a config's `loss` section of a
 `task: language_model` run, beside `ce` (next-token cross-entropy).
+
+Beside them, HIDDEN_LOSSES holds the terms on intermediate hidden states (`lm_hidden`, hidden.py):
+one value per counted row too, but from mapped layers' features through learned projections
+instead of from the two distributions. LM_LOSSES is the registry a language-model config names
+from: both.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...naming import resolve
 from .forward_kl import ForwardKL, forward_kl
+from .hidden import LMHidden
 from .jsd import JSD, generalized_jsd
 from .reverse_kl import ReverseKL, reverse_kl
 from .skew_kl import SkewKL, skew_kl
@@ -28,14 +34,16 @@ TOKEN_LOSSES: dict[str, type[nn.Module]] = {
     "skew_rkl": SkewReverseKL,
     "tv": TV,
 }
+HIDDEN_LOSSES: dict[str, type[nn.Module]] = {"lm_hidden": LMHidden}
+LM_LOSSES: dict[str, type[nn.Module]] = {**TOKEN_LOSSES, **HIDDEN_LOSSES}
 
 
 def resolve_token_loss(name: str) -> type[nn.Module]:
-    """Return the token term for a registry name or a `package.module:Class` path."""
-    return resolve(name, TOKEN_LOSSES, "token loss", "package.module:Class", ConfigError)
+    """Return the token or hidden-state term for a registry name or a `package.module:Class` path."""
+    return resolve(name, LM_LOSSES, "token loss", "package.module:Class", ConfigError)
 
 
 __all__ = [
-    "TOKEN_LOSSES", "resolve_token_loss", "forward_kl", "reverse_kl", "generalized_jsd",
+    "HIDDEN_LOSSES", "LM_LOSSES", "TOKEN_LOSSES", "resolve_token_loss", "forward_kl", "reverse_kl", "generalized_jsd",
     "skew_kl", "skew_reverse_kl", "total_variation",
 ]
