@@ -48,17 +48,22 @@ class Head:
 @dataclass
 class TeacherRows:
     """The teacher's side for the counted rows: online (`hidden` + `head`) or offline top-k
-    (`topk_logp` [M, k] log-probabilities at temperature `topk_T`, `topk_ids` [M, k])."""
+    (`topk_logp` [M, k] log-probabilities at temperature `topk_T`, `topk_ids` [M, k]).
+    `valid` [M] (bool), when given, marks the rows that have a teacher position at all (a
+    teacher with its own tokenizer can have fewer target tokens than the student: the other
+    rows' terms count 0; distill.lm.cross_tokenizer)."""
 
     hidden: torch.Tensor | None = None
     head: Head | None = None
     topk_logp: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     topk_T: float = 1.0
+    valid: torch.Tensor | None = None
 
     def rows(self, sl: slice) -> TeacherRows:
         if self.hidden is not None:
-            return TeacherRows(hidden=self.hidden[sl], head=self.head)
+            valid = self.valid[sl] if self.valid is not None else None
+            return TeacherRows(hidden=self.hidden[sl], head=self.head, valid=valid)
         return TeacherRows(topk_logp=self.topk_logp[sl], topk_ids=self.topk_ids[sl], topk_T=self.topk_T)
 
 
@@ -110,7 +115,8 @@ def chunk_sums(logits, targets, terms: dict, teacher: TeacherRows | None,
                 s = with_rest(s.gather(1, teacher.topk_ids.long()))
                 t = with_rest(teacher.topk_logp.float())
             by_T[term.T] = (s, t)
-        out[name] = term.per_token(*by_T[term.T]).sum()
+        value = term.per_token(*by_T[term.T])
+        out[name] = (value if teacher.valid is None else torch.where(teacher.valid, value, 0.0)).sum()
     return out
 
 
@@ -177,7 +183,10 @@ def token_loss(hidden: torch.Tensor, head: Head, targets: torch.Tensor, *, count
     """
     terms = terms or {}
     weights = weights if weights is not None else {"ce": 1.0}
-    spec = {"rows": chunk_rows(head.weight.shape[0], chunk), "targets": targets, "terms": terms,
+    # a chunk holds the teacher's logits too: size it by the larger vocabulary
+    vocab_size = max(head.weight.shape[0], teacher.head.weight.shape[0] if teacher is not None
+                     and teacher.head is not None else 0)
+    spec = {"rows": chunk_rows(vocab_size, chunk), "targets": targets, "terms": terms,
             "weights": weights, "teacher": teacher, "vocab": vocab,
             "count": torch.as_tensor(count, dtype=torch.float32).clamp(min=1)}
     if len(hidden) == 0:

@@ -22,7 +22,7 @@ positions, never the padding after it, and padded positions are never counted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,10 @@ class LMData:
     test: TensorLoader
     tokenizer: object
     counts: dict[str, int]
+    # unpacked rows only: each split's example number (in read_examples' order) per row, so
+    # that a teacher with its own tokenizer can tokenize the same texts (distill.lm.cross_tokenizer)
+    examples: dict[str, np.ndarray] = field(default_factory=dict)
+    teacher_tokens: object = None  # that teacher's rows: a cross_tokenizer.TeacherTokens, or None
 
 
 def read_examples(name: str, path: str | None) -> list[Example]:
@@ -145,13 +149,17 @@ def build_lm_data(cfg, seed: int = 0) -> LMData:
     """Loaders of Batches (inputs = ids, mask = target mask, index) for the train / val / test splits."""
     tokenizer = load_tokenizer(cfg.tokenizer)
     examples = read_examples(cfg.name, cfg.path)
-    packing = cfg.packing if cfg.packing is not None else not any(e.prompt for e in examples)
-    splits, counts = {}, {}
+    # a teacher with its own tokenizer needs one example per row (distill.lm.cross_tokenizer)
+    packing = cfg.packing if cfg.packing is not None else (
+        not any(e.prompt for e in examples) and cfg.teacher_tokenizer is None)
+    splits, counts, rows_of = {}, {}, {}
     for split, idx in _split(len(examples), cfg.val_fraction, cfg.test_fraction, cfg.split_seed).items():
         encoded = encode([examples[i] for i in idx], tokenizer, cfg.mask_prompt)
         x, m = pack(encoded, cfg.max_length) if packing else pad_rows(encoded, cfg.max_length, tokenizer.pad_token_id)
         keep = m.sum(1) > 0  # a row whose prompt fills max_length has nothing to learn
         splits[split] = (torch.from_numpy(x[keep]), torch.from_numpy(m[keep]))
+        if not packing:
+            rows_of[split] = idx[keep]
         counts[split] = int(keep.sum())
         counts[f"{split}_tokens"] = int(m[keep].sum())
         counts[f"{split}_dropped"] = int((~keep).sum())
@@ -166,5 +174,5 @@ def build_lm_data(cfg, seed: int = 0) -> LMData:
     counts["vocab_size"] = tokenizer.vocab_size
     counts["packing"] = int(packing)
     return LMData(loader("train", True), loader("train", True), loader("val", False),
-                  loader("test", False), tokenizer, counts)
+                  loader("test", False), tokenizer, counts, rows_of)
 

@@ -75,19 +75,24 @@ class TokenPart:
         chunk: counted tokens per chunk of the loss (None: sized from the vocabulary).
         on_policy: an OnPolicy sampler (distill.lm.on_policy): some batches are the student's
             own samples (GKD).
+        source: teacher -> TeacherSource, for a teacher that reads other rows than the
+            student's (its own tokenizer: distill.lm.cross_tokenizer); None: the batch's ids.
     """
 
     selection = Selection("ppl", lower_is_better=True)
 
-    def __init__(self, shared_vocab: int | None = None, chunk: int | None = None, on_policy=None):
+    def __init__(self, shared_vocab: int | None = None, chunk: int | None = None, on_policy=None,
+                 source=None):
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise DistillError(f"chunk must be a whole number of tokens >= 1, or None (sized from the "
                                f"vocabulary); got {chunk!r}.")
-        self.shared_vocab, self.chunk, self.on_policy = shared_vocab, chunk, on_policy
+        self.shared_vocab, self.chunk, self.on_policy, self.source = shared_vocab, chunk, on_policy, source
 
-    def bind(self, distiller) -> LiveTokenTeacher | None:
+    def bind(self, distiller):
         if distiller.teacher is None:
             return None
+        if self.source is not None:  # the teacher's own vocabulary: no token ids are shared
+            return self.source(distiller.teacher)
         check_vocab(distiller.teacher, distiller.student, self.shared_vocab)
         return LiveTokenTeacher(distiller.teacher)
 
@@ -147,9 +152,10 @@ class TokenPart:
 
 
 def lm_distiller(teacher, student, terms: dict | None = None, ce_weight: float = 1.0,
-                 shared_vocab: int | None = None, chunk: int | None = None, on_policy=None) -> Distiller:
+                 shared_vocab: int | None = None, chunk: int | None = None, on_policy=None,
+                 source=None) -> Distiller:
     """A Distiller for causal LMs: `Distiller(..., part=TokenPart(...))`."""
-    return Distiller(teacher, student, terms, ce_weight, part=TokenPart(shared_vocab, chunk, on_policy))
+    return Distiller(teacher, student, terms, ce_weight, part=TokenPart(shared_vocab, chunk, on_policy, source))
 
 
 @torch.no_grad()
