@@ -212,6 +212,32 @@ def test_end_to_end_with_two_tokenizers(world, finished):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_eval_and_export_of_the_students(finished, capsys):
+    assert main(["eval", str(finished), "--split", "val"]) == 0
+    shown = capsys.readouterr().out
+    assert "distill-last" in shown and "teacher" not in shown  # the teacher was not trained here
+    assert main(["export", str(finished), "--format", "hf"]) == 0
+
+
+def test_teacher_from_a_checkpoint_trained_on_its_own_tokenizer(world, tmp_path):
+    """The teacher stage on the teacher's tokenization is its own run (data.tokenizer = the
+    teacher's); its weights then teach a byte-level student through teacher.checkpoint."""
+    first = tmp_path / "teacher"
+    own = [*TINY, f"data.path={world['text']}", f"data.tokenizer={world['teacher']}", "stages=[teacher]",
+           "data.packing=false",  # the rows the teacher is given below: one example per row
+           "teacher.kwargs={n_layer: 1, n_embd: 16, n_head: 2, n_positions: 32}", "teacher.train.epochs=1"]
+    assert main(["run", *own, "--out", str(first), "--quiet", "--no-report"]) == 0
+    out = tmp_path / "student"
+    args = [*TINY, f"data.path={world['text']}", f"data.teacher_tokenizer={world['teacher']}",
+            "teacher.model=gpt2", "teacher.kwargs={n_layer: 1, n_embd: 16, n_head: 2, n_positions: 32}",
+            f"teacher.checkpoint={first}/teacher.safetensors"]
+    assert main(["run", *args, "--out", str(out), "--quiet", "--no-report"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    trained = json.loads((first / "summary.json").read_text())["stages"]["teacher"]
+    # evaluated on its own rows of the same validation split: the same perplexity as in its run
+    assert summary["stages"]["teacher"]["val_ppl"] == pytest.approx(trained["val_ppl"], rel=1e-6)
+
+
 def _ctrl_c_at(mp, stage: str, step: int) -> None:
     """A real SIGINT after training step `step` of `stage` (caught by distill's handler)."""
     real_fit = stages.fit
@@ -251,9 +277,11 @@ def test_stop_mid_distill_then_resume_equals_uninterrupted(world, finished, tmp_
     (["loss.forward_kl.weight=0.5"], "loss.forward_kl compares the two models' probabilities token id by token id"),
     (["stages=[teacher, scratch, distill]"], "a teacher with its own tokenizer is not trained here"),
     (["data.packing=true"], "set data.packing=false"),
-    (["cache=disk", "cache.topk=4"], "use the online teacher"),
+    (["cache=disk", "cache.topk=4"], "cache.topk=null"),
     (["lm.on_policy.fraction=0.5"], "set lm.on_policy.fraction=0"),
     (["lm.shared_vocab=40"], "remove lm.shared_vocab"),
+    (["data.teacher_tokenizer=null", "teacher.model=gpt2", "stages=[teacher, scratch, distill]",
+      "cache=disk", "cache.topk=4"], "an offline top-k teacher keeps k of the teacher's tokens only"),
     (["data.teacher_tokenizer=byte"], "differs from data.teacher_tokenizer 'byte'"),
     (["data.max_length=64"], "exceeds the teacher's 32 positions"),
 ])

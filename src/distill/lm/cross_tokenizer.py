@@ -123,6 +123,12 @@ def cross_terms(cfg, terms: dict) -> dict:
 
 def check_cross_tokenizer(cfg, terms: dict) -> None:
     """Refuse what a teacher with its own tokenizer cannot do (cfg: a LanguageModelConfig)."""
+    cross = [name for name, (term, _) in terms.items() if isinstance(term, CROSS_TOKENIZER_TERMS)]
+    if cross and cfg.cache.topk:
+        raise DistillError(f"loss.{cross[0]} sorts each model's whole next-token distribution, but "
+                           "an offline top-k teacher keeps k of the teacher's tokens only (and the "
+                           "student's probabilities at those ids are not its own top k). Use the "
+                           "online teacher: cache.topk=null.")
     if cfg.data.teacher_tokenizer is None:
         return
     same = [name for name, (term, _) in terms.items() if not isinstance(term, CROSS_TOKENIZER_TERMS)]
