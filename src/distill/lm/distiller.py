@@ -39,7 +39,9 @@ def check_vocab(teacher: nn.Module, student: nn.Module, shared_vocab: int | None
         raise DistillError(
             f"The teacher's vocabulary has {t} tokens and the student's {s}: token distributions "
             "cannot be compared. Use models with one tokenizer, or, if one vocabulary is the "
-            f"other's first tokens plus padding, declare the shared slice: lm.shared_vocab={min(t, s)}."
+            f"other's first tokens plus padding, declare the shared slice: lm.shared_vocab={min(t, s)}; "
+            "for a teacher with its own tokenizer, declare it (data.teacher_tokenizer) and distill "
+            "with a cross-tokenizer term (loss.uld)."
         )
     if shared_vocab is not None and not 0 < shared_vocab <= min(t, s):
         raise DistillError(f"lm.shared_vocab={shared_vocab} must be between 1 and the smaller "
