@@ -292,6 +292,36 @@ def test_stop_mid_distill_then_resume_equals_uninterrupted(world, finished, tmp_
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_two_processes_equal_one(world, tmp_path):
+    """torchrun with 2 gloo processes: each process's rows reach the teacher by their global
+    index and the teacher's validation rows are sharded like the student's, so the run trains the
+    same student and records the same teacher metrics as one process. SGD: Adam divides by
+    sqrt(v), which turns float rounding of near-zero gradients into lr-sized differences."""
+    import socket
+    import subprocess
+    import sys
+
+    args = [*world["args"], "train.threads=1", "train.optimizer=sgd", "train.momentum=0", "train.lr=0.5",
+            "--quiet", "--no-report"]
+    one = tmp_path / "one"
+    assert main(["run", *args, "--out", str(one)]) == 0
+
+    with socket.socket() as sock:  # a free port: a fixed one collides with concurrent runs
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "distill", "run", *args, "--out", str(two)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one_summary, two_summary = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert two_summary["processes"] == 2
+    assert two_summary["stages"]["teacher"]["val_ppl"] == pytest.approx(
+        one_summary["stages"]["teacher"]["val_ppl"], rel=1e-6)
+    a, b = (load_file(str(d / "distill-last.safetensors")) for d in (one, two))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
 # ---------------------------------------------------------------- refusals
 
 

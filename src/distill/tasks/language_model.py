@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -153,10 +154,8 @@ class LanguageModelTask:
             sampler = OnPolicy(policy.fraction, policy.temperature, policy.max_new_tokens,
                                policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed,
                                max_positions=self._positions(student))
-        tokens, source = self.teacher_tokens, None
-        if tokens is not None:
-            def source(model):
-                return CrossTokenizerTeacher(model, tokens)
+        tokens = self.teacher_tokens
+        source = partial(CrossTokenizerTeacher, tokens=tokens) if tokens is not None else None
         return lm_distiller(teacher, student, terms, ce_weight, cfg.lm.shared_vocab, cfg.lm.chunk,
                             sampler, source)
 
