@@ -350,3 +350,14 @@ def test_a_teacher_folder_with_its_own_tokenizer_names_the_teacher_tokenizer(wor
     assert main(["run", *args, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "comes with its own tokenizer" in err and "data.teacher_tokenizer" in err
+
+
+def test_a_relative_teacher_tokenizer_folder_is_saved_absolute(tmp_path):
+    """config.yaml must name the same teacher tokenizer from any directory (resume, eval)."""
+    from distill.config import absolute_paths, load_config
+
+    (tmp_path / "tok").mkdir()
+    cfg = absolute_paths(load_config(None, ["task=language_model", "data.teacher_tokenizer=tok"]), tmp_path)
+    assert cfg.data.teacher_tokenizer == str((tmp_path / "tok").absolute())
+    byte = absolute_paths(load_config(None, ["task=language_model", "data.teacher_tokenizer=byte"]), tmp_path)
+    assert byte.data.teacher_tokenizer == "byte"  # a name, not a folder
