@@ -4,7 +4,8 @@ Needs the optional extra `pip install 'distill[lm]'` (transformers). The pieces:
 data.py (text/JSONL/pydoc rows with target masks), tokenizer.py (byte-level or a local
 tokenizer), models.py (GPT-2/Llama from a config or a local folder), chunked.py (the loss
 over counted tokens, chunk by chunk), distiller.py (TokenPart, the Distiller's LM part), offline.py (stored top-k
-teacher), on_policy.py (student-generated batches); the run's side is distill.tasks.language_model.
+teacher), on_policy.py (student-generated batches), cross_tokenizer.py (a teacher with its own
+tokenizer); the run's side is distill.tasks.language_model.
 """
 
 from .chunked import Head, TeacherRows, token_loss
