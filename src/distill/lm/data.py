@@ -10,11 +10,10 @@ Examples are split into train / validation / test (seeded by `data.split_seed`) 
 are cut, so no text is shared between splits. Each row of a split is `max_length` token ids
 plus a target mask: mask[t] = 1 when token t is a target, i.e. counted in the loss as the
 prediction made at position t - 1. Position 0 is never a target; padding never is; with
-`mask_prompt` (default), prompt tokens are not either. With `packing` (the default for text, unless the teacher has its own
-tokenizer: distill.lm.cross_tokenizer),
-a split's examples are joined by <eos> into one stream cut into rows that overlap by one
-token, so every token but the first is a target exactly once; otherwise each example is one
-row, truncated or right-padded.
+`mask_prompt` (default), prompt tokens are not either. With `packing` (the default for text,
+unless the teacher has its own tokenizer: distill.lm.cross_tokenizer), a split's examples are
+joined by <eos> into one stream cut into rows that overlap by one token, so every token but the
+first is a target exactly once; otherwise each example is one row, truncated or right-padded.
 
 Right padding needs no attention mask: under causal attention a real token only sees earlier
 positions, never the padding after it, and padded positions are never counted.
