@@ -225,7 +225,7 @@ def check_values(cfg: RunConfig) -> None:
 
 
 PATH_KEYS = ("data.path", "data.unlabelled_path", "teacher.checkpoint", "student.checkpoint", "cache.dir")
-LOCAL_OR_NAMED = ("data.tokenizer", "teacher.model", "student.model")  # a name, or a local folder
+LOCAL_OR_NAMED = ("data.tokenizer", "data.teacher_tokenizer", "teacher.model", "student.model")  # a name, or a local folder
 
 
 def absolute_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:

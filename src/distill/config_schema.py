@@ -76,6 +76,9 @@ class LMDataConfig(DataBase):
     name: str = "pydoc"
     batch_size: int = Field(32, gt=0)
     tokenizer: str = "byte"  # byte (built in) or a local folder with a Hugging Face tokenizer
+    # the teacher's own tokenizer (byte or a folder), when it differs from the student's:
+    # cross-tokenizer terms only (uld); see distill.lm.cross_tokenizer
+    teacher_tokenizer: str | None = None
     max_length: int = Field(128, gt=1)  # tokens per row
     packing: bool | None = None  # join examples into full rows; default: yes unless prompt/completion
     mask_prompt: bool = True  # prompt tokens are not targets

@@ -184,7 +184,7 @@ def test_total_variation_hand_values():
 
 
 def test_registry_names_and_resolve():
-    assert set(TOKEN_LOSSES) == {"forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tv"}
+    assert set(TOKEN_LOSSES) == {"forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tv", "uld"}
     assert resolve_token_loss("jsd") is JSD
     assert resolve_token_loss("distill.losses.lm.tv:TV") is TV
     with pytest.raises(ConfigError, match="forward_kl"):
@@ -494,7 +494,8 @@ def test_online_term_matches_naive_for_every_chunk_size(name, T, bias):
 def test_all_terms_at_once_with_mixed_temperatures():
     h, w, b, targets = student()
     teacher = online_teacher()
-    temps = {"forward_kl": 1.0, "reverse_kl": 2.0, "jsd": 1.0, "skew_kl": 0.5, "skew_rkl": 2.0, "tv": 1.0}
+    temps = {"forward_kl": 1.0, "reverse_kl": 2.0, "jsd": 1.0, "skew_kl": 0.5, "skew_rkl": 2.0, "tv": 1.0,
+             "uld": 2.0}
     terms = {name: make(name, T=temps[name]) for name in NAMES}
     weights = {"ce": 1.0, **{name: 0.1 * (i + 1) for i, name in enumerate(NAMES)}}
     naive = run_naive(h, w, b, targets, count=M, terms=terms, weights=weights, teacher=teacher)

@@ -6,8 +6,9 @@ tokenizer), models.py (GPT-2/Llama from a config or a local folder), chunked.py 
 over counted tokens, chunk by chunk; logit_transform.py: soft-capped or scaled heads),
 distiller.py (TokenPart, the Distiller's LM part), features.py (hidden-state terms on mapped
 layers), offline.py (stored top-k teacher), on_policy.py (student-generated batches),
-generation.py (`generate`: teacher-written completions for sequence-level KD); the run's
-side is distill.tasks.language_model.
+generation.py (`generate`: teacher-written completions for sequence-level KD),
+cross_tokenizer.py (a teacher with its own tokenizer); the run's side is
+distill.tasks.language_model.
 """
 
 from .chunked import Head, TeacherRows, token_loss

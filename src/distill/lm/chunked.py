@@ -56,7 +56,10 @@ class TeacherRows:
     """The teacher's side for the counted rows: online (`hidden` + `head`) or offline top-k
     (`topk_logp` [M, k] log-probabilities at temperature `topk_T`, `topk_ids` [M, k]); the
     online teacher's hooked layers at the same rows in `features` (path -> [M, d]) when
-    hidden-state terms read them (distill.lm.features)."""
+    hidden-state terms read them (distill.lm.features). `valid` [M] (bool), when given, marks
+    the rows that have a teacher position at all (a teacher with its own tokenizer can have
+    fewer target tokens than the student: the other rows' terms count 0;
+    distill.lm.cross_tokenizer)."""
 
     hidden: torch.Tensor | None = None
     head: Head | None = None
@@ -64,10 +67,12 @@ class TeacherRows:
     topk_ids: torch.Tensor | None = None
     topk_T: float = 1.0
     features: dict[str, torch.Tensor] | None = None
+    valid: torch.Tensor | None = None
 
     def rows(self, sl: slice) -> TeacherRows:
         if self.hidden is not None:
-            return TeacherRows(hidden=self.hidden[sl], head=self.head)
+            valid = self.valid[sl] if self.valid is not None else None
+            return TeacherRows(hidden=self.hidden[sl], head=self.head, valid=valid)
         return TeacherRows(topk_logp=self.topk_logp[sl], topk_ids=self.topk_ids[sl], topk_T=self.topk_T)
 
 
@@ -119,7 +124,8 @@ def chunk_sums(logits, targets, terms: dict, teacher: TeacherRows | None,
                 s = with_rest(s.gather(1, teacher.topk_ids.long()))
                 t = with_rest(teacher.topk_logp.float())
             by_T[term.T] = (s, t)
-        out[name] = term.per_token(*by_T[term.T]).sum()
+        value = term.per_token(*by_T[term.T])
+        out[name] = (value if teacher.valid is None else torch.where(teacher.valid, value, 0.0)).sum()
     return out
 
 
@@ -190,7 +196,10 @@ def token_loss(hidden: torch.Tensor, head: Head, targets: torch.Tensor, *, count
     """
     terms = terms or {}
     weights = weights if weights is not None else {"ce": 1.0}
-    spec = {"rows": chunk_rows(head.weight.shape[0], chunk), "targets": targets, "terms": terms,
+    # a chunk holds the teacher's logits too: size it by the larger vocabulary
+    vocab_size = max(head.weight.shape[0], teacher.head.weight.shape[0] if teacher is not None
+                     and teacher.head is not None else 0)
+    spec = {"rows": chunk_rows(vocab_size, chunk), "targets": targets, "terms": terms,
             "weights": weights, "teacher": teacher, "vocab": vocab, "transform": head.transform,
             "count": torch.as_tensor(count, dtype=torch.float32).clamp(min=1)}
     if len(hidden) == 0:

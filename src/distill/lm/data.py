@@ -23,7 +23,7 @@ positions are never counted.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +46,10 @@ class LMData:
     test: TensorLoader
     tokenizer: object
     counts: dict[str, int]
+    # unpacked rows only: each split's example per row, so that a teacher with its own
+    # tokenizer can tokenize the same texts (distill.lm.cross_tokenizer)
+    examples: dict[str, list[Example]] = field(default_factory=dict)
+    teacher_tokens: object = None  # that teacher's rows: a cross_tokenizer.TeacherTokens, or None
 
 
 def encode(examples: list[Example], tokenizer, mask_prompt: bool) -> list[tuple[list[int], list[int]]]:
@@ -93,7 +97,8 @@ def assign_splits(parts: dict[str, list[Example]], val: float, test: float, seed
 
 
 def _rows(examples: list[Example], tokenizer, cfg, packing: bool):
-    """(ids, target mask, position ids or None) of a split's rows, rows without targets dropped."""
+    """(ids, target mask, position ids or None) of a split's rows, rows without targets dropped,
+    and which rows were kept."""
     encoded = encode(examples, tokenizer, cfg.mask_prompt)
     if packing:
         x, m, p = pack(encoded, cfg.max_length)
@@ -101,7 +106,7 @@ def _rows(examples: list[Example], tokenizer, cfg, packing: bool):
         (x, m), p = pad_rows(encoded, cfg.max_length, tokenizer.pad_token_id), None
     keep = m.sum(1) > 0  # a row whose prompt fills max_length has nothing to learn
     p = None if p is None else torch.from_numpy(p[keep])
-    return torch.from_numpy(x[keep]), torch.from_numpy(m[keep]), p, int((~keep).sum())
+    return torch.from_numpy(x[keep]), torch.from_numpy(m[keep]), p, keep
 
 
 def build_lm_data(cfg, seed: int = 0) -> LMData:
@@ -111,12 +116,15 @@ def build_lm_data(cfg, seed: int = 0) -> LMData:
     parts = read_parts(cfg.name, cfg.path)
     examples = [e for part in parts.values() for e in part]
     plain = not any(e.prompt or e.messages is not None for e in examples)
-    packing = cfg.packing if cfg.packing is not None else plain
-    splits, counts = {}, {}
+    # a teacher with its own tokenizer needs one example per row (distill.lm.cross_tokenizer)
+    packing = cfg.packing if cfg.packing is not None else plain and cfg.teacher_tokenizer is None
+    splits, counts, rows_of = {}, {}, {}
     for split, chosen in assign_splits(parts, cfg.val_fraction, cfg.test_fraction, cfg.split_seed).items():
-        x, m, p, dropped = _rows(chosen, tokenizer, cfg, packing)
+        x, m, p, keep = _rows(chosen, tokenizer, cfg, packing)
         splits[split] = (x, m, p)
-        counts[split], counts[f"{split}_tokens"], counts[f"{split}_dropped"] = len(x), int(m.sum()), dropped
+        if not packing:
+            rows_of[split] = [ex for ex, kept in zip(chosen, keep, strict=True) if kept]
+        counts[split], counts[f"{split}_tokens"], counts[f"{split}_dropped"] = len(x), int(m.sum()), int((~keep).sum())
     if counts["train"] == 0:
         raise DistillError("No training row has a target token: raise data.max_length so that "
                            "completions fit after their prompts.")
@@ -128,7 +136,7 @@ def build_lm_data(cfg, seed: int = 0) -> LMData:
     counts["vocab_size"] = tokenizer.vocab_size
     counts["packing"] = int(packing)
     return LMData(loader("train", True), loader("train", True), loader("val", False),
-                  loader("test", False), tokenizer, counts)
+                  loader("test", False), tokenizer, counts, rows_of)
 
 
 def fingerprint(data: LMData) -> str:

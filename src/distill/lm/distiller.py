@@ -42,7 +42,9 @@ def check_vocab(teacher: nn.Module, student: nn.Module, shared_vocab: int | None
         raise DistillError(
             f"The teacher's vocabulary has {t} tokens and the student's {s}: token distributions "
             "cannot be compared. Use models with one tokenizer, or, if one vocabulary is the "
-            f"other's first tokens plus padding, declare the shared slice: lm.shared_vocab={min(t, s)}."
+            f"other's first tokens plus padding, declare the shared slice: lm.shared_vocab={min(t, s)}; "
+            "for a teacher with its own tokenizer, declare it (data.teacher_tokenizer) and distill "
+            "with a cross-tokenizer term (loss.uld)."
         )
     if shared_vocab is not None and not 0 < shared_vocab <= min(t, s):
         raise DistillError(f"lm.shared_vocab={shared_vocab} must be between 1 and the smaller "
@@ -78,20 +80,25 @@ class TokenPart:
         chunk: counted tokens per chunk of the loss (None: sized from the vocabulary).
         on_policy: an OnPolicy sampler (distill.lm.on_policy): some batches are the student's
             own samples (GKD).
+        source: teacher -> TeacherSource, for a teacher that reads other rows than the
+            student's (its own tokenizer: distill.lm.cross_tokenizer); None: the batch's ids.
     """
 
     selection = Selection("ppl", lower_is_better=True)
 
-    def __init__(self, shared_vocab: int | None = None, chunk: int | None = None, on_policy=None):
+    def __init__(self, shared_vocab: int | None = None, chunk: int | None = None, on_policy=None,
+                 source=None):
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise DistillError(f"chunk must be a whole number of tokens >= 1, or None (sized from the "
                                f"vocabulary); got {chunk!r}.")
-        self.shared_vocab, self.chunk, self.on_policy = shared_vocab, chunk, on_policy
+        self.shared_vocab, self.chunk, self.on_policy, self.source = shared_vocab, chunk, on_policy, source
 
     def bind(self, distiller):
         self.hidden = HiddenTerms(distiller)  # hidden-state terms: layer maps and hooks
         if distiller.teacher is None:
             return None
+        if self.source is not None:  # the teacher's own vocabulary: no token ids are shared
+            return self.source(distiller.teacher)
         check_vocab(distiller.teacher, distiller.student, self.shared_vocab)
         return self.hidden.source(LiveTokenTeacher(distiller.teacher), distiller.teacher)
 
@@ -157,9 +164,10 @@ class TokenPart:
 
 
 def lm_distiller(teacher, student, terms: dict | None = None, ce_weight: float = 1.0,
-                 shared_vocab: int | None = None, chunk: int | None = None, on_policy=None) -> Distiller:
+                 shared_vocab: int | None = None, chunk: int | None = None, on_policy=None,
+                 source=None) -> Distiller:
     """A Distiller for causal LMs: `Distiller(..., part=TokenPart(...))`."""
-    return Distiller(teacher, student, terms, ce_weight, part=TokenPart(shared_vocab, chunk, on_policy))
+    return Distiller(teacher, student, terms, ce_weight, part=TokenPart(shared_vocab, chunk, on_policy, source))
 
 
 @torch.no_grad()

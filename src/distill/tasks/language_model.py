@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -11,6 +13,12 @@ from ..distiller import Distiller
 from ..errors import DistillError, short
 from ..lm import report as lm_report
 from ..lm import tools as lm_tools
+from ..lm.cross_tokenizer import (
+    CrossTokenizerTeacher,
+    build_teacher_tokens,
+    check_cross_tokenizer,
+    cross_terms,
+)
 from ..lm.data import LMData, build_lm_data
 from ..lm.data import fingerprint as lm_fingerprint
 from ..lm.distiller import check_vocab, evaluate_lm, lm_distiller
@@ -44,25 +52,41 @@ class LanguageModelTask:
         self.cfg = cfg
         self.trust_checkpoint = trust_checkpoint  # a model folder's pickled weights may be loaded
         self.tokenizer = None  # the data's, once built: on-policy sampling needs its special ids
+        self.teacher_tokens = None  # with data.teacher_tokenizer: the teacher's rows (lm.cross_tokenizer)
+        self.splits = ()  # (val, test) loaders of the student's tokens
+        self.own_tokens = weakref.WeakSet()  # models built on the teacher's tokenizer
         transformers()  # a clear error now if the extra is not installed
 
     def build_data(self, seed: int) -> LMData:
         data = build_lm_data(self.cfg.data, seed=seed)
-        self.tokenizer = data.tokenizer
+        if self.cfg.data.teacher_tokenizer is not None:
+            data.teacher_tokens = build_teacher_tokens(self.cfg.data, data)
+        self.tokenizer, self.teacher_tokens = data.tokenizer, data.teacher_tokens
+        self.splits = (data.val, data.test)
         return data
 
+    @staticmethod
+    def _tokenizer(role: str, data: LMData):
+        """The tokenizer a role's model reads: the teacher's own, if declared, else the data's."""
+        own = role == "teacher" and data.teacher_tokens is not None
+        return data.teacher_tokens.tokenizer if own else data.tokenizer
+
     def build_terms(self) -> tuple[dict, float]:
-        return build_terms(self.cfg)
+        terms, ce_weight = build_terms(self.cfg)
+        return cross_terms(self.cfg, terms), ce_weight
 
     def create_model(self, role: str, data: LMData) -> nn.Module:
         """The model of a role or a stage (teacher; student, scratch, distill)."""
         role = "teacher" if is_teacher(role) else "student"
+        spec, tokenizer = spec_of(self.cfg, role), self._tokenizer(role, data)
         if role == "student":  # with student.lora: a frozen base and its adapters (distill.lm.lora)
-            return create_student(self.cfg.student, data.tokenizer.vocab_size, data.tokenizer,
+            return create_student(self.cfg.student, tokenizer.vocab_size, tokenizer,
                                   self.cfg.seed, self.trust_checkpoint)
-        spec = spec_of(self.cfg, role)
-        return create_lm(spec.model, spec.kwargs, data.tokenizer.vocab_size, data.tokenizer,
-                         role=role, trust_checkpoint=self.trust_checkpoint)
+        model = create_lm(spec.model, spec.kwargs, tokenizer.vocab_size, tokenizer,
+                          role=role, trust_checkpoint=self.trust_checkpoint)
+        if tokenizer is not data.tokenizer:
+            self.own_tokens.add(model)  # evaluated on the teacher's rows (`evaluate`)
+        return model
 
     def pretrained_teacher(self) -> str | None:
         """teacher.checkpoint, or a teacher folder when no teacher stage is asked for (with
@@ -73,6 +97,7 @@ class LanguageModelTask:
 
     def preflight(self, data: LMData, terms: dict, has_teacher: bool) -> None:
         cfg = self.cfg
+        check_cross_tokenizer(cfg, terms)
         on_policy = cfg.lm.on_policy.fraction > 0
         if on_policy and cfg.cache.topk:
             raise DistillError("On-policy batches need the online teacher to score the student's "
@@ -90,14 +115,16 @@ class LanguageModelTask:
                                f"terms use several ({sorted(temps)}). Give them the same T.")
         roles = ["student"] + (["teacher"] if has_teacher else [])
         models = {role: self.create_model(role, data) for role in roles}
-        probe = data.val.x[:2]  # unsharded: a process's share of a batch can be empty
         packed = data.val.positions  # position ids of packed rows, else None
         for role, model in models.items():
             self._check_tokens(role, model, data)
-            check_head(model, role, probe, None if packed is None else packed[:2])
+            own = model in self.own_tokens
+            # unsharded: a process's share of a batch can be empty
+            check_head(model, role, (data.teacher_tokens.val if own else data.val).x[:2],
+                       None if packed is None else packed[:2])
             if packed is not None:  # documents must not see each other
                 check_isolation(model, role, data.val.x, packed)
-        if "teacher" in models and "distill" in cfg.stages:
+        if "teacher" in models and "distill" in cfg.stages and data.teacher_tokens is None:
             check_vocab(models["teacher"], models["student"], cfg.lm.shared_vocab)
         check_hidden_terms(terms, models["student"], models.get("teacher"), cfg.cache.topk)
         policy, positions = cfg.lm.on_policy, self._positions(models["student"])
@@ -106,19 +133,22 @@ class LanguageModelTask:
                                f"for a prompt in the student's {positions} positions.")
 
     def _check_tokens(self, role: str, model: nn.Module, data: LMData) -> None:
-        spec = getattr(self.cfg, role).model
+        spec, tokenizer = getattr(self.cfg, role).model, self._tokenizer(role, data)
+        key = "data.teacher_tokenizer" if tokenizer is not data.tokenizer else "data.tokenizer"
         own = _model_tokenizer(spec)
-        if own is not None and vocab_digest(own) != vocab_digest(data.tokenizer):
+        if own is not None and vocab_digest(own) != vocab_digest(tokenizer):
+            other = (" (or, for a teacher, data.teacher_tokenizer with a cross-tokenizer term "
+                     "such as loss.uld)" if role == "teacher" and key == "data.tokenizer" else "")
             raise DistillError(
                 f"The {role} in '{spec}' comes with its own tokenizer ({own.vocab_size} tokens), "
-                f"which differs from the data's tokenizer '{data.tokenizer.name}' "
-                f"({data.tokenizer.vocab_size} tokens): its token ids would mean other text. Set "
-                f"data.tokenizer={spec}, or use models trained with one tokenizer."
+                f"which differs from {key} '{tokenizer.name}' ({tokenizer.vocab_size} tokens): its "
+                f"token ids would mean other text. Set {key}={spec}{other}, or use models trained "
+                "with one tokenizer."
             )
         rows = model.get_output_embeddings().weight.shape[0]
-        if rows < data.tokenizer.vocab_size:
+        if rows < tokenizer.vocab_size:
             raise DistillError(f"The {role} has {rows} output tokens but the tokenizer "
-                               f"'{data.tokenizer.name}' has {data.tokenizer.vocab_size}.")
+                               f"'{tokenizer.name}' ({key}) has {tokenizer.vocab_size}.")
         positions = self._positions(model)
         if positions is not None and positions < self.cfg.data.max_length:
             raise DistillError(f"data.max_length={self.cfg.data.max_length} exceeds the {role}'s "
@@ -136,10 +166,25 @@ class LanguageModelTask:
             sampler = OnPolicy(policy.fraction, policy.temperature, policy.max_new_tokens,
                                policy.prompt_tokens, tok.eos_token_id, tok.pad_token_id, cfg.seed,
                                max_positions=self._positions(student))
-        return lm_distiller(teacher, student, terms, ce_weight, cfg.lm.shared_vocab, cfg.lm.chunk, sampler)
+        tokens = self.teacher_tokens
+        source = partial(CrossTokenizerTeacher, tokens=tokens) if tokens is not None else None
+        return lm_distiller(teacher, student, terms, ce_weight, cfg.lm.shared_vocab, cfg.lm.chunk,
+                            sampler, source)
 
     def evaluate(self, model: nn.Module, loader, device) -> dict:
+        """A model on the teacher's tokenizer is evaluated on its own rows of the same split."""
+        if model in self.own_tokens:
+            loader = self._own_rows(loader)
         return evaluate_lm(model, loader, device, self.cfg.lm.chunk)
+
+    def _own_rows(self, loader):
+        """The teacher's rows of the split that `loader` (the student's rows) holds."""
+        tokens = self.teacher_tokens
+        for student, own in zip(self.splits, (tokens.val, tokens.test), strict=True):
+            if loader is student:
+                return own
+        raise DistillError("A teacher with its own tokenizer is evaluated on its own rows of the "
+                           "run's validation and test splits only.")
 
     def ready_teacher(self, teacher: nn.Module, device) -> nn.Module:
         return teacher.to(device, DTYPES[self.cfg.train.teacher_dtype]).eval()
@@ -172,10 +217,14 @@ class LanguageModelTask:
             f"validation ({c['val_tokens']:,}), {c['test']} test ({c['test_tokens']:,}); tokenizer "
             f"{data.tokenizer.name} ({data.tokenizer.vocab_size} tokens), "
             f"{'packed' if c['packing'] else 'padded'} rows."
+            + (f" The teacher reads its own tokenizer {data.teacher_tokens.tokenizer.name} "
+               f"({data.teacher_tokens.tokenizer.vocab_size} tokens); its perplexity is per teacher token."
+               if data.teacher_tokens is not None else "")
         ]
 
     def data_summary(self, data: LMData) -> dict:
-        return {"tokenizer": data.tokenizer.name, **data.counts, "sha256": lm_fingerprint(data)}
+        own = {"teacher_tokenizer": data.teacher_tokens.tokenizer.name} if data.teacher_tokens is not None else {}
+        return {"tokenizer": data.tokenizer.name, **own, **data.counts, "sha256": lm_fingerprint(data)}
 
     # ---------------------------------------------------------------- a run folder read back
 

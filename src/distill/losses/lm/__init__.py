@@ -25,6 +25,7 @@ from .reverse_kl import ReverseKL, reverse_kl
 from .skew_kl import SkewKL, skew_kl
 from .skew_rkl import SkewReverseKL, skew_reverse_kl
 from .tv import TV, total_variation
+from .uld import ULD, uld
 
 TOKEN_LOSSES: dict[str, type[nn.Module]] = {
     "forward_kl": ForwardKL,
@@ -33,9 +34,13 @@ TOKEN_LOSSES: dict[str, type[nn.Module]] = {
     "skew_kl": SkewKL,
     "skew_rkl": SkewReverseKL,
     "tv": TV,
+    "uld": ULD,
 }
 HIDDEN_LOSSES: dict[str, type[nn.Module]] = {"lm_hidden": LMHidden}
 LM_LOSSES: dict[str, type[nn.Module]] = {**TOKEN_LOSSES, **HIDDEN_LOSSES}
+# Terms that compare distributions without a shared vocabulary: the only ones a teacher with its
+# own tokenizer (data.teacher_tokenizer) can be distilled with.
+CROSS_TOKENIZER_TERMS: tuple[type[nn.Module], ...] = (ULD,)
 
 
 def resolve_token_loss(name: str) -> type[nn.Module]:
@@ -45,5 +50,5 @@ def resolve_token_loss(name: str) -> type[nn.Module]:
 
 __all__ = [
     "HIDDEN_LOSSES", "LM_LOSSES", "TOKEN_LOSSES", "resolve_token_loss", "forward_kl", "reverse_kl", "generalized_jsd",
-    "skew_kl", "skew_reverse_kl", "total_variation",
+    "skew_kl", "skew_reverse_kl", "total_variation", "uld", "CROSS_TOKENIZER_TERMS",
 ]
