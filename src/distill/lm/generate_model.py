@@ -12,6 +12,7 @@ from ..io import load_weights
 from ..run_reader import require_stage, run_config, weights_file
 from ..stage_plan import is_teacher, spec_of
 from ..trust import Trust
+from .lora import create_student
 from .models import create_lm
 from .tokenizer import load_tokenizer
 
@@ -38,9 +39,15 @@ def _run_model(run_dir: Path, stage: str, trust: Trust) -> tuple[nn.Module, obje
     if weights is None and not (is_teacher(stage) and Path(spec.model).is_dir()):
         raise DistillError(f"'{run_dir}' has no finished '{stage}' stage ({stage}.safetensors is "
                            "missing); finish it with `distill run --resume` or pick another --stage.")
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    model = create_lm(spec.model, spec.kwargs, tokenizer.vocab_size, tokenizer, role=stage,
-                      trust_checkpoint=trust.checkpoint)
+    teacher = is_teacher(stage)
+    # a teacher with its own tokenizer (distill.lm.cross_tokenizer) writes in its own tokens
+    own = cfg.data.teacher_tokenizer if teacher else None
+    tokenizer = load_tokenizer(own or cfg.data.tokenizer)
+    if teacher:
+        model = create_lm(spec.model, spec.kwargs, tokenizer.vocab_size, tokenizer, role=stage,
+                          trust_checkpoint=trust.checkpoint)
+    else:  # a LoRA student: its base rebuilt, then its adapters loaded (distill.lm.lora)
+        model = create_student(cfg.student, tokenizer.vocab_size, tokenizer, cfg.seed, trust.checkpoint)
     if weights is not None:
         load_weights(model, weights, trust=trust.checkpoint)
     return model, tokenizer
