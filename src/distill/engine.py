@@ -39,7 +39,7 @@ from .runtime import (
     world_size,
 )
 from .schedule import Plan, build_optimizer, check_length, lr_factor
-from .sharded_checkpoint import restore_sharded, save_sharded
+from .sharded_checkpoint import restore_weights, save_sharded
 from .sharding import (
     autocast_precision,
     finish,
@@ -181,12 +181,7 @@ def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     t = Training(model, optimizer, schedule, scaler, params, TrainState(), {}, Plan.of(cfg, steps))
     if resume is not None:
-        if "dcp" in resume:  # a sharded checkpoint (distill.sharded_checkpoint)
-            t.best_state = restore_sharded(resume["dcp"], distiller, optimizer)
-        else:
-            distiller.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-            t.best_state = resume["best"]
+        t.best_state = restore_weights(resume, distiller, optimizer)  # sharded or not
         schedule.load_state_dict(resume["schedule"])
         t.state = resume["state"]
         set_rng_state(resume["rng"])

@@ -55,7 +55,8 @@ def save_sharded(checkpointer: Checkpointer, distiller, optimizer, schedule, sta
     dcp.save(_state(distiller, optimizer, best_state), checkpoint_id=str(shards))
     if is_main():
         extra = {"schedule": schedule.state_dict(), "rng": rngs, "cache": distiller.source_reference(),
-                 "state": asdict(state), "data_sha256": checkpointer.data_sha}
+                 "state": asdict(state), "data_sha256": checkpointer.data_sha,
+                 "has_best": bool(best_state)}  # none before the first evaluation
         atomic_write(folder / f"{stem}.pt", lambda tmp: torch.save(extra, tmp))
         write_json(folder / POINTER, {"stage": checkpointer.stage, "stem": stem, "format": "dcp"})
         for old in own_checkpoint_files(folder) + own_checkpoint_dirs(folder):
@@ -64,13 +65,25 @@ def save_sharded(checkpointer: Checkpointer, distiller, optimizer, schedule, sta
     barrier()
 
 
-def restore_sharded(shards: str, distiller, optimizer) -> dict:
-    """Load the model and optimizer shards in place; return the selected weights (sharded)."""
+def restore_sharded(resume: dict, distiller, optimizer) -> dict:
+    """Load the model and optimizer shards of `resume` (Checkpointer.load's) in place; return
+    the selected weights (sharded; empty before the first evaluation)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     # the templates DCP loads into: this process's shards, and the same for "best"
-    state = _state(distiller, optimizer, {k: v.detach().clone() for k, v in distiller.state_dict().items()})
-    dcp.load(state, checkpoint_id=shards)
+    best = {k: v.detach().clone() for k, v in distiller.state_dict().items()} if resume["has_best"] else {}
+    state = _state(distiller, optimizer, best)
+    dcp.load(state, checkpoint_id=resume["dcp"])
     set_state_dict(distiller, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return state["best"]
+
+
+def restore_weights(resume: dict, distiller, optimizer) -> dict:
+    """Load a checkpoint's weights and optimizer state (sharded or not); return the selected
+    weights."""
+    if "dcp" in resume:
+        return restore_sharded(resume, distiller, optimizer)
+    distiller.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    return resume["best"]

@@ -21,7 +21,7 @@ from distill.lm.distiller import lm_distiller
 from distill.lm.models import create_lm
 from distill.losses.lm import ForwardKL
 from distill.runtime import init_distributed, rank, world_size
-from distill.sharding import wrap, working_copy
+from distill.sharding import working_copy, wrap
 
 V, CPU = 40, torch.device("cpu")
 
