@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+import distill.sharding as sharding
+
 from .checkpoint import Checkpointer, TrainState, set_rng_state
 from .contracts import Batch, Distiller, Selection, StepOutput, as_batch
 from .data.loader import BatchLoader
@@ -40,15 +42,6 @@ from .runtime import (
 )
 from .schedule import Plan, build_optimizer, check_length, lr_factor
 from .sharded_checkpoint import restore_weights, save_sharded
-from .sharding import (
-    autocast_precision,
-    finish,
-    gradient_sync,
-    is_sharded,
-    unsharded_root,
-    working_copy,
-    wrap,
-)
 
 __all__ = ["FitResult", "NonFiniteLoss", "build_optimizer", "evaluate", "fit", "lr_factor"]
 
@@ -132,8 +125,8 @@ def accumulate_step(model, distiller: Distiller, batch: Batch, cfg, scaler, devi
     loss, terms, counted, correct = 0.0, {}, 0.0, 0.0
     for i, micro in enumerate(micros):
         # DDP/FSDP: synchronise gradients once, on the last micro-batch
-        with gradient_sync(model, last=i == parts - 1):
-            with autocast(device, autocast_precision(model, cfg.precision)):
+        with sharding.gradient_sync(model, last=i == parts - 1):
+            with autocast(device, sharding.autocast_precision(model, cfg.precision)):
                 out = model(micro)
             watch.observe(out, epoch, step, micro)
             scaler.scale(out.loss * shares[i]).backward()
@@ -174,7 +167,7 @@ def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
         distiller.setup(as_batch(next(iter(train_loader))).to(device))
     # the teacher is outside the module tree: never wrapped, broadcast or synchronised
-    model = wrap(distiller, cfg, device)
+    model = sharding.wrap(distiller, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     optimizer = build_optimizer(distiller.parameters(), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
@@ -310,7 +303,7 @@ class EndStep:
         t, state, m = self.t, self.t.state, self.selection.metric
         seconds = t.sums.seconds()
         record = t.sums.record(t.plan.epoch_of(at), at)
-        with unsharded_root(self.distiller):
+        with sharding.unsharded_root(self.distiller):
             val = self.distiller.evaluate(self.val_loader, self.device)
         self.distiller.train()  # mid-epoch, training goes on
         if m not in val:
@@ -346,7 +339,7 @@ class _Saver:
         if self.checkpointer is not None:
             t = self.t
             t.state.partial = t.sums.partial()  # the sums since the last evaluation
-            save = save_sharded if is_sharded(self.distiller) else Checkpointer.save
+            save = save_sharded if sharding.is_sharded(self.distiller) else Checkpointer.save
             save(self.checkpointer, self.distiller, t.optimizer, t.schedule, t.state, t.best_state)
 
 
@@ -383,8 +376,9 @@ def fit(
     check_length(train_loader, "train_loader")
     check_length(val_loader, "val_loader")  # selection is on validation: it needs data
     selection = selection or distiller.selection
-    work = working_copy(distiller, cfg)  # under FSDP a copy is sharded (distill.sharding)
+    work = sharding.working_copy(distiller, cfg)  # under FSDP a copy is sharded (distill.sharding)
     t = prepare(work, train_loader, cfg, device, resume)
+    sharding.release(distiller, work)  # the copy holds its shards now; the caller's weights return at the end
     save = _Saver(checkpointer, work, t)
     end_step = EndStep(work, t, val_loader, device, selection, on_epoch, save)
     if t.state.step >= t.plan.steps_per_epoch:  # an older checkpoint: an epoch's steps done, not its end
@@ -396,5 +390,5 @@ def fit(
         set_loader_epoch(train_loader, epoch, t.state.step)
         train_epoch(work, t, train_loader, cfg, device, epoch, on_step, save, end_step)
     state = t.state
-    best = finish(distiller, work, cfg, t.best_state)
+    best = sharding.finish(distiller, work, cfg, t.best_state)
     return FitResult(best, state.best_epoch, state.best_val, state.history, state.best_step)

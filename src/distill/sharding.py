@@ -85,7 +85,17 @@ def working_copy(distiller: nn.Module, cfg) -> nn.Module:
     memo = {id(distiller.teacher): distiller.teacher, id(distiller.source): distiller.source}
     if distiller.source is distiller.live:  # the live source is rebuilt around the shared teacher
         memo.pop(id(distiller.source))
+    # the copy's parameters are the caller's own tensors until fully_shard replaces them by
+    # shards (so no second full copy exists); `release` then frees the caller's
+    memo.update({id(p): p for p in distiller.parameters()})
     return copy.deepcopy(distiller, memo)
+
+
+def release(distiller: nn.Module, work: nn.Module) -> None:
+    """Free the caller's parameter storage while its sharded copy trains (`finish` refills it)."""
+    if work is not distiller:
+        for p in distiller.parameters():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
 
 def checkpoint_activations(distiller: nn.Module) -> None:
@@ -162,7 +172,10 @@ def finish(distiller: nn.Module, work: nn.Module, cfg, best_state: dict) -> dict
     """After training: the trained weights into `distiller` (if it trained a copy) and the
     selected weights as full tensors; activation checkpointing off again."""
     if work is not distiller:
-        distiller.load_state_dict(full_state(work.state_dict()))
+        full = full_state(work.state_dict())
+        for name, p in distiller.named_parameters():  # one Parameter per tied pair: the tie stays
+            p.data = full[name]
+        distiller.load_state_dict(full)  # the buffers
         best_state = full_state(best_state)
     if cfg.activation_checkpointing:  # nothing of it stays on the trained student
         work.student.activation_checkpointing_disable()
