@@ -33,7 +33,8 @@ CKPT_NAME = re.compile(r"ckpt-[A-Za-z0-9_-]+-\d{4,}-\d{6,}\.(safetensors|pt)")  
 
 
 SHARDS_NAME = re.compile(r"ckpt-[A-Za-z0-9_-]+-\d{4,}-\d{6,}\.dcp")  # the folders save_sharded writes
-SHARD_FILE = re.compile(r"\.metadata|__\d+_\d+\.distcp")  # the files DCP writes into them
+# the files DCP writes into them (a kill mid-save can leave the .tmp of its metadata)
+SHARD_FILE = re.compile(r"(__\d+)?\.metadata(\.tmp)?|__\d+_\d+\.distcp")
 
 
 def own_checkpoint_dirs(folder: Path) -> list[Path]:

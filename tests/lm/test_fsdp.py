@@ -161,3 +161,34 @@ def test_uneven_shares_are_refused_before_training():
     with pytest.raises(Exception, match="train.accumulate=8"):
         check_even_shares(counts, batch_size=8, accumulate=8, world=2)
     assert TrainConfig().parallel == "ddp" and not TrainConfig().activation_checkpointing
+
+
+def test_only_distills_shard_files_are_deleted(tmp_path):
+    from distill.checkpoint import Checkpointer
+
+    ours = tmp_path / "ckpt-distill-0001-000004.dcp"
+    ours.mkdir()
+    for name in (".metadata", "__0_0.distcp", "__1_0.distcp"):
+        (ours / name).write_text("x")
+    mixed = tmp_path / "ckpt-distill-0002-000000.dcp"  # a killed save's, with a user's file put in it
+    mixed.mkdir()
+    (mixed / ".metadata.tmp").write_text("x")
+    (mixed / "notes.txt").write_text("mine")
+    other = tmp_path / "ckpt-notes.dcp"  # not a name distill writes
+    other.mkdir()
+    (other / ".metadata").write_text("x")
+    Checkpointer.clear(tmp_path)
+    assert not ours.exists()
+    assert (mixed / "notes.txt").read_text() == "mine" and not (mixed / ".metadata.tmp").exists()
+    assert (other / ".metadata").exists()
+
+
+def test_a_sharded_checkpoint_without_its_shards_names_the_fix(tmp_path):
+    from distill.checkpoint import Checkpointer
+    from distill.errors import DistillError
+
+    stem = "ckpt-distill-0001-000004"
+    torch.save({}, tmp_path / f"{stem}.pt")
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"stage": "distill", "stem": stem, "format": "dcp"}))
+    with pytest.raises(DistillError, match=r"missing or incomplete.*Delete exactly"):
+        Checkpointer(tmp_path, "distill").load()
