@@ -17,8 +17,8 @@ and the selected weights into `FitResult.best_state`, so the stage's weights fil
 everything that reads it are as with DDP. The caller's copy stays resident during training
 (its memory is one full student; optimizer state and gradients are sharded).
 
-Mixed precision is FSDP's `MixedPrecisionPolicy` (parameters all-gathered in the precision's
-dtype, gradients reduced in fp32) instead of autocast. Gradient accumulation skips the
+Mixed precision is FSDP's `MixedPrecisionPolicy` (parameters all-gathered in bf16, gradients
+reduced in fp32) instead of autocast; fp16 is refused (see `check_precision`). Gradient accumulation skips the
 reduce-scatter on non-final micro-batches (`set_requires_gradient_sync`).
 
 The teacher is not sharded: the run keeps its full copy for the other stages and for
@@ -61,6 +61,14 @@ def check_even_shares(rows: dict[str, int], batch_size: int, accumulate: int, wo
                     "must run the same forward passes. Choose data.batch_size so that the last batch "
                     f"too has at least {need * world} rows, or use train.parallel=ddp."
                 )
+
+
+def check_precision(precision: str) -> None:
+    """fp16 needs a GradScaler whose inf check spans every process's shard of the gradients
+    (else one process skips a step that another takes); distill's does not, so bf16 only."""
+    if precision == "fp16":
+        raise DistillError("train.parallel=fsdp trains in fp32 or bf16: fp16's gradient scaler would "
+                           "check each process's gradient shard on its own. Set train.precision=bf16.")
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -119,6 +127,7 @@ def wrap(distiller: nn.Module, cfg, device: torch.device) -> nn.Module:
         return wrap_ddp(distiller, device)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    check_precision(cfg.precision)
     param_dtype = None if cfg.precision == "fp32" else DTYPES[cfg.precision]
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in transformer_blocks(distiller.student):

@@ -20,7 +20,8 @@ pytest.importorskip("transformers")
 
 from distill.cli import main  # noqa: E402
 from distill.config_schema import TrainConfig  # noqa: E402
-from distill.sharding import check_even_shares  # noqa: E402
+from distill.errors import DistillError  # noqa: E402
+from distill.sharding import check_even_shares, check_precision  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "fsdp_grads.py"
@@ -156,11 +157,17 @@ def test_classifier_runs_refuse_the_lm_only_keys(key, capsys):
 def test_uneven_shares_are_refused_before_training():
     counts = {"train": 32, "val": 6}
     check_even_shares(counts, batch_size=8, accumulate=2, world=2)  # 4 batches of 8, val 6: fine
-    with pytest.raises(Exception, match="last batch\\s+too has at least 2 rows"):
+    with pytest.raises(DistillError, match="last batch\\s+too has at least 2 rows"):
         check_even_shares({"train": 33, "val": 6}, batch_size=8, accumulate=1, world=2)  # a batch of 1
-    with pytest.raises(Exception, match="train.accumulate=8"):
+    with pytest.raises(DistillError, match="train.accumulate=8"):
         check_even_shares(counts, batch_size=8, accumulate=8, world=2)
     assert TrainConfig().parallel == "ddp" and not TrainConfig().activation_checkpointing
+
+
+def test_fsdp_refuses_fp16():
+    check_precision("bf16")
+    with pytest.raises(DistillError, match="Set train.precision=bf16"):
+        check_precision("fp16")
 
 
 def test_only_distills_shard_files_are_deleted(tmp_path):
@@ -185,7 +192,6 @@ def test_only_distills_shard_files_are_deleted(tmp_path):
 
 def test_a_sharded_checkpoint_without_its_shards_names_the_fix(tmp_path):
     from distill.checkpoint import Checkpointer
-    from distill.errors import DistillError
 
     stem = "ckpt-distill-0001-000004"
     torch.save({}, tmp_path / f"{stem}.pt")

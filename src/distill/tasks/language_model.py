@@ -18,7 +18,7 @@ from ..lm.offline import open_topk_store
 from ..lm.on_policy import OnPolicy
 from ..lm.tokenizer import load_tokenizer, vocab_digest
 from ..runtime import DTYPES, barrier, is_main, world_size
-from ..sharding import check_even_shares
+from ..sharding import check_even_shares, check_precision
 from ..stage_plan import is_teacher, spec_of
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
@@ -87,6 +87,7 @@ class LanguageModelTask:
                 raise DistillError("On-policy batches are generated outside the sharded forward; with "
                                    "train.parallel=fsdp set lm.on_policy.fraction=0 (or use parallel=ddp).")
             check_even_shares(data.counts, cfg.data.batch_size, cfg.train.accumulate, world_size())
+            check_precision(cfg.train.precision)
         roles = ["student"] + (["teacher"] if has_teacher else [])
         models = {role: self.create_model(role, data) for role in roles}
         probe = data.val.x[:2]  # unsharded: a process's share of a batch can be empty
