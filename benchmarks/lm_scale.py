@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -126,11 +127,18 @@ def child(name: str, args) -> None:
     Path(args.out_dir, f"{name}-{rank()}.json").write_text(json.dumps(out))
 
 
-def run_case(case: Case, args, port: int) -> dict:
+def free_port() -> int:
+    """A port no one listens on now (other runs share this machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_case(case: Case, args) -> dict:
     me = [str(Path(__file__).resolve()), "--child", case.name, "--out-dir", args.out_dir,
           "--steps", str(args.steps), "--batch", str(args.batch), "--length", str(args.length)]
     launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={case.procs}",
-              f"--master_port={port}"] if case.procs > 1 else [sys.executable]
+              f"--master_port={free_port()}"] if case.procs > 1 else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}  # see the docstring
     start = time.perf_counter()
     proc = subprocess.run([*launch, *me], capture_output=True, text=True, env=env, timeout=900)
@@ -156,7 +164,7 @@ def main() -> None:
     if args.child:
         return child(args.child, args)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    results = {c.name: run_case(c, args, 29700 + i) for i, c in enumerate(CASES)}
+    results = {c.name: run_case(c, args) for c in CASES}
     for f in Path(args.out_dir).glob("*.json"):  # the children's files (written by this script)
         f.unlink()
     Path(args.out_dir).rmdir()
