@@ -32,6 +32,27 @@ POINTER = "checkpoint.json"
 CKPT_NAME = re.compile(r"ckpt-[A-Za-z0-9_-]+-\d{4,}-\d{6,}\.(safetensors|pt)")  # the stems save() writes
 
 
+SHARDS_NAME = re.compile(r"ckpt-[A-Za-z0-9_-]+-\d{4,}-\d{6,}\.dcp")  # the folders save_sharded writes
+# the files DCP writes into them (a kill mid-save can leave the .tmp of its metadata)
+SHARD_FILE = re.compile(r"(__\d+)?\.metadata(\.tmp)?|__\d+_\d+\.distcp")
+
+
+def own_checkpoint_dirs(folder: Path) -> list[Path]:
+    """The sharded-checkpoint folders in `folder` that distill wrote (distill.sharded_checkpoint)."""
+    return [p for p in folder.glob("ckpt-*.dcp") if SHARDS_NAME.fullmatch(p.name) and p.is_dir()]
+
+
+def remove_shards(path: Path) -> None:
+    """Delete a sharded checkpoint's files (DCP's, by name), then the folder if that empties it."""
+    if not path.is_dir():
+        return
+    for f in path.iterdir():
+        if SHARD_FILE.fullmatch(f.name) and f.is_file():
+            f.unlink(missing_ok=True)
+    if not any(path.iterdir()):
+        path.rmdir()
+
+
 def own_checkpoint_files(folder: Path) -> list[Path]:
     """The checkpoint files in `folder` that distill wrote (by name): a user's own
     `ckpt-notes.txt` is never one of them, so it is never deleted."""
@@ -116,14 +137,20 @@ class Checkpointer:
         if info is None or info.get("stage") != self.stage:
             return None
         stem = self.dir / str(info.get("stem"))
+        sharded = info.get("format") == "dcp"  # distill.sharded_checkpoint: weights in stem.dcp/
         try:
-            weights = load_file(f"{stem}.safetensors")
+            weights = {} if sharded else load_file(f"{stem}.safetensors")
             extra = torch.load(f"{stem}.pt", map_location="cpu", weights_only=True)
         except Exception as e:
             raise DistillError(
                 f"The checkpoint {stem}.* in '{self.dir}' cannot be read ({str(e).splitlines()[0][:200]}). "
                 f"{self._way_out()}"
             ) from None
+        if sharded:
+            if not (self.dir / f"{stem.name}.dcp" / ".metadata").is_file():
+                raise DistillError(f"The sharded checkpoint {stem}.dcp in '{self.dir}' is missing or "
+                                   f"incomplete. {self._way_out()}")
+            extra["dcp"] = f"{stem}.dcp"
         extra["model"] = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
         extra["best"] = {k[5:]: v for k, v in weights.items() if k.startswith("best.")}
         extra["state"] = TrainState(**extra["state"])
@@ -135,6 +162,11 @@ class Checkpointer:
         self._check_data(extra.get("data_sha256"))
         extra["rng"] = extra["rng"][rank()]
         return extra
+
+    def current_stem(self) -> str | None:
+        """The stem the pointer names, None without a pointer."""
+        info = self._pointer()
+        return None if info is None else info["stem"]
 
     def _pointer(self) -> dict | None:
         """checkpoint.json's record, None without one; a damaged one is an error naming the fix."""
@@ -172,4 +204,6 @@ class Checkpointer:
         """Remove the checkpoint once its stage is complete."""
         for path in own_checkpoint_files(Path(run_dir)):
             path.unlink(missing_ok=True)
+        for path in own_checkpoint_dirs(Path(run_dir)):
+            remove_shards(path)
         (Path(run_dir) / POINTER).unlink(missing_ok=True)

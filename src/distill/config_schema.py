@@ -136,6 +136,12 @@ class TrainConfig(Strict):
     # config.check_unused refuses it on a language-model run.
     channels_last: bool = False
     teacher_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # hold the teacher in half to save memory
+    # Under torchrun: DistributedDataParallel, or FSDP2 (the student sharded per transformer
+    # block, sharded checkpoints; distill.sharding). Language models only.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # Recompute each student block's activations in backward instead of keeping them
+    # (torch.utils.checkpoint, use_reentrant=False). Language models only.
+    activation_checkpointing: bool = False
     scale_lr: bool = False  # multiply lr by the number of processes (batch_size is global)
     device: str = "auto"
 

@@ -16,7 +16,6 @@ so it runs on every step, before the backward pass.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 import warnings
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+
+import distill.sharding as sharding
 
 from .checkpoint import Checkpointer, TrainState, set_rng_state
 from .contracts import Batch, Distiller, Selection, StepOutput, as_batch
@@ -38,9 +39,9 @@ from .runtime import (
     distributed,
     stop_requested,
     world_size,
-    wrap_ddp,
 )
 from .schedule import Plan, build_optimizer, check_length, lr_factor
+from .sharded_checkpoint import restore_weights, save_sharded
 
 __all__ = ["FitResult", "NonFiniteLoss", "build_optimizer", "evaluate", "fit", "lr_factor"]
 
@@ -123,10 +124,9 @@ def accumulate_step(model, distiller: Distiller, batch: Batch, cfg, scaler, devi
         shares, local_shares = counts / total * world_size(), counts / local
     loss, terms, counted, correct = 0.0, {}, 0.0, 0.0
     for i, micro in enumerate(micros):
-        # DDP: synchronise gradients once, on the last micro-batch
-        sync = model.no_sync() if distributed() and i < parts - 1 else contextlib.nullcontext()
-        with sync:
-            with autocast(device, cfg.precision):
+        # DDP/FSDP: synchronise gradients once, on the last micro-batch
+        with sharding.gradient_sync(model, last=i == parts - 1):
+            with autocast(device, sharding.autocast_precision(model, cfg.precision)):
                 out = model(micro)
             watch.observe(out, epoch, step, micro)
             scaler.scale(out.loss * shares[i]).backward()
@@ -167,17 +167,16 @@ def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
         distiller.setup(as_batch(next(iter(train_loader))).to(device))
     # the teacher is outside the module tree: never wrapped, broadcast or synchronised
-    model = wrap_ddp(distiller, device)
+    model = sharding.wrap(distiller, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     optimizer = build_optimizer(distiller.parameters(), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     t = Training(model, optimizer, schedule, scaler, params, TrainState(), {}, Plan.of(cfg, steps))
     if resume is not None:
-        distiller.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        t.best_state = restore_weights(resume, distiller, optimizer)  # sharded or not
         schedule.load_state_dict(resume["schedule"])
-        t.state, t.best_state = resume["state"], resume["best"]
+        t.state = resume["state"]
         set_rng_state(resume["rng"])
         used, now = resume.get("cache"), distiller.source_reference()
         if used and now is not None and now != used:
@@ -304,7 +303,8 @@ class EndStep:
         t, state, m = self.t, self.t.state, self.selection.metric
         seconds = t.sums.seconds()
         record = t.sums.record(t.plan.epoch_of(at), at)
-        val = self.distiller.evaluate(self.val_loader, self.device)
+        with sharding.unsharded_root(self.distiller):
+            val = self.distiller.evaluate(self.val_loader, self.device)
         self.distiller.train()  # mid-epoch, training goes on
         if m not in val:
             raise DistillError(f"The selection metric {m!r} is not among the validation metrics "
@@ -339,7 +339,8 @@ class _Saver:
         if self.checkpointer is not None:
             t = self.t
             t.state.partial = t.sums.partial()  # the sums since the last evaluation
-            self.checkpointer.save(self.distiller, t.optimizer, t.schedule, t.state, t.best_state)
+            save = save_sharded if sharding.is_sharded(self.distiller) else Checkpointer.save
+            save(self.checkpointer, self.distiller, t.optimizer, t.schedule, t.state, t.best_state)
 
 
 def fit(
@@ -375,16 +376,19 @@ def fit(
     check_length(train_loader, "train_loader")
     check_length(val_loader, "val_loader")  # selection is on validation: it needs data
     selection = selection or distiller.selection
-    t = prepare(distiller, train_loader, cfg, device, resume)
-    save = _Saver(checkpointer, distiller, t)
-    end_step = EndStep(distiller, t, val_loader, device, selection, on_epoch, save)
+    work = sharding.working_copy(distiller, cfg)  # under FSDP a copy is sharded (distill.sharding)
+    t = prepare(work, train_loader, cfg, device, resume)
+    sharding.release(distiller, work)  # the copy holds its shards now; the caller's weights return at the end
+    save = _Saver(checkpointer, work, t)
+    end_step = EndStep(work, t, val_loader, device, selection, on_epoch, save)
     if t.state.step >= t.plan.steps_per_epoch:  # an older checkpoint: an epoch's steps done, not its end
         end_step(None, None, None, t.state.step - 1)
     while t.plan.at(t.state) < t.plan.total:
         epoch = t.state.epoch
-        distiller.train()
-        distiller.set_epoch(epoch)
+        work.train()
+        work.set_epoch(epoch)
         set_loader_epoch(train_loader, epoch, t.state.step)
-        train_epoch(distiller, t, train_loader, cfg, device, epoch, on_step, save, end_step)
+        train_epoch(work, t, train_loader, cfg, device, epoch, on_step, save, end_step)
     state = t.state
-    return FitResult(t.best_state, state.best_epoch, state.best_val, state.history, state.best_step)
+    best = sharding.finish(distiller, work, cfg, t.best_state)
+    return FitResult(best, state.best_epoch, state.best_val, state.history, state.best_step)

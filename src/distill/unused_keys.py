@@ -16,7 +16,9 @@ from .terms import is_code_path
 # sections are shared). A key the run would not read must not be accepted silently: the user
 # would believe it took effect. (A key at its default is fine: saved configs hold all.) Keys of
 # the other task are not in this task's schema at all: unknown keys.
-UNREAD = {"language_model": ("train.channels_last", "cache.dtype"), "text_classification": ("train.channels_last",)}
+LM_ONLY = ("train.parallel", "train.activation_checkpointing")  # distill.sharding shards transformer LMs
+UNREAD = {"language_model": ("train.channels_last", "cache.dtype"), "text_classification": ("train.channels_last", *LM_ONLY),
+          "classification": LM_ONLY}
 BUILT_IN_DATA = {"classification": "digits", "language_model": "pydoc", "text_classification": "pydoc"}  # ship with a package
 
 

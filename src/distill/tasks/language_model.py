@@ -29,7 +29,8 @@ from ..lm.offline import open_topk_store
 from ..lm.on_policy import OnPolicy
 from ..lm.packing import check_isolation
 from ..lm.tokenizer import load_tokenizer, vocab_digest
-from ..runtime import DTYPES, barrier, is_main
+from ..runtime import DTYPES, barrier, is_main, world_size
+from ..sharding import check_even_shares, check_precision
 from ..stage_plan import is_teacher, spec_of
 from ..terms import build_terms
 from ..trust import NO_TRUST, Trust
@@ -113,6 +114,12 @@ class LanguageModelTask:
         if cfg.cache.topk and len(temps) > 1:
             raise DistillError(f"An offline top-k teacher is stored at one temperature; the loss "
                                f"terms use several ({sorted(temps)}). Give them the same T.")
+        if cfg.train.parallel == "fsdp" and world_size() > 1:
+            if on_policy:
+                raise DistillError("On-policy batches are generated outside the sharded forward; with "
+                                   "train.parallel=fsdp set lm.on_policy.fraction=0 (or use parallel=ddp).")
+            check_even_shares(data.counts, cfg.data.batch_size, cfg.train.accumulate, world_size())
+            check_precision(cfg.train.precision)
         roles = ["student"] + (["teacher"] if has_teacher else [])
         models = {role: self.create_model(role, data) for role in roles}
         packed = data.val.positions  # position ids of packed rows, else None
