@@ -17,8 +17,9 @@ script with --child, under torchrun for the 2-process cases), which:
   glibc's default (a threshold that grows to 32 MiB), freed tensors stay in the heap and count
   in RSS until reused, which hides FSDP's saving: its per-block all-gather and reduce-scatter
   buffers are freed and re-allocated at every block (measured with the default: FSDP 0.96x
-  DDP's peak RSS, against 0.79x here). `rss_between_steps_mib` is the largest RSS at the step
-  boundaries (what stays alive: weights, gradients, optimizer state);
+  DDP's peak RSS, against 0.79x here, before the teacher was sharded). `rss_between_steps_mib` is the largest RSS at the step
+  boundaries (what stays alive: weights, gradients, optimizer state) and `peak_in_steps_mib`
+  the peak up to the last step's end (the peak without fit's final gathers of full weights);
 * time each optimizer step (on_step callbacks; the median over the steps after the first).
 
 Cases are a list (CASES): another one (e.g. LoRA against full fine-tuning) is one more entry
@@ -113,16 +114,18 @@ def child(name: str, args) -> None:
     trainable = sum(p.numel() for p in distiller.student.parameters() if p.requires_grad)
     cfg = TrainConfig(max_steps=args.steps, eval_every=f"{args.steps} steps", checkpoint_every=0, threads=1,
                       lr=1e-4, **case.train)
-    stamps, between = [time.perf_counter()], []
+    stamps, between, peaks = [time.perf_counter()], [], []
 
     def on_step(_):
         stamps.append(time.perf_counter())
         between.append(_status_kib("VmRSS"))
+        peaks.append(_status_kib("VmHWM"))
 
     fit(distiller, train, val, cfg, "cpu", on_step=on_step)
     steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     out = {"case": name, "rank": rank(), "peak_extra_mib": (_status_kib("VmHWM") - base) / 1024,
-           "baseline_mib": base / 1024, "rss_between_steps_mib": (max(between) - base) / 1024, "step_s": statistics.median(steps[1:]), "steps": len(steps),
+           "baseline_mib": base / 1024, "rss_between_steps_mib": (max(between) - base) / 1024,
+           "peak_in_steps_mib": (max(peaks) - base) / 1024, "step_s": statistics.median(steps[1:]), "steps": len(steps),
            "trainable_params": trainable}
     Path(args.out_dir, f"{name}-{rank()}.json").write_text(json.dumps(out))
 
@@ -149,6 +152,7 @@ def run_case(case: Case, args) -> dict:
             "peak_extra_mib": max(r["peak_extra_mib"] for r in ranks),  # the largest process's
             "peak_extra_mib_per_rank": [r["peak_extra_mib"] for r in ranks],
             "rss_between_steps_mib": max(r["rss_between_steps_mib"] for r in ranks),
+            "peak_in_steps_mib": max(r["peak_in_steps_mib"] for r in ranks),
             "step_s": max(r["step_s"] for r in ranks), "trainable_params": ranks[0]["trainable_params"],
             "wall_s": time.perf_counter() - start}
 
@@ -169,6 +173,8 @@ def main() -> None:
         f.unlink()
     Path(args.out_dir).rmdir()
     ratios = {"fsdp_over_ddp_peak": results["fsdp"]["peak_extra_mib"] / results["ddp"]["peak_extra_mib"],
+              "fsdp_over_ddp_peak_in_steps": results["fsdp"]["peak_in_steps_mib"]
+              / results["ddp"]["peak_in_steps_mib"],
               "fsdp_over_ddp_between_steps": results["fsdp"]["rss_between_steps_mib"]
               / results["ddp"]["rss_between_steps_mib"],
               "ac_on_over_off_peak": results["ac_on"]["peak_extra_mib"] / results["ac_off"]["peak_extra_mib"],
@@ -180,9 +186,11 @@ def main() -> None:
                         "MALLOC_MMAP_THRESHOLD_=131072 (see the docstring)",
               "cases": results, "ratios": ratios}
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{'case':8} {'procs':>5} {'peak MiB/proc':>14} {'between steps':>14} {'step s':>8} {'trainable':>11}")
+    print(f"{'case':8} {'procs':>5} {'peak MiB/proc':>14} {'in steps':>9} {'between steps':>14} {'step s':>8} "
+          f"{'trainable':>11}")
     for r in results.values():
-        print(f"{r['case']:8} {r['procs']:>5} {r['peak_extra_mib']:>14.1f} {r['rss_between_steps_mib']:>14.1f} "
+        print(f"{r['case']:8} {r['procs']:>5} {r['peak_extra_mib']:>14.1f} {r['peak_in_steps_mib']:>9.1f} "
+              f"{r['rss_between_steps_mib']:>14.1f} "
               f"{r['step_s']:>8.3f} {r['trainable_params']:>11,}")
     print(" ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
 

@@ -166,7 +166,8 @@ def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None
     steps = check_length(train_loader, "train_loader")
     if distiller.needs_setup:  # projectors must exist before the optimizer is built
         distiller.setup(as_batch(next(iter(train_loader))).to(device))
-    # the teacher is outside the module tree: never wrapped, broadcast or synchronised
+    # the teacher is outside the module tree: DDP never broadcasts or synchronises it (FSDP
+    # shards it for inference: distill.sharding)
     model = sharding.wrap(distiller, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     optimizer = build_optimizer(distiller.parameters(), cfg)

@@ -4,6 +4,7 @@ it, everything below degrades to a single process and costs nothing."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
@@ -97,6 +98,10 @@ def init_distributed(device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # torn down before the interpreter's own teardown: a process that exits with gloo's
+        # threads still running can abort ("terminate called without an active exception",
+        # SIGABRT), and torchrun then reports a finished run as failed
+        atexit.register(dist.destroy_process_group)
 
 
 def distributed() -> bool:

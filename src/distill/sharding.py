@@ -12,17 +12,20 @@ when `Head.of(student)` reads it, and the loss's autograd Function returns its g
 unsharded tensor. GPT-2's head is its input embedding: one parameter, one gradient, summed by
 autograd over both uses, then reduce-scattered once into the shard by the root's post-backward.
 
-At the end of `fit` the copy's weights are gathered (full tensors) into the caller's Distiller
-and the selected weights into `FitResult.best_state`, so the stage's weights file and
-everything that reads it are as with DDP. The caller's copy stays resident during training
-(its memory is one full student; optimizer state and gradients are sharded).
+The teacher is sharded the same way (one group per block, then the teacher as its own root
+group), inference only: it is outside the Distiller's module tree, so never in the optimizer,
+the gradients or the checkpoint. Its root group (embeddings, final norm, output layer) is
+gathered around each Distiller forward by hooks, since the chunked loss reads the teacher's
+output layer there too, after the teacher's trunk has run (`shard_teacher`).
+
+The caller's parameters (student and teacher) are freed while the copy trains (`release`). At
+the end of `fit` the copy's weights are gathered (full tensors) back into the caller's
+Distiller and its teacher, and the selected weights into `FitResult.best_state`, so the stage's
+weights file, the later stages and everything that reads them are as with DDP.
 
 Mixed precision is FSDP's `MixedPrecisionPolicy` (parameters all-gathered in bf16, gradients
 reduced in fp32) instead of autocast; fp16 is refused (see `check_precision`). Gradient accumulation skips the
 reduce-scatter on non-final micro-batches (`set_requires_gradient_sync`).
-
-The teacher is not sharded: the run keeps its full copy for the other stages and for
-evaluation, so a sharded copy would add memory, not save it.
 
 One process (no torchrun) with fsdp: nothing to shard; it trains exactly as ddp does in one
 process (autocast for bf16/fp16).
@@ -86,24 +89,28 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def working_copy(distiller: nn.Module, cfg) -> nn.Module:
-    """The Distiller that `fit` trains: itself, or under FSDP a copy sharing the teacher and
-    the teacher source (never copied, never trained)."""
+    """The Distiller that `fit` trains: itself, or under FSDP a copy (student, teacher and the
+    live teacher source around it) whose parameters are the caller's own tensors until
+    fully_shard replaces them by shards, so no second full copy exists; `release` then frees
+    the caller's. A stored teacher source (a cache) is shared, not copied."""
     if not sharded(cfg):
         return distiller
-    memo = {id(distiller.teacher): distiller.teacher, id(distiller.source): distiller.source}
-    if distiller.source is distiller.live:  # the live source is rebuilt around the shared teacher
-        memo.pop(id(distiller.source))
-    # the copy's parameters are the caller's own tensors until fully_shard replaces them by
-    # shards (so no second full copy exists); `release` then frees the caller's
-    memo.update({id(p): p for p in distiller.parameters()})
+    memo = {} if distiller.source is distiller.live else {id(distiller.source): distiller.source}
+    memo.update({id(t): t for m in _models(distiller) for t in (*m.parameters(), *m.buffers())})
     return copy.deepcopy(distiller, memo)
 
 
+def _models(distiller: nn.Module) -> list[nn.Module]:
+    return [distiller] + ([distiller.teacher] if distiller.teacher is not None else [])
+
+
 def release(distiller: nn.Module, work: nn.Module) -> None:
-    """Free the caller's parameter storage while its sharded copy trains (`finish` refills it)."""
+    """Free the caller's parameter storage (student and teacher) while its sharded copy trains
+    (`finish` refills it)."""
     if work is not distiller:
-        for p in distiller.parameters():
-            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        for model in _models(distiller):
+            for p in model.parameters():
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
 
 def checkpoint_activations(distiller: nn.Module) -> None:
@@ -133,7 +140,27 @@ def wrap(distiller: nn.Module, cfg, device: torch.device) -> nn.Module:
     for block in transformer_blocks(distiller.student):
         fully_shard(block, mp_policy=policy)
     fully_shard(distiller, mp_policy=policy)  # the root: see the module docstring
+    if distiller.teacher is not None:
+        shard_teacher(distiller.teacher, policy, device)
+        distiller.register_forward_pre_hook(lambda *_: distiller.teacher.unshard())
+        distiller.register_forward_hook(lambda *_: distiller.teacher.reshard())
     return distiller
+
+
+@torch.no_grad()
+def shard_teacher(teacher: nn.Module, policy, device: torch.device) -> None:
+    """Shard an inference-only teacher: each block, then the model as its root group. FSDP
+    settles which group is a root at the first forward through it, and the loss runs only the
+    teacher's trunk (lm.models.hidden_states), whose first block would settle as a root of its
+    own; one forward of a 2-token probe through the whole teacher settles it (public API only).
+    The root keeps its parameters gathered after that forward: reshard them."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in transformer_blocks(teacher):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(teacher, mp_policy=policy)
+    teacher(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=False)
+    teacher.reshard()
 
 
 def is_sharded(module: nn.Module) -> bool:
@@ -177,14 +204,22 @@ def full_state(state: dict) -> dict:
     return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
 
 
+def _fill(model: nn.Module, full: dict) -> None:
+    for name, p in model.named_parameters():  # one Parameter per tied pair: the tie stays
+        p.data = full[name]
+    model.load_state_dict(full)  # the buffers
+
+
 def finish(distiller: nn.Module, work: nn.Module, cfg, best_state: dict) -> dict:
     """After training: the trained weights into `distiller` (if it trained a copy) and the
     selected weights as full tensors; activation checkpointing off again."""
     if work is not distiller:
-        full = full_state(work.state_dict())
-        for name, p in distiller.named_parameters():  # one Parameter per tied pair: the tie stays
-            p.data = full[name]
-        distiller.load_state_dict(full)  # the buffers
+        # the teacher first, and its shards dropped: they are not held while the student gathers
+        for model, trained in reversed(list(zip(_models(distiller), _models(work), strict=True))):
+            _fill(model, full_state(trained.state_dict()))
+        if work.source is work.live:
+            work.source = None
+        work.__dict__["teacher"] = work.live = None
         best_state = full_state(best_state)
     if cfg.activation_checkpointing:  # nothing of it stays on the trained student
         work.student.activation_checkpointing_disable()

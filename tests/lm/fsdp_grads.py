@@ -1,7 +1,9 @@
 """Run by test_fsdp.py under torchrun (2 gloo processes): one accumulated step of a tiny GPT-2
 (head tied to the input embedding, chunked loss with a teacher term) under FSDP2, each process
 on its half of the batch, against the gradients one process computes on the whole batch.
-Rank 0 writes {parameter name: max |FSDP grad - reference grad|} and the reference norms as JSON.
+Rank 0 writes {parameter name: max |FSDP grad - reference grad|} and the reference norms as JSON,
+whether the trained copy's teacher was sharded, and how far the caller's teacher, freed while the
+copy trained, is from its original weights once `finish` has gathered them back.
 
 usage: torchrun --nproc_per_node=2 fsdp_grads.py OUT.json [ac] [bf16]
 """
@@ -13,6 +15,7 @@ import os
 import sys
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from distill.config_schema import TrainConfig
 from distill.contracts import Batch
@@ -21,7 +24,7 @@ from distill.lm.distiller import lm_distiller
 from distill.lm.models import create_lm
 from distill.losses.lm import ForwardKL
 from distill.runtime import init_distributed, rank, world_size
-from distill.sharding import working_copy, wrap
+from distill.sharding import finish, release, working_copy, wrap
 
 V, CPU = 40, torch.device("cpu")
 
@@ -62,15 +65,22 @@ def main() -> None:
     ref = grads(TrainConfig(accumulate=2), reference, reference, rows())
     os.environ["WORLD_SIZE"] = world
     init_distributed(CPU)
-    work = working_copy(build(), cfg)
+    caller = build()
+    work = working_copy(caller, cfg)
     model = wrap(work, cfg, CPU)
+    release(caller, work)
     half = rows().split(world_size())[rank()]
     got = {n: g.full_tensor() for n, g in grads(cfg, work, model, half).items()}
+    teacher_sharded = all(isinstance(p, DTensor) for p in work.teacher.parameters())
+    finish(caller, work, cfg, {})
+    original = build().teacher.state_dict()
+    restored = max((caller.teacher.state_dict()[k] - v).abs().max().item() for k, v in original.items())
     if rank() == 0:
         diffs = {n: (got[n].float() - ref[n]).abs().max().item() for n in ref}
         norms = {n: ref[n].norm().item() for n in ref}
         with open(out, "w") as f:
-            json.dump({"diff": diffs, "norm": norms, "names": sorted(got)}, f)
+            json.dump({"diff": diffs, "norm": norms, "names": sorted(got), "teacher_sharded": teacher_sharded,
+                       "teacher_restored": restored}, f)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,10 @@ HERE = Path(__file__).resolve().parent
 WORKER = HERE / "fsdp_grads.py"
 
 
-def torchrun(port: int, *args: str) -> list[str]:
+def torchrun(*args: str) -> list[str]:
+    with socket.socket() as sock:  # a free port: a fixed one collides with concurrent and back-to-back runs
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *args]
 
 
@@ -57,13 +61,15 @@ def test_sharded_gradients_equal_one_process(tmp_path, flags):
     embedding: every gathered gradient equals the single-process gradient of the whole batch.
     The head's gradient (from the chunked loss, outside the model's forward) reaches the
     embedding's shard once: counted twice or not at all, wte's gradient would be off by its
-    head part, which is most of it."""
+    head part, which is most of it. The teacher is sharded too, and the caller's, freed while the
+    copy trains, comes back bit for bit."""
     out = tmp_path / "grads.json"
-    proc = subprocess.run(torchrun(29651, str(WORKER), str(out), *flags), capture_output=True, text=True,
+    proc = subprocess.run(torchrun(str(WORKER), str(out), *flags), capture_output=True, text=True,
                           timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert "student.transformer.wte.weight" in got["diff"] and set(got["diff"]) == set(got["names"])
+    assert got["teacher_sharded"] and got["teacher_restored"] == 0.0  # gathered back bit for bit
     # bf16 all-gathers the parameters in bf16 (8 bits of mantissa): ~0.4% of a gradient's norm
     rel = 1e-2 if "bf16" in flags else 1e-6
     for name, diff in got["diff"].items():
@@ -78,7 +84,7 @@ def test_two_fsdp_processes_train_the_same_student_as_one(tmp_path):
     # the same teacher for both (teacher.checkpoint): the student's stage is what is compared
     args = _args(corpus, f"teacher.checkpoint={one / 'teacher.safetensors'}", "stages=[distill]",
                  "train.epochs=2", "train.parallel=fsdp", "train.accumulate=2")
-    proc = subprocess.run(torchrun(29652, "-m", "distill", *args, "--out", str(two)), capture_output=True,
+    proc = subprocess.run(torchrun("-m", "distill", *args, "--out", str(two)), capture_output=True,
                           text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
@@ -97,9 +103,9 @@ def test_sigterm_fsdp_run_resumes_exactly(tmp_path):
     args = _args(corpus, "stages=[scratch]", "train.epochs=12", "train.parallel=fsdp",
                  "train.deterministic=true", "train.checkpoint_every=2 steps")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert subprocess.run(torchrun(29653, "-m", "distill", *args, "--out", str(whole)), capture_output=True,
+    assert subprocess.run(torchrun("-m", "distill", *args, "--out", str(whole)), capture_output=True,
                           timeout=600, env=_env()).returncode == 0
-    proc = subprocess.Popen(torchrun(29654, "-m", "distill", *args, "--out", str(stopped)),
+    proc = subprocess.Popen(torchrun("-m", "distill", *args, "--out", str(stopped)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     pointer, deadline = stopped / "checkpoint.json", time.time() + 300
     while not (pointer.exists() and "scratch" in pointer.read_text()):
@@ -114,7 +120,7 @@ def test_sigterm_fsdp_run_resumes_exactly(tmp_path):
     alone = subprocess.run([sys.executable, "-m", "distill", "run", "--quiet", "--resume", str(stopped)],
                            capture_output=True, text=True, timeout=600, env=_env())
     assert alone.returncode != 0 and "resume it with the same number (now 1)" in alone.stderr
-    resume = subprocess.run(torchrun(29655, "-m", "distill", "run", "--quiet", "--no-report", "--resume",
+    resume = subprocess.run(torchrun("-m", "distill", "run", "--quiet", "--no-report", "--resume",
                                      str(stopped)), capture_output=True, text=True, timeout=600, env=_env())
     assert resume.returncode == 0, resume.stderr[-3000:]
     for stem in ("scratch", "scratch-last"):
