@@ -157,15 +157,20 @@ class Training:
     sums: RunningSums | None = None
 
 
-def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None) -> Training:
-    """Move to `device`, size projectors (before the optimizer exists), wrap for DDP, build the
-    optimizer and schedule, and load a checkpoint to resume from."""
+def place(distiller: Distiller, train_loader, cfg, device) -> None:
+    """Move to `device` and size projectors (before the optimizer exists, and before FSDP's
+    working copy: the caller's Distiller must hold the same modules to take its weights back)."""
     distiller.to(device)
     if cfg.channels_last:  # NHWC conv weights (the teacher's too), before DDP sees the parameters
         distiller.to(memory_format=torch.channels_last)
-    steps = check_length(train_loader, "train_loader")
-    if distiller.needs_setup:  # projectors must exist before the optimizer is built
+    if distiller.needs_setup:
         distiller.setup(as_batch(next(iter(train_loader))).to(device))
+
+
+def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None) -> Training:
+    """Wrap the placed Distiller for DDP or FSDP, build the optimizer and schedule, and load a
+    checkpoint to resume from."""
+    steps = check_length(train_loader, "train_loader")
     # the teacher is outside the module tree: DDP never broadcasts or synchronises it (FSDP
     # shards it for inference: distill.sharding)
     model = sharding.wrap(distiller, cfg, device)
@@ -377,6 +382,7 @@ def fit(
     check_length(train_loader, "train_loader")
     check_length(val_loader, "val_loader")  # selection is on validation: it needs data
     selection = selection or distiller.selection
+    place(distiller, train_loader, cfg, device)
     work = sharding.working_copy(distiller, cfg)  # under FSDP a copy is sharded (distill.sharding)
     t = prepare(work, train_loader, cfg, device, resume)
     sharding.release(distiller, work)  # the copy holds its shards now; the caller's weights return at the end

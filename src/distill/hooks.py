@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from functools import partial
 
 import torch
 from torch import nn
@@ -65,6 +66,14 @@ _FIX = ("set inplace=False on the op after it (e.g. nn.ReLU(inplace=False)), or 
         "after the in-place op (e.g. the ReLU) instead")
 
 
+def _record_input(capture: FeatureCapture, path: str, module, args) -> None:
+    capture._record(path, args[0])
+
+
+def _record_output(capture: FeatureCapture, path: str, module, args, out) -> None:
+    capture._record(path, out)
+
+
 class FeatureCapture:
     """Forward hooks on `paths` of `model`; `features` holds this forward pass's tensors."""
 
@@ -83,11 +92,13 @@ class FeatureCapture:
             if kind not in ("", "input", "output"):
                 raise DistillError(f"Feature path '{path}': the suffix must be ':input' or ':output'.")
             module = resolve_module(model, name, role)
+            # partials, not lambdas: a deep copy of the model (distill.sharding's working copy)
+            # then calls the copied capture, not this one
             if kind == "input":
                 # Before the module runs: a module may change its own input in place.
-                handle = module.register_forward_pre_hook(lambda m, args, p=path: self._record(p, args[0]))
+                handle = module.register_forward_pre_hook(partial(_record_input, self, path))
             else:
-                handle = module.register_forward_hook(lambda m, args, out, p=path: self._record(p, out))
+                handle = module.register_forward_hook(partial(_record_output, self, path))
             self.handles.append(handle)
 
     def _record(self, path: str, value) -> None:

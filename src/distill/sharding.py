@@ -137,6 +137,7 @@ def wrap(distiller: nn.Module, cfg, device: torch.device) -> nn.Module:
     check_precision(cfg.precision)
     param_dtype = None if cfg.precision == "fp32" else DTYPES[cfg.precision]
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    broadcast_from_first(distiller)
     for block in transformer_blocks(distiller.student):
         fully_shard(block, mp_policy=policy)
     fully_shard(distiller, mp_policy=policy)  # the root: see the module docstring
@@ -145,6 +146,17 @@ def wrap(distiller: nn.Module, cfg, device: torch.device) -> nn.Module:
         distiller.register_forward_pre_hook(lambda *_: distiller.teacher.unshard())
         distiller.register_forward_hook(lambda *_: distiller.teacher.reshard())
     return distiller
+
+
+@torch.no_grad()
+def broadcast_from_first(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every process, as DDP does when it wraps: a module
+    created after each process seeded its own random stream (lm_hidden's projectors, sized at
+    setup) starts from another draw on each, and fully_shard would stitch the draws together."""
+    import torch.distributed as dist
+
+    for t in (*module.parameters(), *module.buffers()):
+        dist.broadcast(t.data, src=0)
 
 
 @torch.no_grad()
@@ -204,10 +216,18 @@ def full_state(state: dict) -> dict:
     return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
 
 
-def _fill(model: nn.Module, full: dict) -> None:
+@torch.no_grad()
+def _fill(model: nn.Module, trained: nn.Module) -> None:
+    """`trained`'s parameters, gathered whole, and buffers (never sharded) into `model`'s
+    freed ones. By parameter, not by state dict: a LoRA student's holds only its adapters."""
+    from torch.distributed.tensor import DTensor
+
+    full = {n: p.full_tensor() if isinstance(p, DTensor) else p for n, p in trained.named_parameters()}
     for name, p in model.named_parameters():  # one Parameter per tied pair: the tie stays
         p.data = full[name]
-    model.load_state_dict(full)  # the buffers
+    buffers = dict(trained.named_buffers())
+    for name, b in model.named_buffers():
+        b.data = buffers[name]
 
 
 def finish(distiller: nn.Module, work: nn.Module, cfg, best_state: dict) -> dict:
@@ -216,7 +236,7 @@ def finish(distiller: nn.Module, work: nn.Module, cfg, best_state: dict) -> dict
     if work is not distiller:
         # the teacher first, and its shards dropped: they are not held while the student gathers
         for model, trained in reversed(list(zip(_models(distiller), _models(work), strict=True))):
-            _fill(model, full_state(trained.state_dict()))
+            _fill(model, trained)
         if work.source is work.live:
             work.source = None
         work.__dict__["teacher"] = work.live = None

@@ -98,6 +98,27 @@ def test_two_fsdp_processes_train_the_same_student_as_one(tmp_path):
     assert main(["eval", str(two), "--split", "val"]) == 0  # what reads the weights works unchanged
 
 
+def test_fsdp_trains_a_lora_student_with_hidden_terms_as_one_process(tmp_path):
+    """LoRA adapters (a state dict of adapters alone), lm_hidden's projectors (sized at setup,
+    before the sharded copy) and its hooks (which must fire in the copy) under FSDP."""
+    pytest.importorskip("peft")
+    corpus = _corpus(tmp_path)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*_args(corpus, "stages=[teacher]", "teacher.train.epochs=1"), "--out", str(one / "t")]) == 0
+    args = _args(corpus, f"teacher.checkpoint={one / 't' / 'teacher.safetensors'}", "stages=[distill]",
+                 "train.epochs=2", "student.lora={r: 4, alpha: 8, target_modules: all-linear}",
+                 "loss.lm_hidden={type: lm_hidden, weight: 1.0, layers: last}")
+    assert main([*args, "--out", str(one / "s")]) == 0
+    proc = subprocess.run(torchrun("-m", "distill", *args, "train.parallel=fsdp", "--out", str(two)),
+                          capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(str(one / "s" / "distill.safetensors")), load_file(str(two / "distill.safetensors"))
+    assert a.keys() == b.keys() and any("lora_A" in k for k in a)
+    diffs = {k: (a[k].float() - b[k].float()).abs().max().item() for k in a}
+    assert max(diffs.values()) <= 1e-5, diffs
+    assert main(["export", str(two), "--format", "hf"]) == 0  # the base came back whole: it merges
+
+
 def test_sigterm_fsdp_run_resumes_exactly(tmp_path):
     corpus = _corpus(tmp_path)
     args = _args(corpus, "stages=[scratch]", "train.epochs=12", "train.parallel=fsdp",

@@ -292,11 +292,13 @@ def test_stop_mid_distill_then_resume_equals_uninterrupted(world, finished, tmp_
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_two_processes_equal_one(world, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one(world, tmp_path, parallel):
     """torchrun with 2 gloo processes: each process's rows reach the teacher by their global
     index and the teacher's validation rows are sharded like the student's, so the run trains the
-    same student and records the same teacher metrics as one process. SGD: Adam divides by
-    sqrt(v), which turns float rounding of near-zero gradients into lr-sized differences."""
+    same student and records the same teacher metrics as one process, with DDP or with the
+    student and the teacher sharded (FSDP). SGD: Adam divides by sqrt(v), which turns float
+    rounding of near-zero gradients into lr-sized differences."""
     import socket
     import subprocess
     import sys
@@ -311,7 +313,7 @@ def test_two_processes_equal_one(world, tmp_path):
         port = sock.getsockname()[1]
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "-m", "distill", "run", *args, "--out", str(two)]
+           "-m", "distill", "run", *args, f"train.parallel={parallel}", "--out", str(two)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one_summary, two_summary = (json.loads((d / "summary.json").read_text()) for d in (one, two))

@@ -7,7 +7,9 @@ The base is `student.model` (a local folder, or an architecture built from `stud
 under the run's seed, so that every rebuild is the same model). Only the adapters train: the
 base's parameters have requires_grad=False, and the optimizer takes only trainable ones
 (schedule.build_optimizer). Only the adapters are saved: while the model holds LoRA layers,
-its state dict is the adapter tensors plus the sha256 of the base's weights (`DIGEST_KEY`), so
+its state dict is the adapter tensors plus the sha256 of the base's weights (`DIGEST_KEY`, a
+buffer of the model, so that what walks a state dict's names as attributes finds it: FSDP's
+torch.distributed.checkpoint does), so
 checkpoints, best weights and `<stage>.safetensors` hold nothing else; loading such a state
 checks the digest against the base rebuilt here (a changed base folder is an error, not
 adapters silently applied to other weights) and keeps the base's own tensors.
@@ -96,6 +98,7 @@ class AdapterState:
         self.whole = False  # True while a load reads the base's own tensors
 
     def register(self, model: nn.Module) -> None:
+        model.register_buffer(DIGEST_KEY, torch.tensor(list(self.digest), dtype=torch.uint8))
         # partials, not bound methods: torch marks each hook function with an attribute
         model.register_state_dict_post_hook(partial(AdapterState.save, self))
         model.register_load_state_dict_pre_hook(partial(AdapterState.load, self))
@@ -109,14 +112,13 @@ class AdapterState:
     def save(self, module: nn.Module, state: dict, prefix: str, local_metadata) -> None:
         if self.whole or not self.adapted(module):
             return
-        for key in [k for k in state if k.startswith(prefix) and k[len(prefix):] not in self.adapters]:
+        for key in [k for k in state if k.startswith(prefix) and k[len(prefix):] not in self.kept]:
             del state[key]
-        state[prefix + DIGEST_KEY] = torch.tensor(list(self.digest), dtype=torch.uint8)
 
     def load(self, module: nn.Module, state: dict, prefix: str, *_) -> None:
         if not self.adapted(module):
             return
-        recorded = state.pop(prefix + DIGEST_KEY, None)
+        recorded = state.get(prefix + DIGEST_KEY)
         if recorded is None:
             raise DistillError(
                 f"These weights hold no record of a LoRA base ('{DIGEST_KEY}'), so they were not "
@@ -130,7 +132,7 @@ class AdapterState:
                 f"base's weights {was.hex()[:12]}... when they were saved, {self.digest.hex()[:12]}... "
                 "now): the base changed. Put the original base back, or train new adapters in a new run."
             )
-        foreign = [k for k in state if k.startswith(prefix) and k[len(prefix):] not in self.adapters]
+        foreign = [k for k in state if k.startswith(prefix) and k[len(prefix):] not in self.kept]
         if foreign:
             raise DistillError(f"The weights hold base tensors (e.g. '{foreign[0]}'); a LoRA student's "
                                "weights are its adapters alone, its base comes from student.model.")
@@ -139,7 +141,12 @@ class AdapterState:
             base = module.state_dict()
         finally:
             self.whole = False
-        state.update({prefix + k: v for k, v in base.items() if k not in self.adapters})
+        state.update({prefix + k: v for k, v in base.items() if k not in self.kept})
+
+    @property
+    def kept(self) -> set[str]:
+        """The names a LoRA student's state dict holds: its adapters and the base's digest."""
+        return self.adapters | {DIGEST_KEY}
 
 
 def adapt(model: nn.Module, lora: LoraConfig, source: str) -> nn.Module:
@@ -191,4 +198,5 @@ def merge(model: nn.Module) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.get_base_layer())
     vars(model).pop("peft_config", None)  # peft's record on the model: the adapters are gone
+    model._buffers.pop(DIGEST_KEY, None)  # and so is what they were trained on
     return model
