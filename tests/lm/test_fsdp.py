@@ -120,16 +120,20 @@ def test_fsdp_trains_a_lora_student_with_hidden_terms_as_one_process(tmp_path):
 
 
 def test_sigterm_fsdp_run_resumes_exactly(tmp_path):
+    """A distill stage: the student and the teacher are sharded again on resume."""
     corpus = _corpus(tmp_path)
-    args = _args(corpus, "stages=[scratch]", "train.epochs=12", "train.parallel=fsdp",
-                 "train.deterministic=true", "train.checkpoint_every=2 steps")
+    teacher = tmp_path / "teacher"
+    assert main([*_args(corpus, "stages=[teacher]", "teacher.train.epochs=1"), "--out", str(teacher)]) == 0
+    args = _args(corpus, f"teacher.checkpoint={teacher / 'teacher.safetensors'}", "stages=[distill]",
+                 "train.epochs=12", "train.parallel=fsdp", "train.deterministic=true",
+                 "train.checkpoint_every=2 steps")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert subprocess.run(torchrun("-m", "distill", *args, "--out", str(whole)), capture_output=True,
                           timeout=600, env=_env()).returncode == 0
     proc = subprocess.Popen(torchrun("-m", "distill", *args, "--out", str(stopped)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     pointer, deadline = stopped / "checkpoint.json", time.time() + 300
-    while not (pointer.exists() and "scratch" in pointer.read_text()):
+    while not (pointer.exists() and "distill" in pointer.read_text()):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it; both processes stop at one step
@@ -144,7 +148,7 @@ def test_sigterm_fsdp_run_resumes_exactly(tmp_path):
     resume = subprocess.run(torchrun("-m", "distill", "run", "--quiet", "--no-report", "--resume",
                                      str(stopped)), capture_output=True, text=True, timeout=600, env=_env())
     assert resume.returncode == 0, resume.stderr[-3000:]
-    for stem in ("scratch", "scratch-last"):
+    for stem in ("distill", "distill-last"):
         a, b = load_file(str(whole / f"{stem}.safetensors")), load_file(str(stopped / f"{stem}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), stem
     assert not list(stopped.glob("ckpt-*"))
