@@ -171,8 +171,7 @@ def prepare(distiller: Distiller, train_loader, cfg, device, resume: dict | None
     """Wrap the placed Distiller for DDP or FSDP, build the optimizer and schedule, and load a
     checkpoint to resume from."""
     steps = check_length(train_loader, "train_loader")
-    # the teacher is outside the module tree: DDP never broadcasts or synchronises it (FSDP
-    # shards it for inference: distill.sharding)
+    # the teacher is outside the module tree: never in DDP (FSDP shards it: distill.sharding)
     model = sharding.wrap(distiller, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     optimizer = build_optimizer(distiller.parameters(), cfg)
