@@ -28,7 +28,7 @@ from .version import __version__
 def _resume_target(args):
     """(config, folder, seeds) of `--resume RUN`: a single run (whose schedule overrides
     restart the stages they change) or a --seeds folder."""
-    from .restart import restart
+    from .restart import restart_once
     from .seeds import read_record
 
     if args.config or args.out:
@@ -51,7 +51,7 @@ def _resume_target(args):
         _check_single_resume(out, args.seeds)
         cfg, n = load_config(out / "config.yaml"), 1
         if args.overrides and not args.print_config:
-            cfg, redo = restart(out, args.overrides)
+            cfg, redo = restart_once(out, args.overrides, cfg.train.device)
             print(f"Restarting {', '.join(redo)} from epoch 0 with {' '.join(args.overrides)}.",
                   file=sys.stderr)
     if record is not None and args.overrides:

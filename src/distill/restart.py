@@ -85,3 +85,25 @@ def _stage_of(line: str) -> str | None:
         return json.loads(line).get("stage")
     except json.JSONDecodeError:  # a torn last line: dropped with the stages it may belong to
         return None
+
+
+def restart_once(run_dir: Path, overrides: list[str], device: str) -> tuple[RunConfig, list[str]]:
+    """`restart` under torchrun: rank 0 rewrites the folder and every process gets its answer.
+    Each process restarting on its own would race: one reads the config another already
+    rewrote ("change no stage"), or resumes a checkpoint another is deleting."""
+    from .runtime import all_gather_objects, init_distributed, is_main, resolve_device, world_size
+
+    if world_size() == 1:
+        return restart(run_dir, overrides)
+    init_distributed(resolve_device(device))
+    outcome = None
+    if is_main():
+        try:
+            outcome = restart(run_dir, overrides)
+        except DistillError as e:
+            outcome = e
+    outcome = all_gather_objects(outcome)[0]
+    if isinstance(outcome, DistillError):
+        raise outcome
+    return outcome
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,12 @@ def test_sigterm_fsdp_run_resumes_exactly(tmp_path):
     alone = subprocess.run([sys.executable, "-m", "distill", "run", "--quiet", "--resume", str(stopped)],
                            capture_output=True, text=True, timeout=600, env=_env())
     assert alone.returncode != 0 and "resume it with the same number (now 1)" in alone.stderr
+    # an override restarts the stage: rank 0 rewrites the folder, the other follows its answer
+    restarted = tmp_path / "restarted"
+    shutil.copytree(stopped, restarted)
+    again = subprocess.run(torchrun("-m", "distill", "run", "--quiet", "--no-report", "--resume", str(restarted),
+                                    "train.lr=0.02"), capture_output=True, text=True, timeout=600, env=_env())
+    assert again.returncode == 0 and "Restarting distill" in again.stderr, again.stderr[-3000:]
     resume = subprocess.run(torchrun("-m", "distill", "run", "--quiet", "--no-report", "--resume",
                                      str(stopped)), capture_output=True, text=True, timeout=600, env=_env())
     assert resume.returncode == 0, resume.stderr[-3000:]
