@@ -90,6 +90,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise failed from None
 
 
+def text_lines(path: Path) -> list[str]:
+    """A UTF-8 text file's lines; a file that is not UTF-8 is an error naming its first bad line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DistillError(f"'{path}', line {line}: not UTF-8 text (byte {data[e.start]:#04x}). "
+                           "Save the file as UTF-8.") from None
+
+
 def write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -314,3 +314,15 @@ def test_teacher_generates_then_a_student_trains_on_the_file(tmp_path, teacher_r
     cfg = load_config(REPO / "configs" / "lm" / "seqkd.yaml", [f"data.path={data}", "data.max_length=24"])
     loaded = build_lm_data(cfg.data)
     assert loaded.counts["train"] + loaded.counts["val"] + loaded.counts["test"] == 24
+
+
+def test_files_that_are_not_utf8_name_their_line(tmp_path, capsys):
+    from distill.lm.generation import read_prompts
+
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_bytes(b'{"prompt": "ok"}\n\xff\xfe{"prompt": "x"}\n')
+    with pytest.raises(DistillError, match=r"line 2: not UTF-8 text \(byte 0xff\)"):
+        read_prompts(bad)
+    assert main(["run", "--quiet", "--no-report", "task=language_model", "data.name=jsonl",
+                 f"data.path={bad}", "--out", str(tmp_path / "run")]) == 2
+    assert "line 2: not UTF-8 text" in capsys.readouterr().err

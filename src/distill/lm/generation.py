@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import DistillError
+from ..io import text_lines
 from ..progress import progress_bar
 from ..runtime import Interrupted, resolve_device, stop_handlers, stop_requested
 from ..stores import teacher_hash
@@ -106,7 +107,7 @@ def read_prompts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DistillError(f"--prompts '{path}' is not a file; give a .jsonl file with a 'prompt' field per line.")
     prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         try:

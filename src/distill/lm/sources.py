@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistillError, short
+from ..io import text_lines
 from .chat import check_messages
 
 SOURCES = ("pydoc", "text", "jsonl", "hf")
@@ -83,7 +84,7 @@ def example(row, where: str) -> Example:
 
 def _read_jsonl(path: Path) -> list[Example]:
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         try:
