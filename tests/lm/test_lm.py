@@ -393,6 +393,14 @@ def test_end_to_end_run(tmp_path, capsys):
     assert float(diff) < 1e-5
     assert main(["export", str(out), "--format", "onnx"]) == 2
     assert "--format hf" in capsys.readouterr().err
+    assert main(["export", str(out), "--format", "hf"]) == 0  # again: the folder is distill's
+    mine = tmp_path / "mine"  # a user's folder: refused, its files untouched
+    mine.mkdir()
+    (mine / "config.json").write_text("my own")
+    assert main(["export", str(out), "--format", "hf", "--out", str(mine)]) == 2
+    assert (mine / "config.json").read_text() == "my own" and "mine" in capsys.readouterr().err
+    assert main(["export", str(out), "--format", "hf", "--out", str(tmp_path / "new")]) == 0
+    assert main(["export", str(out), "--format", "hf", "--out", str(tmp_path / "new")]) == 0
 
 
 def test_end_to_end_offline_and_on_policy(tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import DistillError
 from ..io import load_weights
-from ..run_folder import require
+from ..run_folder import check, claim, require
 from ..run_reader import eval_target, require_stage, run_config, saved_models, weights_file
 from ..tables import narrow_table
 from ..trust import NO_TRUST, Trust
@@ -89,16 +89,20 @@ def export(run_dir: str | Path, fmt: str = "hf", out: str | Path | None = None, 
                            f"Face folder: --format hf (not {fmt}).")
     if not out:  # the default <stage>-hf/ lands in the run folder: only one distill wrote
         require(run_dir, "run", "distill export")
+    folder, default = (Path(out), False) if out else (run_dir / f"{stage}-hf", True)
+    # distill overwrites only what it wrote: a user's --out folder with files is refused (the
+    # default one inside a run folder distill owns is its own, marked or from before markers)
+    check(folder, "export", "distill export --out", adopt=default)
     model, data = load_run(run_dir, stage, trust)
     ids = next(iter(data.test)).inputs[:2]
     with torch.no_grad():
         expected = model(ids).logits  # a LoRA student's: the adapted model, before merging
     if stage != "teacher" and run_config(run_dir, trust=trust).student.lora is not None:
         model = merge(model)  # a plain transformers model: the adapters folded into the base
-    out = Path(out) if out else run_dir / f"{stage}-hf"
-    model.save_pretrained(str(out))
+    claim(folder, "export", "distill export --out", adopt=default)
+    model.save_pretrained(str(folder))
     if isinstance(data.tokenizer, HFTokenizer):  # the byte tokenizer has no files
-        data.tokenizer.tok.save_pretrained(str(out))
+        data.tokenizer.tok.save_pretrained(str(folder))
     with torch.no_grad():
-        got = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()(ids).logits
-    return {"path": str(out), "format": "hf", "max_abs_diff": (got - expected).abs().max().item()}
+        got = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()(ids).logits
+    return {"path": str(folder), "format": "hf", "max_abs_diff": (got - expected).abs().max().item()}
