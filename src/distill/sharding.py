@@ -220,9 +220,7 @@ def full_state(state: dict) -> dict:
 def _fill(model: nn.Module, trained: nn.Module) -> None:
     """`trained`'s parameters, gathered whole, and buffers (never sharded) into `model`'s
     freed ones. By parameter, not by state dict: a LoRA student's holds only its adapters."""
-    from torch.distributed.tensor import DTensor
-
-    full = {n: p.full_tensor() if isinstance(p, DTensor) else p for n, p in trained.named_parameters()}
+    full = full_state(dict(trained.named_parameters()))
     for name, p in model.named_parameters():  # one Parameter per tied pair: the tie stays
         p.data = full[name]
     buffers = dict(trained.named_buffers())
@@ -234,12 +232,12 @@ def finish(distiller: nn.Module, work: nn.Module, cfg, best_state: dict) -> dict
     """After training: the trained weights into `distiller` (if it trained a copy) and the
     selected weights as full tensors; activation checkpointing off again."""
     if work is not distiller:
-        # the teacher first, and its shards dropped: they are not held while the student gathers
-        for model, trained in reversed(list(zip(_models(distiller), _models(work), strict=True))):
-            _fill(model, trained)
-        if work.source is work.live:
-            work.source = None
-        work.__dict__["teacher"] = work.live = None
+        if work.teacher is not None:  # first, and its shards let go before the student gathers
+            _fill(distiller.teacher, work.teacher)
+            if work.source is work.live:
+                work.source = None
+            work.__dict__["teacher"] = work.live = None
+        _fill(distiller, work)
         best_state = full_state(best_state)
     if cfg.activation_checkpointing:  # nothing of it stays on the trained student
         work.student.activation_checkpointing_disable()
